@@ -1,0 +1,36 @@
+"""rlprune: find per-group pruning ratios with multi-agent RL against a learned world model, on Ray.
+
+The public API is imported lazily so that ``import rlprune.costmodel`` (used by env workers) does not
+pull in torch-pruning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("rlprune")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+_LAZY = {
+    "PruningSpace": "rlprune.pruning",
+    "Group": "rlprune.pruning",
+    "FEATURE_NAMES": "rlprune.pruning",
+    "CostModel": "rlprune.costmodel",
+    "save_pruned": "rlprune.io",
+    "load_pruned": "rlprune.io",
+    "model_fingerprint": "rlprune.io",
+    "get_task": "rlprune.tasks",
+    "list_tasks": "rlprune.tasks",
+    "Task": "rlprune.tasks",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rlprune' has no attribute {name!r}")

@@ -1,0 +1,265 @@
+"""Exact params/MACs of a pruned model, computed from ratios alone (numpy, batched, no torch).
+
+The model is reduced to *dims* (a channel dimension of some layer: a conv's input, a BatchNorm's
+features, a ReLU's tensor) and *terms* (one per layer call). Removing ``k`` channels of group ``g``
+removes ``A[d, g] * k`` entries of dim ``d`` (``A`` is 1 for plain channels and ``H*W`` where a flatten
+feeds a Linear layer). Every layer's cost is bilinear in the kept sizes of its input and output dims::
+
+    cost(term) = a * in_kept * out_kept + b * in_kept + c * out_kept + d
+
+which is how ``torch_pruning.utils.count_ops_and_params`` counts convs, linears, norms, activations and
+pools. So a whole batch of ratio vectors costs two small matrix products.
+
+``rlprune.pruning`` builds a :class:`CostModel` from torch-pruning's dependency graph; everything else
+(the env, the SPN, baselines) uses it without importing torch or torch-pruning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlprune.errors import ConfigError
+
+
+def validate_ratios(ratios, n_groups: int, max_ratio: float) -> np.ndarray:
+    """Check a single ratio vector and return it as float64.
+
+    Args:
+        ratios: sequence of per-group ratios (fraction of channels removed).
+        n_groups: expected length.
+        max_ratio: largest allowed ratio.
+
+    Returns:
+        A float64 array of shape ``(n_groups,)``.
+
+    Raises:
+        ConfigError: wrong length, NaN/inf, or a value outside ``[0, max_ratio]``.
+    """
+    try:
+        arr = np.asarray(ratios, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"ratios {ratios!r} are not numbers; pass one float per group") from e
+    if arr.ndim != 1 or arr.shape[0] != n_groups:
+        raise ConfigError(
+            f"got {arr.size} ratios but the model has {n_groups} prunable groups; "
+            f"pass exactly {n_groups} values (see `rlprune groups`)"
+        )
+    return validate_ratio_matrix(arr[None, :], n_groups, max_ratio)[0]
+
+
+def validate_ratio_matrix(R, n_groups: int, max_ratio: float) -> np.ndarray:
+    """Vectorised :func:`validate_ratios` for an ``(N, n_groups)`` array.
+
+    Raises:
+        ConfigError: wrong shape, NaN/inf, or a value outside ``[0, max_ratio]`` (names the first one).
+    """
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[1] != n_groups:
+        raise ConfigError(
+            f"ratio matrix has shape {R.shape}; expected (N, {n_groups}), one column per prunable group"
+        )
+    bad = ~np.isfinite(R)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ConfigError(f"ratio for group_{j:02d} is {R[i, j]}; every ratio must be a finite number")
+    out = (R < 0) | (R > max_ratio + 1e-9)
+    if out.any():
+        i, j = np.argwhere(out)[0]
+        raise ConfigError(
+            f"ratio {R[i, j]:g} for group_{j:02d} is outside [0, {max_ratio:g}]; "
+            f"use values in that range (max_ratio is configurable)"
+        )
+    return R
+
+
+def keep_counts(R: np.ndarray, channels: np.ndarray, round_to: int) -> np.ndarray:
+    """Channels kept per group for ratio matrix ``R`` (torch-pruning's rounding rule).
+
+    ``floor(ratio * C)`` channels are removed, then the kept count is rounded *down* to a multiple of
+    ``round_to`` (0.3 of 16 channels with ``round_to=8`` keeps 8), never below one block.
+
+    Returns:
+        Integer array shaped like ``R``.
+    """
+    C = channels[None, :].astype(np.int64)
+    removed = np.floor(R * C + 1e-9).astype(np.int64)
+    keep = C - removed
+    if round_to > 1:
+        keep = keep - keep % round_to
+    floor_ = np.minimum(C, max(1, round_to))
+    return np.maximum(keep, floor_)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Batched exact cost of ratio vectors.
+
+    Attributes:
+        channels: ``(G,)`` channel count per group.
+        dim_size: ``(D,)`` original size of every dim.
+        dim_coef: ``(D, G)`` entries of dim ``d`` removed per channel removed from group ``g``.
+        term_in, term_out: ``(T,)`` dim index of each term's input/output (-1: a constant size of 1).
+        params_coef, macs_coef: ``(T, 4)`` the ``(a, b, c, d)`` of each term for params and MACs.
+        round_to: kept channels are rounded down to a multiple of this.
+        max_ratio: largest ratio a group may take.
+    """
+
+    channels: np.ndarray
+    dim_size: np.ndarray
+    dim_coef: np.ndarray
+    term_in: np.ndarray
+    term_out: np.ndarray
+    params_coef: np.ndarray
+    macs_coef: np.ndarray
+    round_to: int = 1
+    max_ratio: float = 0.9
+
+    def __post_init__(self):
+        G, D, T = len(self.channels), len(self.dim_size), len(self.term_in)
+        if self.dim_coef.shape != (D, G):
+            raise ValueError(f"dim_coef has shape {self.dim_coef.shape}, expected {(D, G)}")
+        for name in ("params_coef", "macs_coef"):
+            if getattr(self, name).shape != (T, 4):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(T, 4)}")
+        if not 0 < self.max_ratio < 1:
+            raise ValueError(f"max_ratio={self.max_ratio} must lie in (0, 1)")
+        if self.round_to < 1:
+            raise ValueError(f"round_to={self.round_to} must be >= 1")
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.channels)
+
+    @property
+    def base(self) -> tuple[float, float]:
+        """(params, MACs) of the unpruned model."""
+        p, m = self.cost_batch(np.zeros((1, self.n_groups)))
+        return float(p[0]), float(m[0])
+
+    def achieved(self, R) -> np.ndarray:
+        """Ratios after rounding, for a vector or a matrix (same shape out)."""
+        R = np.asarray(R, dtype=np.float64)
+        single = R.ndim == 1
+        if single:
+            R2 = validate_ratios(R, self.n_groups, self.max_ratio)[None, :]
+        else:
+            R2 = validate_ratio_matrix(R, self.n_groups, self.max_ratio)
+        keep = keep_counts(R2, self.channels, self.round_to)
+        out = 1.0 - keep / self.channels[None, :]
+        return out[0] if single else out
+
+    def cost(self, ratios) -> tuple[int, int]:
+        """Exact (params, MACs) of the model pruned with ``ratios``.
+
+        Raises:
+            ConfigError: invalid ratio vector (see :func:`validate_ratios`).
+        """
+        r = validate_ratios(ratios, self.n_groups, self.max_ratio)
+        p, m = self.cost_batch(r[None, :], validate=False)
+        return int(round(p[0])), int(round(m[0]))
+
+    def cost_batch(self, R, validate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Exact params and MACs for each row of an ``(N, G)`` ratio matrix.
+
+        Returns:
+            Two float64 arrays of shape ``(N,)``.
+        """
+        R = validate_ratio_matrix(R, self.n_groups, self.max_ratio) if validate else np.asarray(R)
+        removed = self.channels[None, :] - keep_counts(R, self.channels, self.round_to)
+        kept = self.dim_size[None, :] - removed @ self.dim_coef.T  # (N, D)
+        # Column -1 is a constant dim of size 1 for terms with no input or output channel dim.
+        kept = np.concatenate([kept, np.ones((kept.shape[0], 1))], axis=1)
+        xin, xout = kept[:, self.term_in], kept[:, self.term_out]
+        feats = np.stack([xin * xout, xin, xout, np.ones_like(xin)], axis=-1)  # (N, T, 4)
+        params = np.einsum("ntk,tk->n", feats, self.params_coef)
+        macs = np.einsum("ntk,tk->n", feats, self.macs_coef)
+        return params, macs
+
+    def ratios_of(self, R) -> tuple[np.ndarray, np.ndarray]:
+        """(params_ratio, macs_ratio) = pruned / original for each row of ``R``."""
+        p0, m0 = self.base
+        p, m = self.cost_batch(np.atleast_2d(R))
+        return p / p0, m / m0
+
+    def to_dict(self) -> dict:
+        """Plain-python form (for checkpoints and shipping to Ray workers)."""
+        return {
+            "channels": self.channels.tolist(),
+            "dim_size": self.dim_size.tolist(),
+            "dim_coef": self.dim_coef.tolist(),
+            "term_in": self.term_in.tolist(),
+            "term_out": self.term_out.tolist(),
+            "params_coef": self.params_coef.tolist(),
+            "macs_coef": self.macs_coef.tolist(),
+            "round_to": self.round_to,
+            "max_ratio": self.max_ratio,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CostModel:
+        """Inverse of :meth:`to_dict`."""
+        G = len(d["channels"])
+        return cls(
+            channels=np.asarray(d["channels"], dtype=np.int64),
+            dim_size=np.asarray(d["dim_size"], dtype=np.float64),
+            dim_coef=np.asarray(d["dim_coef"], dtype=np.float64).reshape(-1, G),
+            term_in=np.asarray(d["term_in"], dtype=np.int64),
+            term_out=np.asarray(d["term_out"], dtype=np.int64),
+            params_coef=np.asarray(d["params_coef"], dtype=np.float64).reshape(-1, 4),
+            macs_coef=np.asarray(d["macs_coef"], dtype=np.float64).reshape(-1, 4),
+            round_to=int(d["round_to"]),
+            max_ratio=float(d["max_ratio"]),
+        )
+
+    def uniform_for_target(self, target: float, budget: str = "macs", tol: float = 1e-4) -> float:
+        """The single ratio that, applied to every group, lands closest to ``target`` without exceeding it.
+
+        Args:
+            target: wanted pruned/original ratio of ``budget`` (e.g. 0.5).
+            budget: ``"macs"`` or ``"params"``.
+
+        Returns:
+            The uniform ratio (bisection on the exact cost; rounding makes the cost a step function).
+        """
+        return float(self.scale_to_target(np.ones(self.n_groups), target, budget, tol))
+
+    def scale_to_target(self, direction, target: float, budget: str = "macs", tol: float = 1e-4) -> float:
+        """Largest-cost scale ``s`` with ``clip(s * direction)`` meeting ``target`` (bisection).
+
+        Returns:
+            The scale ``s``; ``s * direction`` (clipped to ``[0, max_ratio]``) is the ratio vector.
+
+        Raises:
+            ConfigError: unknown budget, or the target cannot be reached even at ``max_ratio``.
+        """
+        col = _budget_col(budget)
+        direction = np.asarray(direction, dtype=np.float64)
+        base = self.base[col]
+
+        def frac(s):
+            r = np.clip(s * direction, 0.0, self.max_ratio)
+            return self.cost_batch(r[None, :], validate=False)[col][0] / base
+
+        hi = self.max_ratio / max(direction.max(), 1e-12)
+        if frac(hi) > target + 1e-12:
+            raise ConfigError(
+                f"target {budget} ratio {target:g} is unreachable: even max_ratio={self.max_ratio:g} "
+                f"keeps {frac(hi):.3f}; raise the target or max_ratio"
+            )
+        lo = 0.0
+        for _ in range(max(8, int(math.log2(hi / tol)) + 1)):
+            mid = 0.5 * (lo + hi)
+            if frac(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def _budget_col(budget: str) -> int:
+    if budget not in ("params", "macs"):
+        raise ConfigError(f"budget {budget!r} is unknown; use 'macs' or 'params'")
+    return 0 if budget == "params" else 1

@@ -1,0 +1,89 @@
+"""CostModel on its own: validation, batching, serialisation, budget targeting (numpy only)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rlprune.costmodel import CostModel, keep_counts
+from rlprune.errors import ConfigError
+from rlprune.pruning import PruningSpace
+from tests.arch_zoo import DenseNetTiny
+
+
+@pytest.fixture(scope="module")
+def cm() -> CostModel:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PruningSpace.from_model(DenseNetTiny().eval(), torch.randn(1, 3, 32, 32)).cost_model
+
+
+def test_batch_equals_single(cm):
+    R = np.random.default_rng(0).uniform(0, cm.max_ratio, (50, cm.n_groups))
+    P, M = cm.cost_batch(R)
+    for i in range(0, 50, 7):
+        assert cm.cost(R[i]) == (round(P[i]), round(M[i]))
+
+
+def test_cost_is_monotone_in_each_group(cm):
+    base = np.full(cm.n_groups, 0.2)
+    for g in range(cm.n_groups):
+        more = base.copy()
+        more[g] = 0.7
+        assert cm.cost(more)[0] < cm.cost(base)[0]
+        assert cm.cost(more)[1] < cm.cost(base)[1]
+
+
+def test_round_trip_through_dict(cm):
+    again = CostModel.from_dict(cm.to_dict())
+    R = np.random.default_rng(1).uniform(0, cm.max_ratio, (20, cm.n_groups))
+    np.testing.assert_array_equal(cm.cost_batch(R)[1], again.cost_batch(R)[1])
+    assert again.round_to == cm.round_to and again.max_ratio == cm.max_ratio
+
+
+def test_keep_counts_rounding():
+    C = np.array([16, 16, 10])
+    R = np.array([[0.3, 0.0, 0.9]])
+    assert keep_counts(R, C, 8).tolist() == [[8, 16, 8]]
+    assert keep_counts(R, C, 1).tolist() == [[12, 16, 1]]
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_uniform_for_target_is_the_least_pruning_that_meets_target(cm, budget, target):
+    r = cm.uniform_for_target(target, budget)
+    col = 0 if budget == "params" else 1
+
+    def frac(x):
+        return cm.cost_batch(np.full((1, cm.n_groups), x))[col][0] / cm.base[col]
+
+    assert frac(r) <= target + 1e-9
+    assert frac(r - 1e-3) > target  # a hair less pruning misses it: nothing is over-pruned
+
+
+def test_unreachable_target_and_bad_budget(cm):
+    with pytest.raises(ConfigError, match="unreachable"):
+        cm.uniform_for_target(0.001)
+    with pytest.raises(ConfigError, match="budget"):
+        cm.uniform_for_target(0.5, "latency")
+
+
+@pytest.mark.parametrize("R, match", [
+    (np.zeros((3, 2)), "shape"),
+    (np.full((1, 4), np.inf), "finite"),
+    (np.full((1, 4), 1.5), "outside"),
+])
+def test_matrix_validation(cm, R, match):
+    with pytest.raises(ConfigError, match=match):
+        cm.cost_batch(R)
+
+
+def test_constructor_checks_shapes(cm):
+    d = cm.to_dict()
+    d["max_ratio"] = 1.5
+    with pytest.raises(ValueError, match="max_ratio"):
+        CostModel.from_dict(d)
