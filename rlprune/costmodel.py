@@ -23,6 +23,8 @@ import numpy as np
 
 from rlprune.errors import ConfigError
 
+_FIT_TOL = 1e-12  # float slack when comparing a cost ratio with its target
+
 
 def validate_ratios(ratios, n_groups: int, max_ratio: float) -> np.ndarray:
     """Check a single ratio vector and return it as float64.
@@ -243,7 +245,10 @@ class CostModel:
             r = np.clip(s * direction, 0.0, self.max_ratio)
             return self.cost_batch(r[None, :], validate=False)[col][0] / base
 
-        hi = self.max_ratio / max(direction.max(), 1e-12)
+        if not (direction >= 0).all() or direction.max() <= 0:
+            raise ConfigError("a ratio direction needs non-negative entries, at least one positive")
+        # Large enough that every group with a positive direction saturates at max_ratio.
+        hi = self.max_ratio / direction[direction > 0].min()
         if frac(hi) > target + 1e-12:
             raise ConfigError(
                 f"target {budget} ratio {target:g} is unreachable: even max_ratio={self.max_ratio:g} "
@@ -257,6 +262,74 @@ class CostModel:
             else:
                 lo = mid
         return hi
+
+    def budget_ratio(self, R, budget: str = "macs") -> np.ndarray:
+        """Pruned/original ``budget`` (``"macs"`` or ``"params"``) for each row of ``R``."""
+        col = _budget_col(budget)
+        return self.cost_batch(np.atleast_2d(R))[col] / self.base[col]
+
+    def project_to_budget(self, R, target: float, budget: str = "macs", iters: int = 40) -> np.ndarray:
+        """Raise each row's ratios by the least amount that meets ``target`` (the AMC-style wall).
+
+        First ``r + s * (max_ratio - r)`` with the smallest ``s`` in [0, 1] whose exact cost meets the
+        target (bisection, all rows at once). Moving every group together makes their channel-rounding
+        steps coincide, so the result can undershoot the target by several steps; each raised group then
+        steps back, in forward order, to its lowest channel breakpoint (or its request) that still meets
+        the target. Rows that already meet it are returned unchanged; every ratio stays >= its request.
+
+        Args:
+            R: ``(N, G)`` or ``(G,)`` ratios in ``[0, max_ratio]``.
+            target: wanted pruned/original ratio of ``budget``.
+            budget: ``"macs"`` or ``"params"``.
+            iters: bisection steps (40 resolves ``s`` far below one channel).
+
+        Returns:
+            Projected ratios, same shape as ``R``.
+
+        Raises:
+            ConfigError: the target is unreachable even with every group at ``max_ratio``.
+        """
+        R = np.asarray(R, dtype=np.float64)
+        single = R.ndim == 1
+        R2 = np.atleast_2d(R)
+        floor = self.budget_ratio(np.full((1, self.n_groups), self.max_ratio), budget)[0]
+        if floor > target + _FIT_TOL:
+            raise ConfigError(f"target {budget} ratio {target:g} is unreachable: every group at max_ratio="
+                              f"{self.max_ratio:g} keeps {floor:.4f}; raise the target or max_ratio")
+        top = self.max_ratio - R2
+        lo = np.zeros(len(R2))
+        hi = np.where(self.budget_ratio(R2, budget) <= target + _FIT_TOL, 0.0, 1.0)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            ok = self.budget_ratio(R2 + mid[:, None] * top, budget) <= target + _FIT_TOL
+            hi = np.where(ok, mid, hi)
+            lo = np.where(ok, lo, mid)
+        out = np.clip(R2 + hi[:, None] * top, 0.0, self.max_ratio)
+        out = self._give_back(R2, out, target, budget)
+        return out[0] if single else out
+
+    def _give_back(self, requested, enforced, target, budget, chunk: int = 4096) -> np.ndarray:
+        """Lower each raised entry to its least breakpoint ``k / C`` (or its request) still meeting target."""
+        out = enforced.copy()
+        for g in range(self.n_groups):
+            rows = np.flatnonzero(out[:, g] > requested[:, g] + 1e-12)
+            if len(rows) == 0:
+                continue
+            C = int(self.channels[g])
+            grid = np.arange(math.floor(self.max_ratio * C + 1e-9) + 1) / C  # exact breakpoints of floor(r*C)
+            for part in np.array_split(rows, max(1, len(rows) * len(grid) // chunk + 1)):
+                req, cur = requested[part, g], out[part, g]
+                cand = np.concatenate([req[:, None], np.broadcast_to(grid, (len(part), len(grid)))], axis=1)
+                valid = (cand >= req[:, None]) & (cand < cur[:, None])
+                valid[:, 0] = True
+                trial = np.repeat(out[part], cand.shape[1], axis=0)
+                trial[:, g] = cand.reshape(-1)
+                fits = (self.budget_ratio(trial, budget) <= target + _FIT_TOL).reshape(len(part), -1) & valid
+                # Cost falls as the ratio rises: the first fitting candidate in ascending order is the least.
+                cand = np.where(fits, cand, np.inf)
+                best = cand.min(axis=1)
+                out[part, g] = np.where(np.isfinite(best), np.minimum(best, cur), cur)
+        return out
 
 
 def _budget_col(budget: str) -> int:

@@ -243,13 +243,9 @@ class PruningSpace:
             if n_prune <= 0:
                 continue
             root = mods[root_name]
-            fn = DG.get_pruner_of_module(root).prune_out_channels
-            full = DG.get_pruning_group(root, fn, idxs=list(range(int(C))))
-            scores = imp(full)
-            if scores is None:  # e.g. bn_scale on a group without BatchNorm: fall back to L1
-                scores = tp.importance.GroupMagnitudeImportance(p=1)(full)
-            idxs = torch.argsort(scores.detach().cpu())[:n_prune].tolist()
-            DG.get_pruning_group(root, fn, idxs=sorted(idxs)).prune()
+            scores = _scores(imp, _full_group(DG, root, int(C)))
+            idxs = sorted(torch.argsort(scores)[:n_prune].tolist())
+            DG.get_pruning_group(root, DG.get_pruner_of_module(root).prune_out_channels, idxs=idxs).prune()
         model.zero_grad(set_to_none=True)
         try:
             with torch.no_grad():
@@ -260,6 +256,26 @@ class PruningSpace:
         model.train(was_training)
         return model
 
+    def channel_scores(self, importance: str = "l1", data=None, seed: int = 0) -> list[np.ndarray]:
+        """Per-group channel importance on the unpruned model (what ``apply`` ranks by).
+
+        Scores are normalised within each group (torch-pruning's default ``mean`` normaliser), so they can
+        be compared across groups, as global pruning does.
+
+        Returns:
+            One float array of length ``channels`` per group.
+        """
+        imp = _importance(importance, seed)
+        model = copy.deepcopy(self.model).eval()
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=self.example_inputs)
+        if importance == "taylor":
+            _taylor_grads(model, data)
+        mods = dict(model.named_modules())
+        out = []
+        for root_name, C in zip(self._roots, self.cost_model.channels, strict=True):
+            group = _full_group(DG, mods[root_name], int(C))
+            out.append(_scores(imp, group).numpy().astype(np.float64))
+        return out
 
 # ====================================================================== tracing helpers
 def _forward(model, example_inputs):
@@ -496,6 +512,19 @@ def _importance(name: str, seed: int):
         gen = torch.Generator().manual_seed(seed)
         return lambda group: torch.rand(len(group[0].idxs), generator=gen)
     raise ConfigError(f"importance {name!r} is unknown; use one of {', '.join(IMPORTANCES)}")
+
+
+def _full_group(DG, root, channels: int):
+    """The dependency group of ``root``'s output channels, with every index."""
+    fn = DG.get_pruner_of_module(root).prune_out_channels
+    return DG.get_pruning_group(root, fn, idxs=list(range(channels)))
+
+
+def _scores(imp, group) -> torch.Tensor:
+    scores = imp(group)
+    if scores is None:  # e.g. bn_scale on a group without BatchNorm: fall back to L1
+        scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
+    return scores.detach().cpu()
 
 
 def _taylor_grads(model, data):

@@ -87,3 +87,30 @@ def test_constructor_checks_shapes(cm):
     d["max_ratio"] = 1.5
     with pytest.raises(ValueError, match="max_ratio"):
         CostModel.from_dict(d)
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_project_to_budget_meets_target_minimally(cm, budget):
+    rng = np.random.default_rng(3)
+    R = rng.uniform(0, 0.3, (40, cm.n_groups))
+    R[:5] = cm.max_ratio * 0.95  # these already meet the target and must not move
+    P = cm.project_to_budget(R, 0.5, budget)
+    assert P.shape == R.shape and np.all(P >= R - 1e-12) and np.all(P <= cm.max_ratio)
+    assert np.all(cm.budget_ratio(P, budget) <= 0.5 + 1e-12)
+    np.testing.assert_array_equal(P[:5], R[:5])
+    # Backing off a little along the same path misses the target: nothing is pruned more than needed.
+    moved = np.abs(P - R).sum(axis=1) > 1e-9
+    back = P - 1e-7 * (cm.max_ratio - R)
+    assert moved.sum() >= 30 and np.all(cm.budget_ratio(back[moved], budget) > 0.5)
+    assert cm.project_to_budget(R[7], 0.5, budget).shape == (cm.n_groups,)
+
+
+def test_projection_leaves_no_raised_group_lowerable(cm):
+    R = np.random.default_rng(5).uniform(0, 0.4, (25, cm.n_groups))
+    P = cm.project_to_budget(R, 0.45)
+    for r, p in zip(R, P, strict=True):
+        for g in np.flatnonzero(p > r + 1e-12):
+            lower = p.copy()
+            # One channel step back (or back to the request) must break the budget.
+            lower[g] = max(r[g], (np.floor(p[g] * cm.channels[g] + 1e-9) - 1) / cm.channels[g])
+            assert cm.budget_ratio(lower)[0] > 0.45

@@ -1,0 +1,194 @@
+"""The baselines an RL pruner must beat, all held to the same budget through the exact cost model.
+
+- Handcrafted rules (one ratio direction scaled until the budget is met): ``uniform``; ``larger_group``
+  (more channels -> larger ratio); ``depth`` (deeper -> larger ratio).
+- ``global_l1``: torch-pruning-style global magnitude pruning. Channels of all groups are ranked together
+  by their group-normalised L1 importance and the lowest are removed until the budget is met; the
+  threshold is found on the cost model, so it lands on the budget as exactly as channel counts allow.
+- ``random_search`` and ``cem``: black-box searches against an accuracy-drop predictor (the SPN) with a
+  fixed number of predictor calls; every candidate is projected onto the budget first.
+
+Each returns a ratio vector; :func:`run_baselines` collects them with their exact cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlprune.costmodel import CostModel
+from rlprune.errors import ConfigError
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
+
+RULES = ("uniform", "larger_group", "depth")
+SEARCHES = ("random_search", "cem")
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """One baseline's ratio vector and its exact cost.
+
+    Attributes:
+        method: baseline name.
+        ratios: achieved ratios (after channel rounding), one per group.
+        macs_ratio, params_ratio: pruned / original.
+        extra: method-specific figures (predicted drop, predictor calls, ...).
+    """
+
+    method: str
+    ratios: np.ndarray
+    macs_ratio: float
+    params_ratio: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "ratios": [round(float(r), 6) for r in self.ratios],
+                "macs_ratio": self.macs_ratio, "params_ratio": self.params_ratio, **self.extra}
+
+
+def rule_direction(rule: str, channels: np.ndarray) -> np.ndarray:
+    """The per-group ratio direction of a handcrafted rule (scaled to the budget later).
+
+    Args:
+        rule: one of ``RULES``.
+        channels: channels per group, in forward order.
+
+    Returns:
+        A positive vector of length ``n_groups``.
+
+    Raises:
+        ConfigError: unknown rule.
+    """
+    G = len(channels)
+    if rule == "uniform":
+        return np.ones(G)
+    if rule == "larger_group":
+        return np.asarray(channels, dtype=np.float64) / float(np.max(channels))
+    if rule == "depth":
+        return (np.arange(G) + 1.0) / G
+    raise ConfigError(f"rule {rule!r} is unknown; use one of {', '.join(RULES)}")
+
+
+def rule_ratios(cm: CostModel, rule: str, target: float, budget: str = "macs") -> np.ndarray:
+    """Ratios of a handcrafted rule scaled to the least pruning that meets ``target``."""
+    d = rule_direction(rule, cm.channels)
+    s = cm.scale_to_target(d, target, budget)
+    return cm.achieved(np.clip(s * d, 0.0, cm.max_ratio))
+
+
+def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: float,
+                            budget: str = "macs") -> np.ndarray:
+    """Global magnitude pruning: one importance threshold across all groups, met on the cost model.
+
+    Args:
+        cm: the cost model.
+        scores: per-group channel importance (``PruningSpace.channel_scores``), comparable across groups.
+        target: wanted pruned/original ratio of ``budget``.
+
+    Returns:
+        Achieved ratios: group g loses its channels scoring below the threshold (capped at ``max_ratio``).
+    """
+    C = cm.channels
+    cap = np.floor(cm.max_ratio * C + 1e-9)
+    sorted_scores = [np.sort(s) for s in scores]
+    candidates = np.unique(np.concatenate(sorted_scores))
+
+    def ratios_at(t):
+        removed = np.array([np.searchsorted(s, t, side="right") for s in sorted_scores], dtype=np.float64)
+        return np.minimum(removed, cap) / C
+
+    lo, hi = 0, len(candidates) - 1  # smallest threshold index whose ratios meet the target
+    if cm.budget_ratio(ratios_at(candidates[hi]), budget)[0] > target:
+        raise ConfigError(f"global pruning cannot reach {budget} ratio {target:g} within max_ratio="
+                          f"{cm.max_ratio:g}; raise the target")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cm.budget_ratio(ratios_at(candidates[mid]), budget)[0] <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return cm.achieved(ratios_at(candidates[lo]))
+
+
+def random_search(predict: Predictor, cm: CostModel, target: float, budget: str = "macs",
+                  n_calls: int = 2048, seed: int = 0, batch: int = 512) -> tuple[np.ndarray, dict]:
+    """Uniform random ratio vectors, projected onto the budget, best predicted drop wins.
+
+    Returns:
+        ``(ratios, extra)`` with ``predicted_acc_drop`` and ``predictor_calls``.
+    """
+    rng = np.random.default_rng(seed)
+    best, best_drop, calls = None, np.inf, 0
+    while calls < n_calls:
+        n = min(batch, n_calls - calls)
+        R = cm.project_to_budget(rng.uniform(0, cm.max_ratio, (n, cm.n_groups)), target, budget)
+        drop = np.asarray(predict(R), dtype=np.float64)
+        calls += n
+        i = int(np.argmin(drop))
+        if drop[i] < best_drop:
+            best, best_drop = R[i], float(drop[i])
+    return cm.achieved(best), {"predicted_acc_drop": best_drop, "predictor_calls": calls}
+
+
+def cem(predict: Predictor, cm: CostModel, target: float, budget: str = "macs", n_calls: int = 2048,
+        seed: int = 0, population: int = 128, elite_frac: float = 0.1) -> tuple[np.ndarray, dict]:
+    """Cross-entropy method over ratio vectors (diagonal Gaussian), candidates projected onto the budget.
+
+    Returns:
+        ``(ratios, extra)`` with ``predicted_acc_drop`` and ``predictor_calls``.
+    """
+    if population < 4 or not 0 < elite_frac < 1:
+        raise ConfigError(f"cem needs population >= 4 and 0 < elite_frac < 1, got {population}, {elite_frac}")
+    rng = np.random.default_rng(seed)
+    mean = np.full(cm.n_groups, cm.max_ratio / 2)
+    std = np.full(cm.n_groups, cm.max_ratio / 3)
+    n_elite = max(2, int(population * elite_frac))
+    best, best_drop, calls = None, np.inf, 0
+    while calls < n_calls:
+        n = min(population, n_calls - calls)
+        R = np.clip(mean + std * rng.standard_normal((n, cm.n_groups)), 0.0, cm.max_ratio)
+        R = cm.project_to_budget(R, target, budget)
+        drop = np.asarray(predict(R), dtype=np.float64)
+        calls += n
+        order = np.argsort(drop)
+        if drop[order[0]] < best_drop:
+            best, best_drop = R[order[0]], float(drop[order[0]])
+        elite = R[order[: min(n_elite, n)]]
+        # Smoothed updates keep the distribution from collapsing on one lucky batch.
+        mean = 0.7 * elite.mean(axis=0) + 0.3 * mean
+        std = np.maximum(0.7 * elite.std(axis=0) + 0.3 * std, 0.01)
+    return cm.achieved(best), {"predicted_acc_drop": best_drop, "predictor_calls": calls}
+
+
+def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=None,
+                  predict: Predictor | None = None, n_calls: int = 2048, seed: int = 0) -> list[BaselineResult]:
+    """Every baseline that applies, at the same budget.
+
+    Args:
+        cm: cost model of the model being pruned.
+        target: pruned/original ``budget`` ratio to reach (e.g. 0.5).
+        budget: ``"macs"`` or ``"params"``.
+        scores: per-group channel importance for ``global_l1`` (skipped when None).
+        predict: accuracy-drop predictor for ``random_search`` and ``cem`` (skipped when None); its
+            predicted drop is also recorded for every other baseline.
+        n_calls: predictor calls each search may spend.
+
+    Returns:
+        One :class:`BaselineResult` per method.
+    """
+    found: list[tuple[str, np.ndarray, dict]] = [(r, rule_ratios(cm, r, target, budget), {}) for r in RULES]
+    if scores is not None:
+        found.append(("global_l1", global_threshold_ratios(cm, scores, target, budget), {}))
+    if predict is not None:
+        found.append(("random_search", *random_search(predict, cm, target, budget, n_calls, seed)))
+        found.append(("cem", *cem(predict, cm, target, budget, n_calls, seed)))
+    out = []
+    for method, ratios, extra in found:
+        p, m = cm.ratios_of(ratios[None, :])
+        if predict is not None and "predicted_acc_drop" not in extra:
+            extra = {**extra, "predicted_acc_drop": float(np.asarray(predict(ratios[None, :]))[0])}
+        out.append(BaselineResult(method, ratios, float(m[0]), float(p[0]), extra))
+    return out
