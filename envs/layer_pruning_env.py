@@ -19,6 +19,7 @@ smallest ratio that meets the target alone (undecided groups at 0), ``max_ratio`
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ CONTEXT_NAMES = ("target", "macs_ratio", "params_ratio", "acc_drop", "progress",
 """The global-context entries of every observation, after the agent's own features."""
 TOKEN_EXTRA = ("ratio", "decided")
 """Appended to each group's features in the all-groups block."""
+FINISHED_KEPT = 4096
+"""Finished-episode summaries an env keeps until :meth:`LayerPruningEnv.drain_finished` takes them."""
 OBS_BOUND = 10.0
 """Observation box bound; features and context lie in about [-1, 1.2], so clipping never bites in practice."""
 _ACC_SCALE = 100.0  # acc_drop is in points: /100 brings it to the scale of the other entries
@@ -133,6 +136,9 @@ class LayerPruningEnv(MultiAgentEnv):
         self._t = 0
         self._so_far = (1.0, 1.0, 0.0)  # params_ratio, macs_ratio, acc_drop of the choices so far
         self._bounds_now = (0.0, self.max_ratio)
+        # Finished episodes' summaries, so a search can read candidates off the env runners (bounded: an
+        # undrained env must not grow without limit).
+        self.finished: collections.deque[dict] = collections.deque(maxlen=FINISHED_KEPT)
 
     # ------------------------------------------------------------------ gymnasium / RLlib API
     def reset(self, *, seed=None, options=None):
@@ -214,6 +220,17 @@ class LayerPruningEnv(MultiAgentEnv):
         if not hasattr(self.source, "set_state"):
             raise ConfigError(f"set_spn_state needs reward='spn'; this env uses reward={self.config.reward!r}")
         return self.source.set_state(state, version)
+
+    def drain_finished(self) -> list[dict]:
+        """Hand over (and forget) the summaries of the episodes finished since the last call.
+
+        Returns:
+            One dict per episode: ``achieved`` ratios, ``macs_ratio``, ``params_ratio``, ``acc_drop``,
+            ``acc_drop_std``, ``reward``, ``spn_version``, ... (the final ``infos`` entry).
+        """
+        out = list(self.finished)
+        self.finished.clear()
+        return out
 
     @property
     def spn_version(self) -> int | None:
@@ -324,6 +341,7 @@ class LayerPruningEnv(MultiAgentEnv):
         }
         if "sample" in info:
             summary["sample"] = info["sample"]
+        self.finished.append(summary)
         self._ratios = enforced.copy()
         self._decided[:] = True
         self._so_far = (p, m, acc)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from rlprune.errors import ConfigError, RlpruneError
 from rlprune.sample_tune import add_sample_parser, cmd_sample
+from rlprune.search import add_search_parser, cmd_search
+from rlprune.spn_cli import add_spn_parser, cmd_spn
+from rlprune.validate import add_baselines_parser, cmd_baselines
 
 EPILOG_PRUNE = """examples:
   rlprune prune --task digits --uniform 0.3
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip BatchNorm recalibration on the calibration split before measuring")
     p.add_argument("--out", help="folder for pruned_model.pt and its manifest pruned_model.json")
     add_sample_parser(sub)
+    add_baselines_parser(sub)
+    add_search_parser(sub)
+    add_spn_parser(sub)
     return parser
 
 
@@ -252,7 +258,15 @@ def _taylor_batch(task, importance):
     return next(iter(task.loader("calibration", batch_size=128)))
 
 
-COMMANDS = {"tasks": cmd_tasks, "groups": cmd_groups, "prune": cmd_prune, "sample": cmd_sample}
+COMMANDS = {
+    "tasks": cmd_tasks,
+    "groups": cmd_groups,
+    "prune": cmd_prune,
+    "sample": cmd_sample,
+    "spn": cmd_spn,
+    "search": cmd_search,
+    "baselines": cmd_baselines,
+}
 
 
 def main(argv=None) -> int:

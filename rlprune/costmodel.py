@@ -77,11 +77,13 @@ def validate_ratio_matrix(R, n_groups: int, max_ratio: float) -> np.ndarray:
     return R
 
 
-def keep_counts(R: np.ndarray, channels: np.ndarray, round_to: int) -> np.ndarray:
+def keep_counts(R: np.ndarray, channels: np.ndarray, round_to: int, max_ratio: float = 1.0) -> np.ndarray:
     """Channels kept per group for ratio matrix ``R`` (torch-pruning's rounding rule).
 
     ``floor(ratio * C)`` channels are removed, then the kept count is rounded *down* to a multiple of
-    ``round_to`` (0.3 of 16 channels with ``round_to=8`` keeps 8), never below one block.
+    ``round_to`` (0.3 of 16 channels with ``round_to=8`` keeps 8), never below one block. Where rounding
+    down would remove more than ``max_ratio`` of the group, it rounds up instead, so achieved ratios stay
+    valid ratios (and ``achieved(achieved(r)) == achieved(r)``).
 
     Returns:
         Integer array shaped like ``R``.
@@ -90,7 +92,9 @@ def keep_counts(R: np.ndarray, channels: np.ndarray, round_to: int) -> np.ndarra
     removed = np.floor(R * C + 1e-9).astype(np.int64)
     keep = C - removed
     if round_to > 1:
-        keep = keep - keep % round_to
+        down = keep - keep % round_to
+        too_far = (C - down) > np.floor(max_ratio * C + 1e-9)
+        keep = np.where(too_far, np.minimum(down + round_to, C), down)
     floor_ = np.minimum(C, max(1, round_to))
     return np.maximum(keep, floor_)
 
@@ -149,7 +153,7 @@ class CostModel:
             R2 = validate_ratios(R, self.n_groups, self.max_ratio)[None, :]
         else:
             R2 = validate_ratio_matrix(R, self.n_groups, self.max_ratio)
-        keep = keep_counts(R2, self.channels, self.round_to)
+        keep = keep_counts(R2, self.channels, self.round_to, self.max_ratio)
         out = 1.0 - keep / self.channels[None, :]
         return out[0] if single else out
 
@@ -170,7 +174,7 @@ class CostModel:
             Two float64 arrays of shape ``(N,)``.
         """
         R = validate_ratio_matrix(R, self.n_groups, self.max_ratio) if validate else np.asarray(R)
-        removed = self.channels[None, :] - keep_counts(R, self.channels, self.round_to)
+        removed = self.channels[None, :] - keep_counts(R, self.channels, self.round_to, self.max_ratio)
         kept = self.dim_size[None, :] - removed @ self.dim_coef.T  # (N, D)
         # Column -1 is a constant dim of size 1 for terms with no input or output channel dim.
         kept = np.concatenate([kept, np.ones((kept.shape[0], 1))], axis=1)

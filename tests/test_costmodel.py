@@ -114,3 +114,14 @@ def test_projection_leaves_no_raised_group_lowerable(cm):
             # One channel step back (or back to the request) must break the budget.
             lower[g] = max(r[g], (np.floor(p[g] * cm.channels[g] + 1e-9) - 1) / cm.channels[g])
             assert cm.budget_ratio(lower)[0] > 0.45
+
+
+def test_achieved_ratios_never_exceed_max_ratio_and_are_idempotent():
+    cm = CostModel(channels=np.array([64, 10]), dim_size=np.array([64.0, 10.0]), dim_coef=np.eye(2),
+                   term_in=np.array([-1, -1]), term_out=np.array([0, 1]),
+                   params_coef=np.array([[0, 0, 1.0, 0], [0, 0, 1.0, 0]]), macs_coef=np.zeros((2, 4)),
+                   round_to=4, max_ratio=0.9)
+    # 0.9 of 64 removes 57, keeps 7 -> rounded down to 4 would remove 0.9375 > max_ratio: round up to 8.
+    a = cm.achieved([0.9, 0.9])
+    assert a[0] == pytest.approx(56 / 64) and np.all(a <= 0.9)
+    np.testing.assert_array_equal(cm.achieved(a), a)

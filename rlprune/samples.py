@@ -1,0 +1,355 @@
+"""The sample schema and the durable sample store: a folder of append-only parquet shards.
+
+One *sample* is a ratio vector really applied to a base model and really evaluated (see
+``rlprune.sampling``). The store keeps them so that nothing is lost to a killed run::
+
+    DIR/manifest.json                {"schema_version": 1, "columns": [...SAMPLE_COLUMNS]}
+    DIR/shards/<time>-<pid>-<rand>.parquet   immutable; written to a temp name, then os.replace'd
+    DIR/spaces/<fingerprint>.json    one per base model: groups, features, cost model, base accuracy
+
+Shards are never rewritten, so concurrent writers (one per Ray worker) need no lock and a reader sees
+whole shards only. A shard that is truncated or corrupt anyway (a full disk, a copy gone wrong) is
+skipped with a warning naming it, never deleted. Rows with the same ``sample_id`` are stored once.
+
+    append_samples("runs/samples", rows)
+    df = read_samples("runs/samples", fingerprint=fp)    # one row per unique sample
+    R = np.stack(df["ratios"])                           # (N, n_groups) achieved ratios
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlprune.errors import SampleStoreError
+from rlprune.io import atomic_write_bytes, atomic_write_json
+
+SCHEMA_VERSION = 1
+
+#: Every column of a sample row, with its arrow type. Ratios are per group, in ``PruningSpace`` order.
+_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),  # sha256(task, fingerprint, importance, achieved ratios, bn)[:16]
+    ("ratios", pa.list_(pa.float64())),  # achieved ratios (after round_to)
+    ("requested_ratios", pa.list_(pa.float64())),  # what the sampler asked for
+    ("params_ratio", pa.float64()),  # pruned / original params (exact, from the cost model)
+    ("macs_ratio", pa.float64()),  # pruned / original MACs
+    ("acc", pa.float64()),  # accuracy in percent on the calibration split
+    ("acc_drop", pa.float64()),  # base acc minus acc, percentage points
+    ("loss", pa.float64()),  # mean cross-entropy on the calibration split
+    ("latency_ms", pa.float64()),  # median batch-1 CPU forward of the pruned model
+    ("eval_s", pa.float64()),  # wall time of prune + recalibrate + evaluate + latency
+    ("task", pa.string()),
+    ("model_fingerprint", pa.string()),  # rlprune.io.model_fingerprint of the base model
+    ("importance", pa.string()),  # channel criterion used by PruningSpace.apply
+    ("bn_recalibrated", pa.bool_()),
+    ("sampler", pa.string()),  # which sampler proposed the ratios
+    ("worker", pa.string()),  # which worker evaluated them
+    ("created_at", pa.string()),  # ISO 8601, UTC
+])
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(_SCHEMA.names)
+
+_MANIFEST = "manifest.json"
+_SHARDS = "shards"
+_SPACES = "spaces"
+
+# Shards are immutable, so the ids each one holds can be cached per process by (path, size, mtime).
+_ID_CACHE: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
+# ---------------------------------------------------------------------------------------- ids
+def sample_id(task: str, fingerprint: str, importance: str, ratios, bn_recalibrated: bool) -> str:
+    """The identity of a sample: what was pruned, how, and whether BN was recalibrated.
+
+    Args:
+        task: task name.
+        fingerprint: base model fingerprint.
+        importance: channel criterion.
+        ratios: the ACHIEVED ratios (rounded to 6 decimals, so float noise does not split ids).
+        bn_recalibrated: whether BatchNorm statistics were re-estimated before evaluating.
+
+    Returns:
+        The first 16 hex digits of a sha256.
+    """
+    text = "|".join([task, fingerprint, importance, ",".join(f"{float(r):.6f}" for r in ratios),
+                     str(bool(bn_recalibrated))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def now_iso() -> str:
+    """Current UTC time as ISO 8601 (the ``created_at`` format)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------- store
+def open_store(path: str | os.PathLike, create: bool = True) -> Path:
+    """Check that ``path`` is a sample store of this schema, creating an empty one if allowed.
+
+    Args:
+        path: the store folder.
+        create: make the folder and its manifest when the folder is missing or empty.
+
+    Returns:
+        The store path.
+
+    Raises:
+        SampleStoreError: ``path`` is a file, a non-empty folder without a manifest, a store of another
+            schema version or columns, or missing while ``create`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SampleStoreError(f"sample store {path} is a file; pass a folder (it is created if missing)")
+    manifest = path / _MANIFEST
+    if not manifest.exists():
+        if path.is_dir() and any(path.iterdir()):
+            raise SampleStoreError(f"{path} is not a sample store (no {_MANIFEST}) and is not empty; "
+                                   f"pass a new or empty folder")
+        if not create:
+            raise SampleStoreError(f"no sample store at {path}; create one with `rlprune sample --out {path}`")
+        (path / _SHARDS).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(manifest, {"schema_version": SCHEMA_VERSION, "columns": list(SAMPLE_COLUMNS)})
+        return path
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SampleStoreError(f"{manifest} is not valid JSON ({e}); restore it or start a new store") from e
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if version != SCHEMA_VERSION:
+        raise SampleStoreError(f"{path} holds samples of schema version {version}, this rlprune reads version "
+                               f"{SCHEMA_VERSION}; write to a new --out folder (or convert the old store)")
+    if list(meta.get("columns", [])) != list(SAMPLE_COLUMNS):
+        raise SampleStoreError(f"{path} has columns {meta.get('columns')} but schema version {SCHEMA_VERSION} "
+                               f"expects {list(SAMPLE_COLUMNS)}; write to a new --out folder")
+    return path
+
+
+def _shard_paths(store: Path) -> list[Path]:
+    # Names start with a UTC timestamp, so sorting keeps the first-written copy of a duplicate.
+    # Temp files (".name.xxx.tmp") left by a killed writer do not end in .parquet and are ignored.
+    return sorted(p for p in (store / _SHARDS).glob("*.parquet") if not p.name.startswith("."))
+
+
+def _read_shard(path: Path, columns=None) -> pa.Table | None:
+    try:
+        table = pq.read_table(path, columns=columns)
+    except Exception as e:  # noqa: BLE001 - any unreadable shard is skipped, never fatal
+        warnings.warn(f"rlprune: skipping unreadable sample shard {path} ({type(e).__name__}: {e}); "
+                      f"it is left in place", RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        return table.select(list(columns or SAMPLE_COLUMNS)).cast(_SCHEMA if columns is None else
+                                                                  pa.schema([_SCHEMA.field(c) for c in columns]))
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+        warnings.warn(f"rlprune: skipping sample shard {path}: it does not match the sample schema ({e}); "
+                      f"it is left in place", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def stored_ids(path: str | os.PathLike) -> set[str]:
+    """Every ``sample_id`` in the store (unreadable shards skipped with a warning).
+
+    Raises:
+        SampleStoreError: see :func:`open_store`.
+    """
+    store = open_store(path, create=False)
+    ids: set[str] = set()
+    for shard in _shard_paths(store):
+        st = shard.stat()
+        key = (str(shard), st.st_size, st.st_mtime_ns)
+        if key not in _ID_CACHE:
+            table = _read_shard(shard, ["sample_id"])
+            if table is None:
+                continue
+            _ID_CACHE[key] = frozenset(table.column("sample_id").to_pylist())
+        ids |= _ID_CACHE[key]
+    return ids
+
+
+def _check_row(i: int, row: dict) -> dict:
+    if not isinstance(row, dict):
+        raise SampleStoreError(f"row {i} is a {type(row).__name__}, not a dict of SAMPLE_COLUMNS")
+    missing = [c for c in SAMPLE_COLUMNS if c not in row]
+    extra = [k for k in row if k not in SAMPLE_COLUMNS]
+    if missing or extra:
+        raise SampleStoreError(f"row {i} ({row.get('sample_id', '?')}) has missing columns {missing} and unknown "
+                               f"columns {extra}; rows must have exactly rlprune.samples.SAMPLE_COLUMNS")
+    acc = row["acc"]
+    if not isinstance(acc, (int, float, np.floating, np.integer)) or not math.isfinite(float(acc)):
+        raise SampleStoreError(f"row {i} ({row['sample_id']}) has acc={acc!r}; accuracy must be a finite number")
+    try:
+        ratios = np.asarray(row["ratios"], dtype=np.float64)
+        requested = np.asarray(row["requested_ratios"], dtype=np.float64)
+    except (TypeError, ValueError):
+        ratios = requested = np.full((1, 1), np.nan)  # reported just below
+    if ratios.ndim != 1 or not np.isfinite(ratios).all() or requested.shape != ratios.shape:
+        raise SampleStoreError(f"row {i} ({row['sample_id']}) has ratios {row['ratios']!r}; expected finite "
+                               f"floats, one per group, as many as requested_ratios")
+    out = dict(row)
+    out["ratios"] = [float(r) for r in ratios]
+    out["requested_ratios"] = [float(r) for r in requested]
+    return out
+
+
+def append_samples(path: str | os.PathLike, rows: list[dict]) -> int:
+    """Store new sample rows as one new shard (atomically).
+
+    Args:
+        path: the store folder; created (with its manifest) if missing or empty.
+        rows: dicts with exactly ``SAMPLE_COLUMNS``.
+
+    Returns:
+        How many rows were newly stored: rows whose ``sample_id`` is already in the store, or repeated
+        within ``rows``, are dropped.
+
+    Raises:
+        SampleStoreError: a row with missing/unknown columns, a NaN accuracy or bad ratios (nothing is
+            written), or a path that is not a store of this schema (see :func:`open_store`).
+    """
+    checked = [_check_row(i, r) for i, r in enumerate(rows)]
+    store = open_store(path)
+    if not checked:
+        return 0
+    seen = stored_ids(store)
+    fresh = []
+    for row in checked:
+        if row["sample_id"] not in seen:
+            seen.add(row["sample_id"])
+            fresh.append(row)
+    if not fresh:
+        return 0
+    try:
+        table = pa.Table.from_pylist(fresh, schema=_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        raise SampleStoreError(f"rows do not fit the sample schema ({e}); see rlprune.samples.SAMPLE_COLUMNS") from e
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    atomic_write_bytes(store / _SHARDS / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet", buf.getvalue())
+    return len(fresh)
+
+
+def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: str | None = None) -> pd.DataFrame:
+    """All unique samples of a store, optionally for one base model or task.
+
+    Args:
+        path: the store folder.
+        fingerprint: keep only rows of this ``model_fingerprint``.
+        task: keep only rows of this task.
+
+    Returns:
+        A DataFrame with ``SAMPLE_COLUMNS``, one row per ``sample_id`` (the first stored copy), in the
+        order shards were written; ``ratios``/``requested_ratios`` hold float arrays. An empty store gives
+        an empty frame with the same columns.
+
+    Raises:
+        SampleStoreError: ``path`` is missing or not a store of this schema (see :func:`open_store`).
+    """
+    store = open_store(path, create=False)
+    tables = [t for t in (_read_shard(p) for p in _shard_paths(store)) if t is not None]
+    df = pa.concat_tables(tables).to_pandas() if tables else _SCHEMA.empty_table().to_pandas()
+    if fingerprint is not None:
+        df = df[df["model_fingerprint"] == fingerprint]
+    if task is not None:
+        df = df[df["task"] == task]
+    return df.drop_duplicates("sample_id", keep="first").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------- spaces
+def space_record(task_name: str, space, base_acc: float, base_loss: float, fingerprint: str,
+                 importance: str = "l1") -> dict:
+    """Describe a base model's pruning space, so samples can be learned from without the model.
+
+    Args:
+        task_name: task name.
+        space: a ``rlprune.pruning.PruningSpace`` of the base model.
+        base_acc: base accuracy (percent) on the split the samples are scored on (calibration).
+        base_loss: base mean cross-entropy on that split.
+        fingerprint: base model fingerprint (the samples' ``model_fingerprint``).
+        importance: channel criterion the samples were pruned with.
+
+    Returns:
+        A JSON-ready dict: ``fingerprint``, ``task``, ``n_groups``, ``group_ids``, ``feature_names``,
+        ``features`` (``n_groups`` lists), ``channels``, ``cost_model`` (``CostModel.to_dict()``),
+        ``base_acc``, ``base_loss``, ``importance``.
+    """
+    from rlprune.pruning import FEATURE_NAMES  # imported here: this module stays torch-free otherwise
+
+    return {
+        "fingerprint": fingerprint,
+        "task": task_name,
+        "n_groups": space.n_groups,
+        "group_ids": [g.id for g in space.groups],
+        "feature_names": list(FEATURE_NAMES),
+        "features": [[float(v) for v in g.features] for g in space.groups],
+        "channels": [int(g.channels) for g in space.groups],
+        "cost_model": space.cost_model.to_dict(),
+        "base_acc": float(base_acc),
+        "base_loss": float(base_loss),
+        "importance": importance,
+    }
+
+
+def write_space(path: str | os.PathLike, record: dict) -> Path:
+    """Store a :func:`space_record` as ``spaces/<fingerprint>.json`` (atomic; no write if unchanged).
+
+    Returns:
+        The file written (or already there).
+
+    Raises:
+        SampleStoreError: ``path`` is not a store of this schema, or the record has no fingerprint.
+    """
+    store = open_store(path)
+    fp = record.get("fingerprint")
+    if not isinstance(fp, str) or not fp:
+        raise SampleStoreError("space record has no 'fingerprint'; build it with rlprune.samples.space_record")
+    target = store / _SPACES / f"{fp}.json"
+    try:
+        if json.loads(target.read_text()) == json.loads(json.dumps(record)):
+            return target
+    except (OSError, json.JSONDecodeError):
+        pass  # missing or unreadable: (re)write it
+    atomic_write_json(target, record)
+    return target
+
+
+def read_spaces(path: str | os.PathLike) -> dict[str, dict]:
+    """Every space record of a store, keyed by fingerprint (unreadable files skipped with a warning).
+
+    Raises:
+        SampleStoreError: ``path`` is missing or not a store of this schema.
+    """
+    store = open_store(path, create=False)
+    out = {}
+    for f in sorted((store / _SPACES).glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+            out[rec["fingerprint"]] = rec
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            warnings.warn(f"rlprune: skipping unreadable space record {f} ({e})", RuntimeWarning, stacklevel=2)
+    return out
+
+
+__all__ = [
+    "SAMPLE_COLUMNS",
+    "SCHEMA_VERSION",
+    "append_samples",
+    "now_iso",
+    "open_store",
+    "read_samples",
+    "read_spaces",
+    "sample_id",
+    "space_record",
+    "stored_ids",
+    "write_space",
+]

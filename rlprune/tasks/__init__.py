@@ -1,0 +1,126 @@
+"""Tasks: a data set with disjoint train / calibration / test splits and a cached, trained base model.
+
+Built-in tasks are registered in ``TASKS``; any other task is named by a ``"package.module:callable"``
+spec whose callable returns a ``Task`` instance::
+
+    get_task("digits")                                   # the embedded default
+    get_task("cifar10", data_dir="~/data", arch="resnet56")
+    get_task("my_project.tasks:make_task", seed=1)       # a user task
+
+``load_callable`` resolves such specs; the CLI uses it for user models too.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from rlprune.errors import ConfigError
+from rlprune.tasks.base import SPLITS, Task, TrainConfig, cache_dir
+from rlprune.tasks.cifar10 import Cifar10Task
+from rlprune.tasks.digits import DigitsTask
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "digits": DigitsTask,
+    "cifar10": Cifar10Task,
+}
+"""Built-in task names -> factories (keyword arguments are passed through by ``get_task``)."""
+
+
+def list_tasks() -> list[tuple[str, str]]:
+    """List the built-in tasks.
+
+    Returns:
+        ``(name, one-line description)`` pairs in registration order.
+    """
+    out = []
+    for name, factory in TASKS.items():
+        description = getattr(factory, "description", "") or (factory.__doc__ or "").strip().split("\n")[0]
+        out.append((name, description))
+    return out
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import the callable named by ``"package.module:attribute"`` (the attribute may be dotted).
+
+    Args:
+        spec: e.g. ``"my_project.models:build_net"`` or ``"my_project.zoo:Models.small"``.
+
+    Returns:
+        The callable object.
+
+    Raises:
+        ConfigError: if the spec is malformed, the module does not import, the attribute is missing,
+            or it is not callable.
+    """
+    module_name, sep, attr_path = str(spec).partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(
+            f"{spec!r} is not a 'package.module:callable' spec; write the importable module, a colon, "
+            "and the callable's name, e.g. 'my_project.tasks:make_task'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise ConfigError(
+            f"cannot import module {module_name!r} of {spec!r} ({type(e).__name__}: {e}); install it or add "
+            "its directory to PYTHONPATH"
+        ) from e
+    for i, part in enumerate(attr_path.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            owner = ".".join([module_name, *attr_path.split(".")[:i]])
+            raise ConfigError(
+                f"{owner!r} has no attribute {part!r} (from {spec!r}); check the name after the colon"
+            ) from e
+    if not callable(obj):
+        raise ConfigError(f"{spec!r} names a {type(obj).__name__}, not a callable; point it at a function or class")
+    return obj
+
+
+def get_task(spec: str, **kwargs: Any) -> Task:
+    """Create a task from a registered name or a ``"package.module:callable"`` spec.
+
+    Args:
+        spec: a name in ``TASKS`` or a spec whose callable returns a ``Task`` instance.
+        **kwargs: passed to the factory (e.g. ``seed``, ``data_dir``).
+
+    Returns:
+        The task instance.
+
+    Raises:
+        ConfigError: for an unknown name, a spec that cannot be loaded, or a callable that does not
+            return a ``Task``.
+        DataError: from a task whose data is missing (e.g. cifar10 without ``data_dir``).
+    """
+    if spec in TASKS:
+        return TASKS[spec](**kwargs)
+    if ":" not in str(spec):
+        raise ConfigError(
+            f"unknown task {spec!r}; choose one of: {', '.join(TASKS)}, or give a user task as "
+            "'package.module:callable' returning an rlprune.tasks.Task"
+        )
+    factory = load_callable(spec)
+    task = factory(**kwargs)
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"{spec!r} returned a {type(task).__name__}, not an rlprune.tasks.Task; make it return an "
+            "instance of a Task subclass"
+        )
+    return task
+
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "Cifar10Task",
+    "DigitsTask",
+    "Task",
+    "TrainConfig",
+    "cache_dir",
+    "get_task",
+    "list_tasks",
+    "load_callable",
+]

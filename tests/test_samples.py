@@ -1,0 +1,206 @@
+"""The sample store: round trip, dedup, corrupt shards, bad rows, foreign schemas, space records."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rlprune.errors import SampleStoreError
+from rlprune.models import digits_resnet
+from rlprune.pruning import FEATURE_NAMES, PruningSpace
+from rlprune.samples import (
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    append_samples,
+    now_iso,
+    read_samples,
+    read_spaces,
+    sample_id,
+    space_record,
+    write_space,
+)
+
+
+def make_row(i: int, fp: str = "f" * 16, task: str = "digits", **over) -> dict:
+    ratios = [0.1 * (i % 9), 0.05 * (i % 7), 0.3]
+    row = {
+        "sample_id": sample_id(task, fp, "l1", ratios, True),
+        "ratios": ratios,
+        "requested_ratios": [r + 0.001 for r in ratios],
+        "params_ratio": 0.5,
+        "macs_ratio": 0.4,
+        "acc": 90.0 - i,
+        "acc_drop": 9.0 + i,
+        "loss": 0.3,
+        "latency_ms": 1.5,
+        "eval_s": 0.2,
+        "task": task,
+        "model_fingerprint": fp,
+        "importance": "l1",
+        "bn_recalibrated": True,
+        "sampler": "uniform",
+        "worker": "w0",
+        "created_at": now_iso(),
+    }
+    row.update(over)
+    return row
+
+
+def shards(store):
+    return sorted((store / "shards").glob("*.parquet"))
+
+
+def test_round_trip(tmp_path):
+    store = tmp_path / "s"
+    rows = [make_row(i) for i in range(5)]
+    assert append_samples(store, rows) == 5
+    assert json.loads((store / "manifest.json").read_text()) == {"schema_version": SCHEMA_VERSION,
+                                                                "columns": list(SAMPLE_COLUMNS)}
+    df = read_samples(store)
+    assert list(df.columns) == list(SAMPLE_COLUMNS)
+    assert len(df) == 5
+    assert df["sample_id"].tolist() == [r["sample_id"] for r in rows]
+    np.testing.assert_allclose(np.stack(df["ratios"]), np.array([r["ratios"] for r in rows]))
+    np.testing.assert_allclose(df["acc"], [r["acc"] for r in rows])
+    assert df["bn_recalibrated"].dtype == bool
+    assert df.loc[2, "task"] == "digits" and df.loc[2, "worker"] == "w0"
+
+
+def test_dedup_within_and_across_appends(tmp_path):
+    store = tmp_path / "s"
+    assert append_samples(store, [make_row(0), make_row(1), make_row(1)]) == 2
+    assert append_samples(store, [make_row(1), make_row(2)]) == 1
+    assert append_samples(store, [make_row(2)]) == 0  # nothing new: no shard written
+    assert len(shards(store)) == 2
+    assert read_samples(store)["sample_id"].is_unique
+    assert len(read_samples(store)) == 3
+
+
+def test_sample_id_uses_achieved_ratios_rounded_and_settings():
+    base = sample_id("digits", "fp", "l1", [0.25, 0.5], True)
+    assert len(base) == 16
+    assert sample_id("digits", "fp", "l1", np.array([0.25 + 1e-9, 0.5]), True) == base
+    for other in (sample_id("cifar10", "fp", "l1", [0.25, 0.5], True),
+                  sample_id("digits", "fq", "l1", [0.25, 0.5], True),
+                  sample_id("digits", "fp", "l2", [0.25, 0.5], True),
+                  sample_id("digits", "fp", "l1", [0.25, 0.51], True),
+                  sample_id("digits", "fp", "l1", [0.25, 0.5], False)):
+        assert other != base
+
+
+def test_filters_by_fingerprint_and_task(tmp_path):
+    append_samples(tmp_path, [make_row(i, fp="a" * 16) for i in range(3)]
+                   + [make_row(i, fp="b" * 16, task="cifar10") for i in range(2)])
+    assert len(read_samples(tmp_path)) == 5
+    assert len(read_samples(tmp_path, fingerprint="a" * 16)) == 3
+    assert len(read_samples(tmp_path, task="cifar10")) == 2
+    assert len(read_samples(tmp_path, fingerprint="a" * 16, task="cifar10")) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_shard_is_skipped_with_a_warning_and_kept(tmp_path, damage):
+    append_samples(tmp_path, [make_row(0), make_row(1)])
+    append_samples(tmp_path, [make_row(2), make_row(3)])
+    bad = shards(tmp_path)[1]
+    data = bad.read_bytes()
+    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not parquet" * 10, "empty": b""}[damage])
+    with pytest.warns(RuntimeWarning, match=bad.name):
+        df = read_samples(tmp_path)
+    assert sorted(df["acc"]) == [89.0, 90.0]
+    assert bad.exists()
+    # appending still works next to the damaged shard, and it is still not deleted
+    with pytest.warns(RuntimeWarning, match=bad.name):
+        assert append_samples(tmp_path, [make_row(4)]) == 1
+    assert bad.exists()
+
+
+def test_temp_files_of_a_killed_writer_are_ignored(tmp_path):
+    append_samples(tmp_path, [make_row(0)])
+    (tmp_path / "shards" / ".x.parquet.abc.tmp").write_bytes(b"half a shard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_samples(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"acc": math.nan}, "acc"),
+    ({"acc": None}, "acc"),
+    ({"ratios": [0.1, math.inf, 0.3]}, "ratios"),
+    ({"requested_ratios": [0.1]}, "ratios"),
+    ({"extra": 1}, "unknown columns"),
+])
+def test_bad_rows_are_rejected_and_nothing_is_written(tmp_path, bad, match):
+    append_samples(tmp_path, [make_row(0)])
+    before = shards(tmp_path)
+    with pytest.raises(SampleStoreError, match=match):
+        append_samples(tmp_path, [make_row(1), make_row(2, **bad)])
+    assert shards(tmp_path) == before
+    assert len(read_samples(tmp_path)) == 1
+
+
+def test_missing_column_is_rejected(tmp_path):
+    row = make_row(0)
+    del row["latency_ms"]
+    with pytest.raises(SampleStoreError, match="latency_ms"):
+        append_samples(tmp_path / "s", [row])
+    assert not (tmp_path / "s" / "shards").exists() or not shards(tmp_path / "s")
+
+
+def test_empty_store_reads_as_empty_frame(tmp_path):
+    assert append_samples(tmp_path, []) == 0
+    df = read_samples(tmp_path)
+    assert len(df) == 0 and list(df.columns) == list(SAMPLE_COLUMNS)
+
+
+def test_other_schema_and_non_stores_are_rejected_untouched(tmp_path):
+    foreign = tmp_path / "old"
+    foreign.mkdir()
+    manifest = json.dumps({"schema_version": 99, "columns": ["x"]})
+    (foreign / "manifest.json").write_text(manifest)
+    for call in (lambda: read_samples(foreign), lambda: append_samples(foreign, [make_row(0)])):
+        with pytest.raises(SampleStoreError, match="schema version 99.*new --out"):
+            call()
+    assert (foreign / "manifest.json").read_text() == manifest
+    assert not (foreign / "shards").exists()
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "readme.txt").write_text("hi")
+    with pytest.raises(SampleStoreError, match="not a sample store"):
+        append_samples(other, [make_row(0)])
+    assert sorted(p.name for p in other.iterdir()) == ["readme.txt"]
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(SampleStoreError, match="is a file"):
+        read_samples(a_file)
+    with pytest.raises(SampleStoreError, match="no sample store"):
+        read_samples(tmp_path / "missing")
+    assert a_file.read_text() == "keep me"
+
+
+def test_space_records_round_trip(tmp_path):
+    space = PruningSpace.from_model(digits_resnet(), torch.zeros(1, 1, 32, 32))
+    rec = space_record("digits", space, 99.0, 0.05, "c" * 16, importance="l2")
+    assert rec["n_groups"] == space.n_groups == len(rec["features"]) == len(rec["group_ids"])
+    assert rec["feature_names"] == list(FEATURE_NAMES)
+    path = write_space(tmp_path, rec)
+    mtime = path.stat().st_mtime_ns
+    write_space(tmp_path, json.loads(json.dumps(rec)))  # identical: not rewritten
+    assert path.stat().st_mtime_ns == mtime
+    got = read_spaces(tmp_path)
+    assert list(got) == ["c" * 16]
+    assert got["c" * 16]["importance"] == "l2" and got["c" * 16]["base_acc"] == 99.0
+    from rlprune.costmodel import CostModel
+
+    cm = CostModel.from_dict(got["c" * 16]["cost_model"])
+    R = np.full((1, space.n_groups), 0.3)
+    np.testing.assert_allclose(cm.cost_batch(R), space.cost_model.cost_batch(R))
+    (tmp_path / "spaces" / "broken.json").write_text("{")
+    with pytest.warns(RuntimeWarning, match="broken.json"):
+        assert list(read_spaces(tmp_path)) == ["c" * 16]

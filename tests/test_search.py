@@ -1,0 +1,79 @@
+"""RL search end to end on digits: PPO against a real SPN, online real evaluations, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlprune.errors import ConfigError
+from rlprune.samples import read_samples, read_spaces
+from rlprune.search import SearchConfig, run_search
+from rlprune.spn import save_spn
+from rlprune.spn_train import FitConfig, fit
+from tests.spn_helpers import real_samples_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def spn_path(digits_task, tmp_path_factory):
+    store = real_samples_store(digits_task)
+    df = read_samples(store)
+    spn = fit("transformer", df, read_spaces(store), FitConfig(max_steps=400))
+    path = tmp_path_factory.mktemp("spn") / "spn.pt"
+    save_spn(spn, path)
+    return path
+
+
+def _cfg(spn_path, out, **kw):
+    base = dict(spn=str(spn_path), out=str(out), iters=2, train_batch=64, online_every=1, online_top=2, workers=1)
+    return SearchConfig(**{**base, **kw})
+
+
+def test_online_search_meets_budget_refines_spn_and_resumes(ray_cluster, spn_path, tmp_path):
+    out = tmp_path / "search"
+    first = run_search(_cfg(spn_path, out), progress=False)
+    assert first["macs_ratio"] <= 0.5 + 1e-9 and len(first["ratios"]) == 6
+    assert first["iterations"] == 2 and (out / "checkpoint").is_dir() and (out / "result.json").is_file()
+    rounds = first["online_rounds"]
+    assert [r["version"] for r in rounds] == [1, 2] and all(r["n_real"] == 2 for r in rounds)
+    # The SPN was fine-tuned on the fresh real samples: its error on them fell.
+    assert all(r["mae_after"] < r["mae_before"] for r in rounds)
+    # The real evaluations landed in the sample store, marked as online samples.
+    online = read_samples(out / "samples")
+    assert (online["sampler"] == "online").sum() == 4
+
+    resumed = run_search(_cfg(spn_path, out, iters=3), progress=False)
+    state = json.loads((out / "checkpoint" / "rlprune_search.json").read_text())
+    assert resumed["iterations"] == 3 and [h["iteration"] for h in state["history"]] == [1, 2, 3]
+    assert [r["version"] for r in resumed["online_rounds"]] == [1, 2, 3]
+    # Env copies picked up the world model's new weights.
+    assert max(resumed["spn_versions"]) >= 1
+
+    with pytest.raises(ConfigError, match="other settings"):
+        run_search(_cfg(spn_path, out, iters=4, target=0.3), progress=False)
+
+
+def test_sequential_offline_search_on_params(ray_cluster, spn_path, tmp_path):
+    r = run_search(_cfg(spn_path, tmp_path / "s", iters=1, mode="sequential", budget="params", target=0.6,
+                        online=False), progress=False)
+    assert r["params_ratio"] <= 0.6 + 1e-9 and r["online_rounds"] == []
+
+
+@pytest.mark.parametrize("kw, match", [({"target": 0.0}, "target"), ({"mode": "x"}, "mode"), ({"iters": 0}, "iters")])
+def test_bad_search_config(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchConfig(spn="x.pt", out=str(tmp_path), **kw)
+
+
+def test_search_cli_missing_spn_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "rlprune.cli", "search", "--spn", str(tmp_path / "none.pt"),
+                        "--target-macs", "0.5", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 2 and "no SPN checkpoint" in r.stderr and "Traceback" not in r.stderr
