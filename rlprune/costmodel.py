@@ -16,6 +16,7 @@ pools. So a whole batch of ratio vectors costs two small matrix products.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import numpy as np
 from rlprune.errors import ConfigError
 
 _FIT_TOL = 1e-12  # float slack when comparing a cost ratio with its target
+_CHUNK = 2048  # rows per block in cost_batch
 
 
 def validate_ratios(ratios, n_groups: int, max_ratio: float) -> np.ndarray:
@@ -175,14 +177,24 @@ class CostModel:
         """
         R = validate_ratio_matrix(R, self.n_groups, self.max_ratio) if validate else np.asarray(R)
         removed = self.channels[None, :] - keep_counts(R, self.channels, self.round_to, self.max_ratio)
-        kept = self.dim_size[None, :] - removed @ self.dim_coef.T  # (N, D)
-        # Column -1 is a constant dim of size 1 for terms with no input or output channel dim.
-        kept = np.concatenate([kept, np.ones((kept.shape[0], 1))], axis=1)
-        xin, xout = kept[:, self.term_in], kept[:, self.term_out]
-        feats = np.stack([xin * xout, xin, xout, np.ones_like(xin)], axis=-1)  # (N, T, 4)
-        params = np.einsum("ntk,tk->n", feats, self.params_coef)
-        macs = np.einsum("ntk,tk->n", feats, self.macs_coef)
-        return params, macs
+        bilinear, linear, const = self._folded
+        out = np.empty((len(R), 2))
+        for i in range(0, len(R), _CHUNK):  # chunks keep the (rows, dims) temporaries in cache
+            kept = np.ones((len(removed[i:i + _CHUNK]), len(self.dim_size) + 1))  # dim -1: constant size 1
+            kept[:, :-1] = self.dim_size[None, :] - removed[i:i + _CHUNK] @ self.dim_coef.T
+            out[i:i + _CHUNK] = (kept[:, self.term_in] * kept[:, self.term_out]) @ bilinear + kept @ linear + const
+        return out[:, 0], out[:, 1]
+
+    @functools.cached_property
+    def _folded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The terms folded for two matrix products: ``(T, 2)`` bilinear weights, ``(D + 1, 2)`` per-dim
+        linear weights (every term's ``b`` added to its input dim, ``c`` to its output dim), ``(2,)``
+        constants; column 0 params, column 1 MACs."""
+        coef = np.stack([self.params_coef, self.macs_coef], axis=-1)  # (T, 4, 2)
+        linear = np.zeros((len(self.dim_size) + 1, 2))
+        np.add.at(linear, self.term_in, coef[:, 1])
+        np.add.at(linear, self.term_out, coef[:, 2])
+        return coef[:, 0], linear, coef[:, 3].sum(axis=0)
 
     def ratios_of(self, R) -> tuple[np.ndarray, np.ndarray]:
         """(params_ratio, macs_ratio) = pruned / original for each row of ``R``."""

@@ -47,11 +47,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """``json.dump`` through :func:`atomic_write_bytes` (sorted keys, indented, trailing newline)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    text = json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n"
     atomic_write_bytes(path, text.encode())
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy values and paths."""
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):

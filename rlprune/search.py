@@ -30,23 +30,28 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.errors import ConfigError
+from rlprune.io import json_default
 
 STATE_FILE = "rlprune_search.json"
 """Search state stored inside the algorithm checkpoint folder (so the two are renamed into place together)."""
 TOP_KEPT = 64
 """Candidates remembered across iterations (by predicted reward)."""
 # Settings that must match to resume a search in the same folder; the others (iters, online cadence) may change.
-_RESUME_KEYS = ("task", "target", "budget", "mode", "enforce", "attention", "w_acc", "w_cost", "w_violation", "seed")
+_RESUME_KEYS = ("task", "reward", "target", "budget", "mode", "enforce", "attention", "w_acc", "w_cost",
+                "w_violation", "seed")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """One RL search (the ``rlprune search`` flags map onto it one to one)."""
 
-    spn: str
-    """Initial SPN checkpoint (``rlprune spn train``)."""
+    spn: str | None
+    """Initial SPN checkpoint (``rlprune spn train``); unused with ``reward="real"``."""
     out: str
     """Folder for the checkpoint, the world model's state and the result."""
+    reward: str = "spn"
+    """Where the accuracy term comes from: ``"spn"`` (the world model) or ``"real"`` (prune and evaluate
+    every episode: the AMC-style search, kept for the speed comparison)."""
     task: str = "digits"
     """Task name or ``package.module:callable``."""
     task_kwargs: dict = field(default_factory=dict)
@@ -103,6 +108,9 @@ class SearchConfig:
             (self.online_steps >= 1, "online_steps", ">= 1"),
             (self.ucb_beta >= 0, "ucb_beta", ">= 0"),
             (self.workers >= 1, "workers", ">= 1"),
+            (self.reward in ("spn", "real"), "reward", "'spn' or 'real'"),
+            (self.reward == "real" or bool(self.spn), "spn", "a checkpoint path (rlprune spn train)"),
+            (self.reward == "spn" or not self.online, "online", "online=False with reward='real' (nothing to refine)"),
         ]
         for ok, name, fix in checks:
             if not ok:
@@ -129,7 +137,8 @@ class Search:
         self.out = Path(cfg.out)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out} is a file; pass a folder")
-        load_spn(cfg.spn)  # fail now, with the checkpoint's own message, not inside an env runner
+        if cfg.reward == "spn":
+            load_spn(cfg.spn)  # fail now, with the checkpoint's own message, not inside an env runner
         self.task = get_task(cfg.task, seed=cfg.seed, **cfg.task_kwargs)
         model = self.task.base_model()
         self.space = PruningSpace.from_model(model, self.task.example_input())
@@ -148,9 +157,12 @@ class Search:
     # ------------------------------------------------------------------ setup
     def env_config(self, spn_path) -> dict:
         c = self.cfg
-        return {"space": self.record, "reward": "spn", "spn": str(spn_path), "target": c.target,
-                "budget": c.budget, "enforce": c.enforce, "mode": c.mode, "w_acc": c.w_acc, "w_cost": c.w_cost,
-                "w_violation": c.w_violation, "seed": c.seed}
+        common = {"target": c.target, "budget": c.budget, "enforce": c.enforce, "mode": c.mode, "w_acc": c.w_acc,
+                  "w_cost": c.w_cost, "w_violation": c.w_violation, "seed": c.seed}
+        if c.reward == "real":
+            real = {"task": c.task, "task_kwargs": {"seed": c.seed, **c.task_kwargs}, "reward": "real"}
+            return {**common, **real, **({"eval_batches": c.eval_batches} if c.eval_batches else {})}
+        return {**common, "space": self.record, "reward": "spn", "spn": str(spn_path)}
 
     def _start(self) -> None:
         import ray
@@ -162,7 +174,7 @@ class Search:
             ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         wm_dir = self.out / "world_model"
-        spn_now = wm_dir / CHECKPOINT if (wm_dir / CHECKPOINT).is_file() else Path(self.cfg.spn)
+        spn_now = wm_dir / CHECKPOINT if (wm_dir / CHECKPOINT).is_file() else self.cfg.spn
         if self.cfg.online:
             self.world_model = start_world_model(self.cfg.spn, self.store, wm_dir, seed=self.cfg.seed)
             self._weights = ray.get(self.world_model.get_weights.remote())
@@ -331,7 +343,7 @@ class Search:
         ckpt, tmp, old = self.out / "checkpoint", self.out / "checkpoint.tmp", self.out / "checkpoint.old"
         shutil.rmtree(tmp, ignore_errors=True)
         self.algo.save_to_path(str(tmp.resolve()))
-        (tmp / STATE_FILE).write_text(json.dumps(self.state, default=_jsonable))
+        (tmp / STATE_FILE).write_text(json.dumps(self.state, default=json_default))
         if ckpt.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(ckpt, old)
@@ -392,6 +404,8 @@ def _evaluate(task_spec, task_kwargs, ratios_list, base, eval_batches, worker):
 
 # ====================================================================== helpers
 def _candidate(info: dict) -> dict:
+    # NaN (no ensemble std, e.g. the real reward) becomes None so state and results stay strict JSON.
+    info = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in info.items()}
     return {k: info.get(k) for k in ("reward", "acc_drop", "acc_drop_std", "macs_ratio", "params_ratio",
                                      "budget_ratio", "spn_version")} | {"ratios": list(info["achieved"]),
                                                                          "source": info.get("source", "episode")}
@@ -403,14 +417,6 @@ def _key(ratios) -> str:
 
 def _finite(x) -> float:
     return float(x) if x is not None and np.isfinite(x) else 0.0
-
-
-def _jsonable(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 def _check_resumable(saved: dict, now: dict, out: Path) -> None:
@@ -437,7 +443,9 @@ def add_search_parser(sub) -> None:
     )
     p.add_argument("--task", default="digits", help="task name or package.module:callable (default digits)")
     p.add_argument("--data-dir", help="data folder for tasks that read local data")
-    p.add_argument("--spn", required=True, help="SPN checkpoint from `rlprune spn train`")
+    p.add_argument("--spn", help="SPN checkpoint from `rlprune spn train` (required unless --reward real)")
+    p.add_argument("--reward", default="spn", choices=["spn", "real"],
+                   help="accuracy term: the SPN (default) or real evaluation every episode (AMC-style, slow)")
     t = p.add_mutually_exclusive_group(required=True)
     t.add_argument("--target-macs", type=float, help="pruned/original MACs to reach, e.g. 0.5")
     t.add_argument("--target-params", type=float, help="pruned/original params to reach")
@@ -462,16 +470,17 @@ def cmd_search(args) -> int:
     """Run ``rlprune search``."""
     budget = "macs" if args.target_macs is not None else "params"
     cfg = SearchConfig(
-        spn=args.spn, out=args.out, task=args.task,
+        spn=args.spn, out=args.out, task=args.task, reward=args.reward,
         task_kwargs={"data_dir": args.data_dir} if args.data_dir else {},
         target=args.target_macs if budget == "macs" else args.target_params, budget=budget, mode=args.mode,
         enforce=args.enforce, iters=args.iters, train_batch=args.train_batch, attention=args.attention,
-        w_acc=args.w_acc, w_cost=args.w_cost, w_violation=args.w_violation, online=args.online,
+        w_acc=args.w_acc, w_cost=args.w_cost, w_violation=args.w_violation,
+        online=args.online and args.reward == "spn",
         online_every=args.online_every, online_top=args.online_top, seed=args.seed,
     )
     result = run_search(cfg, progress=not args.json)
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "top"}, indent=2, default=_jsonable))
+        print(json.dumps({k: v for k, v in result.items() if k != "top"}, indent=2, default=json_default))
     else:
         print(f"best ratios: {' '.join(f'{r:.3f}' for r in result['ratios'])}")
         print(f"MACs {result['macs_ratio']:.3f}, params {result['params_ratio']:.3f} of base; predicted drop "

@@ -77,3 +77,14 @@ def test_search_cli_missing_spn_is_one_line(tmp_path):
                         "--target-macs", "0.5", "--out", str(tmp_path / "o")], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 2 and "no SPN checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_amc_style_search_with_real_reward(ray_cluster, digits_task, tmp_path):
+    r = run_search(SearchConfig(spn=None, reward="real", online=False, out=str(tmp_path / "amc"), iters=1,
+                                train_batch=8, eval_batches=1), progress=False)
+    assert r["macs_ratio"] <= 0.5 + 1e-9 and r["predicted_acc_drop_std"] is None
+    assert r["spn_versions"] == []
+    with pytest.raises(ConfigError, match="online"):
+        SearchConfig(spn=None, reward="real", out=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="spn"):
+        SearchConfig(spn=None, out=str(tmp_path / "x"))
