@@ -185,7 +185,7 @@ def cmd_baselines(args) -> int:
     rows = measure_baselines(task, space, target, budget, args.spn, args.n_calls, args.finetune_steps,
                              args.seed, progress=lambda m: print(f"measuring {m} ...", file=sys.stderr))
     if args.json:
-        print(json.dumps({"target": target, "budget": budget, "methods": rows}, indent=2))
+        print(json.dumps([{**r, "target": target, "budget": budget} for r in rows], indent=2))
         return 0
     print(f"{'method':<14} {'macs':>6} {'params':>7} {'acc':>7} {'drop':>6}  ratios")
     for r in rows:

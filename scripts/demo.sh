@@ -16,5 +16,5 @@ $rl search --task digits --spn "$out/spn.pt" --target-macs 0.5 --iters 15 --out 
 $rl baselines --task digits --target-macs 0.5 --spn "$out/search/world_model/world_model.pt" | tee "$out/baselines.txt"
 ratios=$(.venv/bin/python -c "import json,sys; print(','.join(str(r) for r in json.load(open(sys.argv[1]))['ratios']))" \
   "$out/search.json")
-echo "RL search result, pruned for real:"
+echo "RL search result, pruned for real and fine-tuned 100 steps (the table above is before any fine-tuning):"
 $rl prune --task digits --ratios "$ratios" --finetune-steps 100 --out "$out/pruned"
