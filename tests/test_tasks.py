@@ -8,7 +8,6 @@ import pickle
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -180,11 +179,9 @@ def test_base_model_cache_is_reused(digits_task: DigitsTask, rlprune_cache: Path
     assert digits_task.base_model_source == "trained"
     path = digits_task.cache_path()
     assert path.parent == rlprune_cache / "models" and path.name.startswith("digits-seed0-")
-    started = time.perf_counter()
     fresh = DigitsTask()
     model = fresh.base_model()
-    assert time.perf_counter() - started < 3.0  # training takes 10-90 s
-    assert fresh.base_model_source == "cache"
+    assert fresh.base_model_source == "cache"  # loaded, not retrained (no timing: CI machines vary)
     for key, value in digits_task.base_model().state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
     assert model is not fresh.base_model()  # a new module per call, safe to prune in place
