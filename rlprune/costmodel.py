@@ -26,6 +26,7 @@ from rlprune.errors import ConfigError
 
 _FIT_TOL = 1e-12  # float slack when comparing a cost ratio with its target
 _CHUNK = 2048  # rows per block in cost_batch
+_GRID = 33  # scales scored per row and round in project_to_budget
 
 
 def validate_ratios(ratios, n_groups: int, max_ratio: float) -> np.ndarray:
@@ -141,10 +142,10 @@ class CostModel:
     def n_groups(self) -> int:
         return len(self.channels)
 
-    @property
+    @functools.cached_property
     def base(self) -> tuple[float, float]:
         """(params, MACs) of the unpruned model."""
-        p, m = self.cost_batch(np.zeros((1, self.n_groups)))
+        p, m = self.cost_batch(np.zeros((1, self.n_groups)), validate=False)
         return float(p[0]), float(m[0])
 
     def achieved(self, R) -> np.ndarray:
@@ -279,16 +280,22 @@ class CostModel:
                 lo = mid
         return hi
 
-    def budget_ratio(self, R, budget: str = "macs") -> np.ndarray:
+    @functools.cached_property
+    def _floor(self) -> np.ndarray:
+        """(params, MACs) ratio with every group at ``max_ratio``: the most any target can ask."""
+        p, m = self.cost_batch(np.full((1, self.n_groups), self.max_ratio), validate=False)
+        return np.array([p[0] / self.base[0], m[0] / self.base[1]])
+
+    def budget_ratio(self, R, budget: str = "macs", validate: bool = True) -> np.ndarray:
         """Pruned/original ``budget`` (``"macs"`` or ``"params"``) for each row of ``R``."""
         col = _budget_col(budget)
-        return self.cost_batch(np.atleast_2d(R))[col] / self.base[col]
+        return self.cost_batch(np.atleast_2d(R), validate=validate)[col] / self.base[col]
 
-    def project_to_budget(self, R, target: float, budget: str = "macs", iters: int = 40) -> np.ndarray:
+    def project_to_budget(self, R, target: float, budget: str = "macs", rounds: int = 4) -> np.ndarray:
         """Raise each row's ratios by the least amount that meets ``target`` (the AMC-style wall).
 
         First ``r + s * (max_ratio - r)`` with the smallest ``s`` in [0, 1] whose exact cost meets the
-        target (bisection, all rows at once). Moving every group together makes their channel-rounding
+        target (grid bisection, all rows at once). Moving every group together makes their channel-rounding
         steps coincide, so the result can undershoot the target by several steps; each raised group then
         steps back, in forward order, to its lowest channel breakpoint (or its request) that still meets
         the target. Rows that already meet it are returned unchanged; every ratio stays >= its request.
@@ -297,7 +304,8 @@ class CostModel:
             R: ``(N, G)`` or ``(G,)`` ratios in ``[0, max_ratio]``.
             target: wanted pruned/original ratio of ``budget``.
             budget: ``"macs"`` or ``"params"``.
-            iters: bisection steps (40 resolves ``s`` far below one channel).
+            rounds: grid-bisection rounds (4 rounds of a 33-point grid resolve ``s`` to ~1e-6, far below
+                one channel; the give-back step then lands exactly on channel breakpoints).
 
         Returns:
             Projected ratios, same shape as ``R``.
@@ -308,19 +316,25 @@ class CostModel:
         R = np.asarray(R, dtype=np.float64)
         single = R.ndim == 1
         R2 = np.atleast_2d(R)
-        floor = self.budget_ratio(np.full((1, self.n_groups), self.max_ratio), budget)[0]
+        floor = self._floor[_budget_col(budget)]
         if floor > target + _FIT_TOL:
             raise ConfigError(f"target {budget} ratio {target:g} is unreachable: every group at max_ratio="
                               f"{self.max_ratio:g} keeps {floor:.4f}; raise the target or max_ratio")
         top = self.max_ratio - R2
-        lo = np.zeros(len(R2))
-        hi = np.where(self.budget_ratio(R2, budget) <= target + _FIT_TOL, 0.0, 1.0)
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            ok = self.budget_ratio(R2 + mid[:, None] * top, budget) <= target + _FIT_TOL
-            hi = np.where(ok, mid, hi)
-            lo = np.where(ok, lo, mid)
-        out = np.clip(R2 + hi[:, None] * top, 0.0, self.max_ratio)
+        need = np.flatnonzero(self.budget_ratio(R2, budget, validate=False) > target + _FIT_TOL)
+        out = R2.copy()
+        if len(need):
+            # Batched grid bisection on s: every round scores _GRID scales per row in one cost call and keeps
+            # the bracket [last infeasible, first feasible] (cost falls monotonically as s grows).
+            lo, hi = np.zeros(len(need)), np.ones(len(need))
+            steps = np.linspace(0.0, 1.0, _GRID)
+            for _ in range(rounds):
+                S = lo[:, None] + (hi - lo)[:, None] * steps[None, :]  # (n, _GRID)
+                trial = R2[need, None, :] + S[..., None] * top[need, None, :]
+                fits = self.budget_ratio(trial.reshape(-1, self.n_groups), budget, validate=False) <= target + _FIT_TOL
+                j = np.maximum(1, np.argmax(fits.reshape(len(need), _GRID), axis=1))
+                lo, hi = S[np.arange(len(need)), j - 1], S[np.arange(len(need)), j]
+            out[need] = np.clip(R2[need] + hi[:, None] * top[need], 0.0, self.max_ratio)
         out = self._give_back(R2, out, target, budget)
         return out[0] if single else out
 
@@ -340,7 +354,8 @@ class CostModel:
                 valid[:, 0] = True
                 trial = np.repeat(out[part], cand.shape[1], axis=0)
                 trial[:, g] = cand.reshape(-1)
-                fits = (self.budget_ratio(trial, budget) <= target + _FIT_TOL).reshape(len(part), -1) & valid
+                fits = self.budget_ratio(trial, budget, validate=False) <= target + _FIT_TOL
+                fits = fits.reshape(len(part), -1) & valid
                 # Cost falls as the ratio rises: the first fitting candidate in ascending order is the least.
                 cand = np.where(fits, cand, np.inf)
                 best = cand.min(axis=1)
