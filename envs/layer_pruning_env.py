@@ -113,7 +113,6 @@ class LayerPruningEnv(MultiAgentEnv):
         self.possible_agents = list(self.view.group_ids)
         self.agents = list(self.possible_agents)
         self._index = {aid: i for i, aid in enumerate(self.possible_agents)}
-        self._base = np.asarray(self.cost_model.base, dtype=np.float64)
         self._top = np.full(self.n_groups, self.max_ratio)
         self._check_reachable()
         self._candidates = [np.arange(math.floor(self.max_ratio * c + 1e-9) + 1) / c
@@ -293,13 +292,14 @@ class LayerPruningEnv(MultiAgentEnv):
     def _measure(self, ratios: np.ndarray, partial: bool, info: dict | None = None) -> tuple[float, float, float]:
         """(params_ratio, macs_ratio, acc_drop) of a vector; acc_drop of partial vectors only if cheap."""
         params, macs = self.cost_model.cost_batch(ratios[None, :], validate=False)
-        p, m = float(params[0] / self._base[0]), float(macs[0] / self._base[1])
+        p, m = float(params[0] / self.cost_model.base[0]), float(macs[0] / self.cost_model.base[1])
         if partial and not self.source.cheap:
             return p, m, 0.0
         info = info if info is not None else {}
         info.update(ratios=ratios.tolist(), params_ratio=p, macs_ratio=m, target=self.config.target,
                     budget=self.config.budget, partial=partial)
-        acc_drop, std = self.source(self.cost_model.achieved(ratios), info)
+        info["achieved"] = achieved = self.cost_model.achieved(ratios)
+        acc_drop, std = self.source(achieved, info)
         info["acc_drop_std"] = std
         return p, m, acc_drop
 
@@ -329,7 +329,7 @@ class LayerPruningEnv(MultiAgentEnv):
         summary = {
             "requested": requested.tolist(),
             "ratios": enforced.tolist(),
-            "achieved": self.cost_model.achieved(enforced).tolist(),
+            "achieved": info["achieved"].tolist(),
             "macs_ratio": m,
             "params_ratio": p,
             "budget_ratio": budget_ratio,

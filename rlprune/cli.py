@@ -192,6 +192,7 @@ def cmd_groups(args) -> int:
 def cmd_prune(args) -> int:
     from rlprune.io import model_fingerprint, save_pruned
     from rlprune.pruning import count_ops_and_params
+    from rlprune.sampling import prune_and_score
 
     if args.finetune_steps < 0:
         raise ConfigError(f"--finetune-steps {args.finetune_steps} must be >= 0")
@@ -204,8 +205,16 @@ def cmd_prune(args) -> int:
     space = _space(args, model, example)
     ratios = [args.uniform] * space.n_groups if args.uniform is not None else parse_ratios(args.ratios)
     achieved = space.achieved(ratios)  # validates length, NaN and range before any work
+    if args.importance == "taylor" and task is None:
+        raise ConfigError("--importance taylor needs --task (it ranks channels with gradients on data)")
     t0 = time.perf_counter()
-    pruned = space.apply(achieved, importance=args.importance, data=_taylor_batch(task, args.importance))
+    if task is not None:
+        base_acc = task.evaluate(model, "test")["acc"]
+        pruned, scores = prune_and_score(task, space, achieved, importance=args.importance,
+                                         recalibrate=not args.no_recalibrate, finetune_steps=args.finetune_steps,
+                                         split="test")
+    else:
+        pruned = space.apply(achieved, importance=args.importance)
     params, macs = count_ops_and_params(pruned, example)
     result = {
         "n_groups": space.n_groups,
@@ -216,13 +225,7 @@ def cmd_prune(args) -> int:
         "macs_ratio": macs / space.base_macs,
     }
     if task is not None:
-        base_acc = task.evaluate(model, "test")["acc"]
-        if not args.no_recalibrate:
-            task.recalibrate_bn(pruned)
-        if args.finetune_steps:
-            task.finetune(pruned, args.finetune_steps)
-        acc = task.evaluate(pruned, "test")["acc"]
-        result.update(base_acc=base_acc, acc=acc, acc_drop=base_acc - acc)
+        result.update(base_acc=base_acc, acc=scores["acc"], acc_drop=base_acc - scores["acc"])
     result["prune_s"] = round(time.perf_counter() - t0, 3)
     if out is not None:
         manifest = {
@@ -248,14 +251,6 @@ def cmd_prune(args) -> int:
         lines.append(f"saved {out / 'pruned_model.pt'}")
     _emit(args, result, lines)
     return 0
-
-
-def _taylor_batch(task, importance):
-    if importance != "taylor":
-        return None
-    if task is None:
-        raise ConfigError("--importance taylor needs --task (it ranks channels with gradients on data)")
-    return next(iter(task.loader("calibration", batch_size=128)))
 
 
 COMMANDS = {

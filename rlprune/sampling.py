@@ -86,6 +86,39 @@ def batch1_latency_ms(model, example, runs: int = 5) -> float:
     return 1000.0 * statistics.median(times)
 
 
+def prune_and_score(task, space: PruningSpace, ratios, *, importance: str = "l1", recalibrate: bool = True,
+                    calib_batches: int = 10, finetune_steps: int = 0, split: str = "calibration",
+                    max_batches: int | None = None):
+    """Prune a copy for real, recalibrate BatchNorm, optionally fine-tune, and score it: the one recipe
+    behind samples, validation and ``rlprune prune``, so every number is measured the same way.
+
+    Args:
+        task: the task (calibration split: BN statistics and ``taylor`` gradients; train split: fine-tuning).
+        space: the base model's ``PruningSpace``.
+        ratios: per-group ratios.
+        importance: channel criterion.
+        recalibrate: re-estimate BatchNorm statistics on ``calib_batches`` calibration batches first.
+        calib_batches: batches of 128 for recalibration.
+        finetune_steps: SGD steps on the train split after recalibration.
+        split: the split to score on.
+        max_batches: batches of 128 to score on (all when None).
+
+    Returns:
+        ``(pruned_model, scores)`` with ``scores`` from ``task.evaluate`` (``acc``, ``loss``, ``n``).
+
+    Raises:
+        ConfigError: bad ratios or importance.
+        TraceError: the pruned model does not run.
+    """
+    data = next(iter(task.loader("calibration", batch_size=128))) if importance == "taylor" else None
+    pruned = space.apply(ratios, importance=importance, data=data)
+    if recalibrate:
+        task.recalibrate_bn(pruned, batches=calib_batches)
+    if finetune_steps:
+        task.finetune(pruned, finetune_steps)
+    return pruned, task.evaluate(pruned, split, max_batches=max_batches)
+
+
 def evaluate_ratios(task, space: PruningSpace, ratios, base: Baseline, importance: str = "l1",
                     recalibrate: bool = True, calib_batches: int = 4, eval_batches: int | None = None,
                     latency_runs: int = 5, sampler: str = "?", worker: str = "?") -> dict:
@@ -115,11 +148,8 @@ def evaluate_ratios(task, space: PruningSpace, ratios, base: Baseline, importanc
     t0 = time.perf_counter()
     requested = np.asarray(ratios, dtype=np.float64)
     achieved = space.achieved(requested)
-    data = next(iter(task.loader("calibration", batch_size=128))) if importance == "taylor" else None
-    pruned = space.apply(achieved, importance=importance, data=data)
-    if recalibrate:
-        task.recalibrate_bn(pruned, batches=calib_batches)
-    scores = task.evaluate(pruned, "calibration", max_batches=eval_batches)
+    pruned, scores = prune_and_score(task, space, achieved, importance=importance, recalibrate=recalibrate,
+                                     calib_batches=calib_batches, max_batches=eval_batches)
     latency = batch1_latency_ms(pruned, task.example_input(), latency_runs)
     params_ratio, macs_ratio = space.cost_model.ratios_of(achieved)
     return {
@@ -257,4 +287,4 @@ class SampleGenerator:
                           stacklevel=2)
 
 
-__all__ = ["Baseline", "SampleGenerator", "batch1_latency_ms", "evaluate_ratios", "measure_baseline"]
+__all__ = ["Baseline", "SampleGenerator", "batch1_latency_ms", "evaluate_ratios", "measure_baseline", "prune_and_score"]

@@ -57,17 +57,12 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, *, method: 
     Raises:
         ConfigError: invalid ratios.
     """
-    from rlprune.sampling import batch1_latency_ms
+    from rlprune.sampling import batch1_latency_ms, prune_and_score
 
     t0 = time.perf_counter()
     achieved = space.achieved(np.asarray(ratios, dtype=np.float64))
-    data = next(iter(task.loader("calibration", batch_size=128))) if importance == "taylor" else None
-    pruned = space.apply(achieved, importance=importance, data=data)
-    if recalibrate:
-        task.recalibrate_bn(pruned)
-    if finetune_steps:
-        task.finetune(pruned, finetune_steps)
-    m = task.evaluate(pruned, split)
+    pruned, m = prune_and_score(task, space, achieved, importance=importance, recalibrate=recalibrate,
+                                finetune_steps=finetune_steps, split=split)
     params_ratio, macs_ratio = space.cost_model.ratios_of(achieved)
     latency = batch1_latency_ms(pruned, task.example_input(), latency_runs)
     row = {
