@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rlprune.errors import ConfigError, RlpruneError
+from rlprune.run_cli import add_run_parsers, cmd_run, cmd_tune
 from rlprune.sample_tune import add_sample_parser, cmd_sample
 from rlprune.search import add_search_parser, cmd_search
 from rlprune.spn_cli import add_spn_parser, cmd_spn
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlprune",
         description="Find how much to prune each layer group of a trained network with multi-agent RL "
                     "against a learned world model, then prune it for real.",
-        epilog="Start with `rlprune groups --task digits`, then `rlprune prune --task digits --uniform 0.3`.",
+        epilog="Start with `rlprune run --task digits --target-macs 0.5 --out runs/demo` (the whole job), or explore "
+               "with `rlprune groups --task digits` and `rlprune prune --task digits --uniform 0.3`.",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recalibrate", action="store_true",
                    help="skip BatchNorm recalibration on the calibration split before measuring")
     p.add_argument("--out", help="folder for pruned_model.pt and its manifest pruned_model.json")
+    add_run_parsers(sub)
     add_sample_parser(sub)
     add_baselines_parser(sub)
     add_search_parser(sub)
@@ -260,6 +263,8 @@ COMMANDS = {
     "sample": cmd_sample,
     "spn": cmd_spn,
     "search": cmd_search,
+    "run": cmd_run,
+    "tune": cmd_tune,
     "baselines": cmd_baselines,
 }
 

@@ -121,7 +121,7 @@ def run_sampling(task_spec: str, n: int, workers: int, out, sampler="mixed",
             missing = n - n_total
             if missing <= 0:
                 break
-            started_ray = started_ray or _init_ray(address, workers)
+            started_ray = started_ray or init_ray(address, workers)
             k = min(workers, missing)
             spec.update(shares=[missing // k + (i < missing % k) for i in range(k)], tag=_run_tag(round_),
                         seed=[seed, n_total, round_])
@@ -161,12 +161,13 @@ def _run_tag(round_: int) -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-r{round_}"
 
 
-def _init_ray(address: str | None, workers: int) -> bool:
+def init_ray(address: str | None, workers: int) -> bool:
     """Connect to ``address`` or start a local instance; True if this call started it (and should stop it)."""
     import ray
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:

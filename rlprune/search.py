@@ -191,8 +191,14 @@ class Search:
             self.state["config"] = dataclasses.asdict(self.cfg)
 
     # ------------------------------------------------------------------ main loop
-    def run(self, progress: bool = True) -> dict:
-        """Train until ``iters`` iterations are done; returns :meth:`result`."""
+    def run(self, progress: bool = True, on_iteration=None) -> dict:
+        """Train until ``iters`` iterations are done; returns :meth:`result`.
+
+        Args:
+            progress: show a progress bar.
+            on_iteration: optional callable given each iteration's history row once it is checkpointed
+                (a Tune trial reports it).
+        """
         from tqdm import tqdm
 
         self._start()
@@ -219,6 +225,8 @@ class Search:
                 self.state["iteration"] = it
                 self.state["wall_s"] += row["wall_s"]
                 self._checkpoint()
+                if on_iteration is not None:
+                    on_iteration(row)
                 bar.update(1)
                 bar.set_postfix(best=f"{row['best_reward']:.2f}", greedy=f"{row['greedy_reward']:.2f}")
             bar.close()
@@ -364,6 +372,7 @@ class Search:
             "target": self.cfg.target,
             "budget": self.cfg.budget,
             "iterations": self.state["iteration"],
+            "episodes": int(sum(h["episodes"] for h in self.state["history"])),
             "checkpoint": str(self.out / "checkpoint"),
             "wall_s": self.state["wall_s"],
             "online_rounds": self.state["online"],
@@ -372,8 +381,10 @@ class Search:
         }
 
 
-def run_search(cfg: SearchConfig, progress: bool = True) -> dict:
+def run_search(cfg: SearchConfig, progress: bool = True, on_iteration=None) -> dict:
     """Run (or resume) a search and write ``out/result.json``.
+
+    ``on_iteration`` is passed to :meth:`Search.run`.
 
     Returns:
         :meth:`Search.result`.
@@ -384,7 +395,7 @@ def run_search(cfg: SearchConfig, progress: bool = True) -> dict:
     """
     from rlprune.io import atomic_write_json
 
-    result = Search(cfg).run(progress=progress)
+    result = Search(cfg).run(progress=progress, on_iteration=on_iteration)
     atomic_write_json(Path(cfg.out) / "result.json", result)
     return result
 

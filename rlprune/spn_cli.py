@@ -123,19 +123,16 @@ def _metrics(m: dict) -> dict:
 # ---------------------------------------------------------------------------------------- sub-verbs
 def _train(args) -> int:
     from rlprune.spn import save_spn
-    from rlprune.spn_train import FitConfig, evaluate, fit, split_samples
+    from rlprune.spn_train import FitConfig, evaluate, fit, train_heldout
 
     out = _check_out(args.out)
     df, spaces = _load(args)
-    train_df, test_df = split_samples(df, args.test_frac, args.seed)
-    if len(test_df) == 0:
-        raise ConfigError(f"--test-frac {args.test_frac} leaves no held-out sample of {len(df)}; "
-                          f"generate more samples or raise it")
+    try:
+        spn, m, train_df, test_df = train_heldout(args.arch, df, spaces, args.test_frac, args.seed, args.max_steps)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("test_frac", "--test-frac")) from e
     fc = FitConfig(seed=args.seed, max_steps=args.max_steps)
     n_models = df["model_fingerprint"].nunique()
-    spn = fit(args.arch, train_df, spaces, fc)
-    m = evaluate(spn, test_df)
-    spn.meta.update(test_ids=test_df["sample_id"].astype(str).tolist(), test_metrics=_metrics(m))
     save_spn(spn, out)
     result = {"arch": args.arch, "n_train": len(train_df), "n_test": len(test_df), **_metrics(m),
               "fingerprints": spn.fingerprints, "fit_s": spn.meta["fit_s"], "out": str(out), "baselines": {}}

@@ -279,6 +279,38 @@ def fit(arch: str, df: pd.DataFrame, spaces: dict, fit_config: FitConfig | None 
     return spn
 
 
+def train_heldout(arch: str, df: pd.DataFrame, spaces: dict, test_frac: float = 0.2, seed: int = 0,
+                  max_steps: int = 4000) -> tuple[SPN, dict, pd.DataFrame, pd.DataFrame]:
+    """Hold out a share of the samples, train an SPN on the rest, and measure it on the held-out part.
+
+    The held-out sample ids and metrics are recorded in ``spn.meta`` (``test_ids``, ``test_metrics``), so
+    later fine-tuning can keep them out and reports can cite them.
+
+    Args:
+        arch: ``transformer``, ``mlp`` or ``linear``.
+        df: samples.
+        spaces: ``read_spaces`` records of the models in ``df``.
+        test_frac: held-out share.
+        seed: seeds the split and the training.
+        max_steps: optimiser steps at most.
+
+    Returns:
+        ``(spn, metrics, train_df, test_df)``.
+
+    Raises:
+        ConfigError: the split leaves no held-out sample.
+    """
+    train_df, test_df = split_samples(df, test_frac, seed)
+    if len(test_df) == 0:
+        raise ConfigError(f"test_frac {test_frac} leaves no held-out sample of {len(df)}; "
+                          f"generate more samples or raise it")
+    spn = fit(arch, train_df, spaces, FitConfig(seed=seed, max_steps=max_steps))
+    m = evaluate(spn, test_df)
+    spn.meta.update(test_ids=test_df["sample_id"].astype(str).tolist(),
+                    test_metrics={k: m[k] for k in ("mae", "rmse", "spearman", "r2", "n", "mean_std") if k in m})
+    return spn, m, train_df, test_df
+
+
 def _bootstrap(rng, members: int, n: int) -> torch.Tensor:
     """Poisson(1) row weights, one row per member (Osband et al. 2016)."""
     return torch.from_numpy(rng.poisson(1.0, size=(members, n)).astype(np.float32))

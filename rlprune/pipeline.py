@@ -1,0 +1,358 @@
+"""``rlprune run``: every stage from the trained model to the pruned one, resumable, orchestrated by Ray Tune.
+
+    summary = run_pipeline(RunConfig.preset_config("quick", task="digits", target=0.5, out="runs/demo"))
+
+Stages (``rlprune.run_config.STAGES``): base model -> real samples (Tune, one trial per worker) -> SPN
+(held-out metrics saved) -> reward-weighting sweep (Tune, one online RL search per trial) -> validation
+trials (Tune: the best RL strategies and every baseline pruned for real, fine-tuned the same, scored on the
+test split) -> report (winner saved as ``pruned_model.pt``, ``results.csv``, ``report.md``/``.html``).
+
+Each finished stage writes ``out/stages/<name>.json`` (atomically) with its wall time, its output and a key
+hashing the settings it and the stages before it depend on. A rerun skips a stage whose marker matches and
+whose files still exist; a stage killed half-way resumes from its own durable state (sample shards, search
+checkpoints, validation rows). Changing e.g. the target re-runs only the sweep and what follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlprune.errors import ConfigError
+from rlprune.io import atomic_write_json, json_default
+from rlprune.run_config import STAGES, RunConfig
+
+BUDGET_TOLERANCE = 0.01
+"""A candidate counts as meeting the target when its budget ratio is at most ``target`` plus this."""
+
+# Fields and sections each stage depends on (besides everything the stages before it depend on).
+_STAGE_FIELDS = {"base": ("task", "task_kwargs", "seed"), "samples": ("sample", "samples"), "spn": ("spn",),
+                 "sweep": ("sweep", "target", "budget"), "validate": ("validate",), "report": ()}
+
+
+@dataclass
+class _Run:
+    """What the stages share: the config, the output folder and the outputs of finished stages."""
+
+    cfg: RunConfig
+    out: Path
+    progress: bool
+    address: str | None
+    done: dict = field(default_factory=dict)
+    ray_started: bool = False
+
+    def key(self, stage: str) -> str:
+        parts = [f for s in STAGES[: STAGES.index(stage) + 1] for f in _STAGE_FIELDS[s]]
+        return self.cfg.key(*parts)
+
+    def task_kwargs(self) -> dict:
+        return {"seed": self.cfg.seed, **self.cfg.task_kwargs}
+
+    def task(self):
+        from rlprune.tasks import get_task
+
+        return get_task(self.cfg.task, **self.task_kwargs())
+
+    def ray(self) -> None:
+        """Start (or connect to) Ray once, on the first stage that needs it."""
+        from rlprune.sample_tune import init_ray
+
+        cpus = max(self.cfg.workers, 1 + self.cfg.sweep.search_workers)
+        self.ray_started = init_ray(self.address, cpus) or self.ray_started
+
+    def spec(self) -> dict:
+        """Settings every Tune trial needs (absolute paths: trials run in their own folders)."""
+        from rlprune.tasks import cache_dir
+
+        return {"task": self.cfg.task, "cache": str(cache_dir().resolve()), "target": self.cfg.target,
+                "budget": self.cfg.budget, "seed": self.cfg.seed}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ====================================================================== stages
+def _stage_base(run: _Run) -> dict:
+    from rlprune.io import model_fingerprint
+    from rlprune.pruning import PruningSpace
+    from rlprune.spn_nets import one_thread
+    from rlprune.validate import measure_base
+
+    task = run.task()
+    model = task.base_model()
+    space = PruningSpace.from_model(model, task.example_input())
+    with one_thread():  # validation trials time latency on one thread too
+        base = measure_base(task, model)
+    return {**base, "fingerprint": model_fingerprint(model), "task": task.name, "params": space.base_params,
+            "macs": space.base_macs, "groups": [{"id": g.id, "channels": g.channels} for g in space.groups]}
+
+
+def _stage_samples(run: _Run) -> dict:
+    from rlprune.sample_tune import run_sampling
+
+    s = run.cfg.sample
+    run.ray()
+    res = run_sampling(run.cfg.task, s.n, run.cfg.workers, run.cfg.sample_dir, s.sampler, address=run.address,
+                       importance=s.importance, eval_batches=s.eval_batches, flush_every=s.flush_every,
+                       seed=run.cfg.seed, task_kwargs=run.task_kwargs(), progress=run.progress)
+    df = _samples(run)
+    return {**res, "mean_eval_s": float(df["eval_s"].mean())}
+
+
+def _samples(run: _Run):
+    from rlprune.samples import read_samples
+
+    base = run.done["base"]
+    df = read_samples(run.cfg.sample_dir, fingerprint=base["fingerprint"], task=base["task"])
+    keep = (df["importance"] == run.cfg.sample.importance) & df["bn_recalibrated"]
+    return df[keep].reset_index(drop=True)
+
+
+def _stage_spn(run: _Run) -> dict:
+    from rlprune.samples import read_spaces
+    from rlprune.spn import save_spn
+    from rlprune.spn_train import predict_frame, train_heldout
+
+    c = run.cfg.spn
+    df = _samples(run)
+    spn, m, train_df, test_df = train_heldout(c.arch, df, read_spaces(run.cfg.sample_dir), c.test_frac,
+                                              run.cfg.seed, c.max_steps)
+    path = run.out / "spn" / "spn.pt"
+    save_spn(spn, path)
+    mean, std = predict_frame(spn, test_df)
+    held = test_df[["sample_id", "macs_ratio", "params_ratio", "acc_drop"]].assign(predicted=mean, predicted_std=std)
+    _write_csv(held, run.out / "spn" / "heldout.csv")
+    metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in m.items()}
+    log(f"      SPN ({c.arch}) on {len(train_df)} samples; held-out {len(test_df)}: MAE {m['mae']:.2f} points, "
+        f"Spearman {m['spearman']:.3f}")
+    return {"path": str(path), "arch": c.arch, "n_train": len(train_df), "metrics": metrics,
+            "fit_s": spn.meta.get("fit_s"), "heldout": str(run.out / "spn" / "heldout.csv")}
+
+
+def _stage_sweep(run: _Run) -> dict:
+    from rlprune.tune_stages import run_reward_sweep
+
+    c, key = run.cfg.sweep, run.key("sweep")
+    run.ray()
+    spec = {**run.spec(), "task_kwargs": run.cfg.task_kwargs, "spn": run.done["spn"]["path"],
+            "samples": str(run.cfg.sample_dir.resolve()), "iters": c.iters, "train_batch": c.train_batch,
+            "online_every": c.online_every, "online_top": c.online_top, "online_steps": c.online_steps,
+            "search_workers": c.search_workers}
+    sweep_dir = run.out / "sweep" / key
+    trials = run_reward_sweep(spec, c.grid(), sweep_dir, run.out / "tune", f"reward_sweep-{key}",
+                              1 + c.search_workers, run.progress)
+    keep = ("tag", "mode", "enforce", "w_acc", "w_cost", "ratios", "predicted_acc_drop", "predicted_acc_drop_std",
+            "real_acc_drop", "macs_ratio", "params_ratio", "reward", "iterations", "episodes", "wall_s",
+            "online_rounds")
+    trials = [{k: t.get(k) for k in keep} | {"world_model": str(sweep_dir / t["tag"] / "world_model" /
+                                                                 "world_model.pt")} for t in trials]
+    return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
+
+
+def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
+    """Sweep trials whose best vector meets the budget, most promising first.
+
+    Rank by the real (calibration-split) drop where an online round measured the vector, else by the
+    trial's own final SPN prediction: the trials' SPNs were fine-tuned on different samples, so measured
+    drops are the fairer comparison when they exist.
+    """
+    ok = [t for t in trials if t[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE]
+
+    def score(t):
+        return t["real_acc_drop"] if t.get("real_acc_drop") is not None else t["predicted_acc_drop"]
+
+    return sorted(ok, key=score)
+
+
+def _stage_validate(run: _Run) -> dict:
+    from rlprune.baselines import run_baselines
+    from rlprune.pruning import PruningSpace
+    from rlprune.tune_stages import run_validation
+    from rlprune.validate import spn_predictor
+
+    cfg, v = run.cfg, run.cfg.validate
+    trials = run.done["sweep"]["trials"]
+    ranked = rank_rl(trials, cfg.target, cfg.budget)
+    if not ranked:
+        raise ConfigError(f"no sweep trial met the {cfg.budget} target {cfg.target}; use enforce: [wall] in the "
+                          f"sweep or a larger w_violation")
+    cands = [{"method": t["tag"], "ratios": t["ratios"], "predicted_acc_drop": t["predicted_acc_drop"],
+              "source": "rl"} for t in ranked[: v.rl_top]]
+    best = ranked[0]
+    # Random search and CEM query the same SPN the best search ended with, with as many calls as it made.
+    spn_path = best["world_model"] if Path(best["world_model"]).is_file() else run.done["spn"]["path"]
+    task = run.task()
+    space = PruningSpace.from_model(task.base_model(), task.example_input())
+    predict = spn_predictor(spn_path, space, run.done["base"]["fingerprint"])
+    n_calls = v.n_calls or max(64, int(best["episodes"]))
+    for b in run_baselines(space.cost_model, cfg.target, cfg.budget, scores=space.channel_scores(cfg.sample.importance),
+                           predict=predict, n_calls=n_calls, seed=cfg.seed):
+        if b.method in v.baselines:
+            cands.append({**b.to_dict(), "source": "baseline"})
+    run.ray()
+    key = run.key("validate")
+    base = {k: run.done["base"][k] for k in ("acc", "loss", "latency_ms", "fingerprint")}
+    spec = {**run.spec(), "task_kwargs": run.task_kwargs(), "base": base, "importance": cfg.sample.importance,
+            "finetune_steps": v.finetune_steps, "latency_runs": v.latency_runs}
+    val_dir = run.out / "validate" / key
+    rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers, run.progress)
+    return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "spn_for_baselines": spn_path}
+
+
+def _stage_report(run: _Run) -> dict:
+    from rlprune.io import load_pruned, save_pruned
+    from rlprune.report import write_report
+
+    cfg = run.cfg
+    rows = run.done["validate"]["rows"]
+    winner = pick_winner(rows, cfg.target, cfg.budget)
+    model, manifest = load_pruned(Path(run.done["validate"]["dir"]) / "models" / f"{winner['method']}.pt")
+    manifest = {k: v for k, v in manifest.items() if k not in ("weights_file", "weights_sha256", "fingerprint",
+                                                                "saved_at", "manifest_version")}
+    save_pruned(model, run.out / "pruned_model.pt", {**manifest, "selected_from": [r["method"] for r in rows]})
+    _write_csv(_results_frame(rows), run.out / "results.csv")
+    files = write_report(run.out, cfg, run.done, winner)
+    return {"winner": winner["method"], "pruned_model": str(run.out / "pruned_model.pt"), **files}
+
+
+def pick_winner(rows: list[dict], target: float, budget: str) -> dict:
+    """The validated candidate with the best test accuracy among those meeting the target (then fewest params).
+
+    Raises:
+        ConfigError: no candidate meets the target.
+    """
+    ok = [r for r in rows if r[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE]
+    if not ok:
+        raise ConfigError(f"no validated candidate meets the {budget} target {target}")
+    return max(ok, key=lambda r: (r["acc"], -r["params_ratio"]))
+
+
+_STAGE_FNS = {"base": _stage_base, "samples": _stage_samples, "spn": _stage_spn, "sweep": _stage_sweep,
+              "validate": _stage_validate, "report": _stage_report}
+
+
+# ====================================================================== markers and driver
+def _marker(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def _still_valid(run: _Run, stage: str, marker: dict) -> bool:
+    """A stage's recorded output is reused only if its key matches and the files it produced still exist."""
+    if marker.get("key") != run.key(stage):
+        return False
+    o = marker.get("output", {})
+    if stage == "samples":
+        return len(_samples(run)) >= run.cfg.sample.n
+    paths = {"spn": [o.get("path")], "sweep": [o.get("result_grid")], "validate": [o.get("dir")],
+             "report": [o.get(k) for k in ("pruned_model", "report_md", "report_html")]}.get(stage, [])
+    return all(p and Path(p).exists() for p in paths)
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or torn by an old crash: the stage simply runs again
+
+
+def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = True) -> dict:
+    """Run (or resume) every stage up to ``cfg.until``; returns the summary (also ``out/summary.json``).
+
+    Args:
+        cfg: the run's settings.
+        address: a Ray cluster to run on (``host:port``); None starts a local one (or joins the cluster a
+            ``ray job submit`` driver runs in).
+        progress: progress bars on stderr.
+
+    Returns:
+        ``{"target", "budget", "task", "preset", "stages": {name: {"wall_s", "status"}}, "methods": [...],
+        "winner", ...}``; ``methods`` is empty when the run stops before validation.
+
+    Raises:
+        ConfigError: bad settings or an ``out`` that is a file; RlpruneError subclasses from the stages
+        (finished work is kept; rerun the same command to resume).
+    """
+    out = Path(cfg.out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder")
+    if cfg.task_kwargs.get("data_dir"):
+        cfg = _with_abs_data_dir(cfg)
+    run = _Run(cfg, out, progress, address)
+    run.task()  # an unknown task or missing data fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "run_config.json", cfg.to_dict())
+    stages, timing = cfg.stages(), {}
+    try:
+        for i, stage in enumerate(stages, 1):
+            marker = _read_marker(_marker(out, stage))
+            if marker and _still_valid(run, stage, marker):
+                run.done[stage] = marker["output"]
+                timing[stage] = {"wall_s": marker["wall_s"], "status": "reused"}
+                log(f"[{i}/{len(stages)}] {stage}: done before ({marker['wall_s']:.1f} s), reused")
+                continue
+            log(f"[{i}/{len(stages)}] {stage} ...")
+            t0 = time.perf_counter()
+            output = _STAGE_FNS[stage](run)
+            wall = time.perf_counter() - t0
+            run.done[stage] = output
+            atomic_write_json(_marker(out, stage), {"stage": stage, "key": run.key(stage), "wall_s": wall,
+                                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    "output": output})
+            timing[stage] = {"wall_s": wall, "status": "ran"}
+            log(f"[{i}/{len(stages)}] {stage}: {wall:.1f} s")
+    finally:
+        if run.ray_started:
+            import ray
+
+            ray.shutdown()
+    summary = _summary(run, timing)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summary(run: _Run, timing: dict) -> dict:
+    cfg, d = run.cfg, run.done
+    methods = []
+    for r in d.get("validate", {}).get("rows", []):
+        m = {k: r.get(k) for k in ("method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop",
+                                   "latency_ms", "latency_ratio", "predicted_acc_drop", "source", "finetune_steps")}
+        methods.append(m)
+    return json.loads(json.dumps({
+        "task": cfg.task, "target": cfg.target, "budget": cfg.budget, "preset": cfg.preset, "out": str(run.out),
+        "stages": timing, "total_wall_s": sum(t["wall_s"] for t in timing.values()),
+        "base": {k: d["base"][k] for k in ("acc", "latency_ms", "params", "macs")} if "base" in d else None,
+        "spn": d["spn"]["metrics"] if "spn" in d else None,
+        "winner": d.get("report", {}).get("winner"), "methods": methods,
+        "pruned_model": d.get("report", {}).get("pruned_model"),
+    }, default=json_default))
+
+
+def _results_frame(rows: list[dict]):
+    import pandas as pd
+
+    cols = ["method", "source", "acc", "acc_drop", "params_ratio", "macs_ratio", "latency_ms", "latency_ratio",
+            "predicted_acc_drop", "finetune_steps"]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
+    df["ratios"] = [" ".join(f"{x:.3f}" for x in r["ratios"]) for r in rows]
+    return df
+
+
+def _write_csv(df, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _with_abs_data_dir(cfg: RunConfig) -> RunConfig:
+    import dataclasses
+
+    kw = dict(cfg.task_kwargs, data_dir=str(Path(cfg.task_kwargs["data_dir"]).expanduser().resolve()))
+    return dataclasses.replace(cfg, task_kwargs=kw)

@@ -1,0 +1,313 @@
+"""The run report: ``report.md`` and a self-contained ``report.html`` with four figures.
+
+Figures (PNG in ``out/figures``, embedded in the HTML): per-group ratios of the RL strategy against the
+handcrafted rules; test accuracy against MACs for every validated candidate, with the Pareto front; the SPN's
+predicted against the real accuracy drop (held-out samples, and the online rounds' fresh real evaluations);
+the search's wall time against the AMC-style estimate (the same episodes, each paying one real evaluation).
+
+The document is built once as a list of blocks and rendered to both formats, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rlprune.io import atomic_write_bytes
+
+RULE_METHODS = ("uniform", "larger_group", "depth", "global_l1")
+
+
+def write_report(out: Path, cfg, done: dict, winner: dict) -> dict:
+    """Render the report of a finished run.
+
+    Args:
+        out: the run folder.
+        cfg: its ``RunConfig``.
+        done: every stage's output (``rlprune.pipeline``).
+        winner: the validated row selected as the output model.
+
+    Returns:
+        ``{"report_md", "report_html", "figures"}`` paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    rows = done["validate"]["rows"]
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    timing = search_timing(done, _stage_times(out))
+    figs = {
+        "ratios": _fig_ratios(rows, done["base"]["groups"], figdir / "ratios.png"),
+        "pareto": _fig_pareto(rows, done["base"], cfg, figdir / "acc_vs_macs.png"),
+        "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png"),
+        "time": _fig_time(timing, figdir / "search_time.png"),
+    }
+    blocks = _blocks(out, cfg, done, winner, rows, timing, figs)
+    md, page = _markdown(blocks), _html(blocks, f"rlprune report: {cfg.task}")
+    atomic_write_bytes(out / "report.md", md.encode())
+    atomic_write_bytes(out / "report.html", page.encode())
+    return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
+            "figures": [str(p) for p in figs.values()]}
+
+
+# ====================================================================== figures
+def search_timing(done: dict, stage_wall: dict) -> dict:
+    """Wall times of the SPN search against what an AMC-style search would pay for the same episodes.
+
+    AMC-style = every episode prunes and evaluates the network for real; its estimate is the episodes the
+    sweep's searches ran times the mean measured seconds of one real evaluation (from the sample store).
+    ``stage_wall`` maps stage names to their wall times (the SPN pipeline's total counts samples and SPN).
+    """
+    trials = done["sweep"]["trials"]
+    best = next((t for t in trials if t["tag"] == _best_rl_tag(done)), trials[0])
+    eval_s = float(done["samples"]["mean_eval_s"])
+    episodes = sum(int(t["episodes"]) for t in trials)
+    pipeline = sum(stage_wall.get(s, 0.0) for s in ("samples", "spn")) + sum(t["wall_s"] for t in trials)
+    return {"eval_s": eval_s, "best_tag": best["tag"], "best_wall_s": float(best["wall_s"]),
+            "best_episodes": int(best["episodes"]), "amc_best_s": int(best["episodes"]) * eval_s,
+            "sweep_wall_s": float(sum(t["wall_s"] for t in trials)), "sweep_episodes": episodes,
+            "amc_sweep_s": episodes * eval_s, "pipeline_s": pipeline}
+
+
+def _best_rl_tag(done: dict) -> str | None:
+    rl = [r for r in done["validate"]["rows"] if r["method"].startswith("rl")]
+    return max(rl, key=lambda r: r["acc"])["method"] if rl else None
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _fig_ratios(rows, groups, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    by = {r["method"]: r for r in rows}
+    rl = max((r for r in rows if r["method"].startswith("rl")), key=lambda r: r["acc"], default=None)
+    series = ([rl] if rl else []) + [by[m] for m in RULE_METHODS if m in by]
+    G = len(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * G + 3), 3.6))
+    width = 0.8 / max(1, len(series))
+    others = iter(["C0", "C1", "C2", "C4", "C5", "C6"])  # C3 (red) is kept for the RL strategy
+    for i, r in enumerate(series):
+        label = f"{r['method']} (RL)" if r is rl else r["method"]
+        ax.bar(np.arange(G) + (i - (len(series) - 1) / 2) * width, r["ratios"], width, label=label,
+               color="C3" if r is rl else next(others), edgecolor="black" if r is rl else None)
+    ax.set_xticks(np.arange(G), [f"{g['id']}\n({g['channels']} ch)" for g in groups], fontsize=8)
+    ax.set_ylabel("pruning ratio (channels removed)")
+    ax.set_title("Per-group ratios: RL strategy vs handcrafted rules")
+    ax.legend(fontsize=8, ncol=min(5, len(series)))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both axes (lower x = cost, higher y = accuracy), by x."""
+    order = np.lexsort((-points[:, 1], points[:, 0]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i, 1] > best:
+            front.append(i)
+            best = points[i, 1]
+    return np.array(front, dtype=int)
+
+
+def _fig_pareto(rows, base, cfg, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    pts = np.array([[r["macs_ratio"], r["acc"]] for r in rows] + [[1.0, base["acc"]]])
+    names = [r["method"] for r in rows] + ["unpruned"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (x, y), n in zip(pts, names, strict=True):
+        ax.scatter(x, y, color="C3" if n.startswith("rl") else "grey" if n == "unpruned" else "C0",
+                   marker="*" if n.startswith("rl") else "o", s=90 if n.startswith("rl") else 40, zorder=3)
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pts[pareto_front(pts)]
+    ax.step(front[:, 0], front[:, 1], where="post", color="C2", lw=1.5, label="Pareto front", zorder=2)
+    if cfg.budget == "macs":
+        ax.axvline(cfg.target, color="k", ls=":", lw=1, label=f"target {cfg.target:g}")
+    ax.set_xlabel("MACs ratio (pruned / original)")
+    ax.set_ylabel("test accuracy after fine-tune (%)")
+    ax.set_title("Accuracy vs MACs, every validated candidate")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _fig_spn(done: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    held = pd.read_csv(done["spn"]["heldout"])
+    online = [(real, pred) for t in done["sweep"]["trials"] for rnd in (t.get("online_rounds") or [])
+              for real, pred in zip(rnd.get("real_acc_drop", []), rnd.get("predicted_before", []), strict=False)]
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.scatter(held["acc_drop"], held["predicted"], s=14, alpha=0.7, label=f"held-out samples ({len(held)})")
+    if online:
+        o = np.array(online)
+        ax.scatter(o[:, 0], o[:, 1], s=30, marker="x", color="C3",
+                   label=f"search candidates, before fine-tune ({len(o)})")
+    hi = float(max(held["acc_drop"].max(), held["predicted"].max(), 1.0))
+    ax.plot([0, hi], [0, hi], "k--", lw=1, label="perfect prediction")
+    m = done["spn"]["metrics"]
+    ax.set_title(f"SPN: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}", fontsize=10)
+    ax.set_xlabel("real accuracy drop (points, calibration split)")
+    ax.set_ylabel("predicted accuracy drop (points)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _fig_time(t: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    labels = [f"best search ({t['best_episodes']} episodes, SPN)", "AMC-style estimate, same episodes",
+              f"whole SPN pipeline (samples + SPN + {t['sweep_episodes']} sweep episodes)",
+              "AMC-style estimate, all sweep episodes"]
+    vals = [t["best_wall_s"], t["amc_best_s"], t["pipeline_s"], t["amc_sweep_s"]]
+    fig, ax = plt.subplots(figsize=(7.2, 2.8))
+    ax.barh(labels[::-1], vals[::-1], color=["C1", "C0", "C1", "C0"][::-1])
+    for i, v in enumerate(vals[::-1]):
+        ax.text(v, i, f" {v:,.0f} s", va="center", fontsize=8)
+    ax.set_xlim(0, max(vals) * 1.18)
+    ax.set_xlabel("wall time (s)")
+    ax.set_title(f"Search time vs AMC-style real evaluation ({t['eval_s'] * 1000:.0f} ms per evaluation)", fontsize=10)
+    return _save(fig, path)
+
+
+# ====================================================================== document
+def _fmt(v, digits=2) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
+    base = done["base"]
+    rl = [r for r in rows if r["method"].startswith("rl")]
+    bl = [r for r in rows if not r["method"].startswith("rl")]
+    what = "MACs" if cfg.budget == "macs" else "params"
+    b = [("h1", f"rlprune report: {cfg.task}, {what} target {cfg.target:g}"),
+         ("p", f"Unpruned model: {base['params']:,} params, {base['macs']:,} MACs, test accuracy "
+               f"{base['acc']:.2f}%, batch-1 CPU latency {base['latency_ms']:.2f} ms. Preset `{cfg.preset}`; "
+               f"every candidate below was pruned for real, BatchNorm-recalibrated, fine-tuned "
+               f"{cfg.validate.finetune_steps} steps and scored on the test split.")]
+    b.append(("p", f"**Output model: `{winner['method']}`** ({winner['acc']:.2f}% test accuracy, "
+                   f"{winner['params_ratio']:.3f} of the params, {winner['macs_ratio']:.3f} of the MACs), "
+                   f"saved as `pruned_model.pt` (load with `rlprune.load_pruned`)."))
+    if rl and bl:
+        best_rl, best_bl = max(rl, key=lambda r: r["acc"]), max(bl, key=lambda r: r["acc"])
+        b.append(("p", f"Best RL strategy `{best_rl['method']}` vs best baseline `{best_bl['method']}`: "
+                       f"{best_rl['acc'] - best_bl['acc']:+.2f} points of test accuracy, "
+                       f"{best_rl['params_ratio']:.3f} vs {best_bl['params_ratio']:.3f} of the params."))
+    b.append(("h2", "Results"))
+    b.append(("table", ["method", "acc %", "drop", "params", "MACs", "latency ms", "SPN predicted drop"],
+              [[r["method"], f"{r['acc']:.2f}", f"{r['acc_drop']:.2f}", f"{r['params_ratio']:.3f}",
+                f"{r['macs_ratio']:.3f}", f"{r['latency_ms']:.2f}", _fmt(r.get("predicted_acc_drop"))]
+               for r in sorted(rows, key=lambda r: -r["acc"])]))
+    b.append(("p", "`drop` is measured after the fine-tune on the test split; the SPN predicts the drop "
+                   "before any fine-tune on the calibration split, so the two columns measure different things."))
+    b.append(("h2", "Per-group ratios"))
+    b.append(("img", figs["ratios"], "RL strategy against the handcrafted rules"))
+    b.append(("h2", "Accuracy vs MACs"))
+    b.append(("img", figs["pareto"], "every validated candidate and the unpruned model, with the Pareto front"))
+    m = done["spn"]["metrics"]
+    b.append(("h2", "State predictor network"))
+    b.append(("p", f"{done['spn']['arch']} SPN trained on {done['spn']['n_train']} real samples; on "
+                   f"{m['n']} held-out samples: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}, "
+                   f"R^2 {_fmt(m.get('r2'), 3)}."))
+    b.append(("img", figs["spn"], "SPN predicted vs real accuracy drop"))
+    b.append(("h2", "Search time"))
+    b.append(("p", f"The best search (`{timing['best_tag']}`) took {timing['best_wall_s']:.0f} s for "
+                   f"{timing['best_episodes']} episodes; an AMC-style search paying one real evaluation "
+                   f"({timing['eval_s'] * 1000:.0f} ms measured) per episode would need about "
+                   f"{timing['amc_best_s']:.0f} s ({timing['amc_best_s'] / max(timing['best_wall_s'], 1e-9):.1f}x). "
+                   f"The whole SPN pipeline (samples, SPN training, all {len(done['sweep']['trials'])} sweep "
+                   f"searches) took {timing['pipeline_s']:.0f} s against an estimated {timing['amc_sweep_s']:.0f} s "
+                   f"for the sweep's episodes evaluated for real. The estimate counts evaluations only, not "
+                   f"policy updates, so it flatters AMC."))
+    b.append(("img", figs["time"], "search wall time vs AMC-style estimate"))
+    b.append(("h2", "Reward-weighting sweep"))
+    trials = done["sweep"]["trials"]
+    b.append(("table", ["trial", "predicted drop", "real drop (calibration)", "MACs", "params", "episodes", "wall s"],
+              [[t["tag"], _fmt(t["predicted_acc_drop"]), _fmt(t.get("real_acc_drop")), f"{t['macs_ratio']:.3f}",
+                f"{t['params_ratio']:.3f}", str(t["episodes"]), f"{t['wall_s']:.0f}"] for t in trials]))
+    b.append(("h2", "Stages"))
+    b.append(("table", ["stage", "wall s"], [[s, f"{w:.1f}"] for s, w in _stage_times(out).items()]))
+    return b
+
+
+def _stage_times(out: Path) -> dict:
+    times = {}
+    for p in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            times[p.stem] = float(json.loads(p.read_text())["wall_s"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return times
+
+
+def _markdown(blocks) -> str:
+    lines = []
+    for kind, *rest in blocks:
+        if kind == "h1":
+            lines += [f"# {rest[0]}", ""]
+        elif kind == "h2":
+            lines += [f"## {rest[0]}", ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "table":
+            head, body = rest
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(r) + " |" for r in body] + [""]
+        elif kind == "img":
+            lines += [f"![{rest[1]}](figures/{Path(rest[0]).name})", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` in an HTML-escaped paragraph."""
+    out, parts = [], html.escape(text).split("`")
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bits = part.split("**")
+            out.append("".join(f"<b>{x}</b>" if j % 2 else x for j, x in enumerate(bits)))
+    return "".join(out)
+
+
+def _html(blocks, title: str) -> str:
+    body = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(rest[0])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline(rest[0])}</p>")
+        elif kind == "table":
+            head, rows = rest
+            th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+            body.append(f"<table><tr>{th}</tr>{trs}</table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(rest[0]).read_bytes()).decode()
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(rest[1])}">'
+                        f"<figcaption>{html.escape(rest[1])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figcaption{color:#555;font-size:90%}code{background:#f3f3f3;padding:0 3px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

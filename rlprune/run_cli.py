@@ -1,0 +1,115 @@
+"""The ``rlprune run`` and ``rlprune tune`` verbs (the pipeline itself lives in ``rlprune.pipeline``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rlprune.errors import ConfigError
+
+RUN_EPILOG = """examples:
+  rlprune run --task digits --target-macs 0.5 --out runs/demo
+  rlprune run --task digits --target-params 0.4 --budget standard --out runs/p40
+  rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --budget full --out runs/c10 \\
+      --address ray-head:6379 --samples /shared/samples
+presets (--budget): tiny ~2 min smoke run; quick (default) <= 10 min on 2 cores for digits;
+standard and full sweep more reward weightings and modes and fine-tune longer.
+Rerun the same command after an interruption: finished stages are reused, killed ones resume.
+"""
+
+TUNE_EPILOG = """examples:
+  rlprune tune tune_configs/sample.yaml
+  rlprune tune tune_configs/reward_sweep.yaml --out runs/sweep1
+  rlprune tune tune_configs/full.yaml --address ray-head:6379
+a config's top-level keys are `rlprune run` settings; its sections sample/spn/sweep/validate map onto
+rlprune.run_config's dataclasses; `until` names the last stage (base, samples, spn, sweep, validate, report).
+"""
+
+
+def add_run_parsers(sub) -> None:
+    """Add the ``run`` and ``tune`` verbs to the CLI's subparsers."""
+    from rlprune.run_config import PRESETS, STAGES
+
+    p = sub.add_parser(
+        "run", help="the whole job: samples -> SPN -> RL sweep -> validation -> report (resumable)",
+        description="Find per-group pruning ratios for a trained model and prune it: real samples, an SPN world "
+                    "model, a Tune sweep of online RL searches over reward weightings, Tune validation trials "
+                    "(the best RL strategies and every baseline pruned for real and fine-tuned the same), and "
+                    "a report. Writes summary.json, results.csv, pruned_model.pt, report.md and report.html.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", default="digits", help="task name or package.module:callable (default digits)")
+    p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10)")
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--target-macs", type=float, help="pruned/original MACs to reach (default 0.5)")
+    t.add_argument("--target-params", type=float, help="pruned/original params to reach")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
+    p.add_argument("--budget", default="quick", choices=list(PRESETS), help="how much work each stage does")
+    p.add_argument("--workers", type=int, default=2, help="parallel sampling/validation trials (default 2)")
+    p.add_argument("--samples", help="sample store folder (default OUT/samples; a shared path on a cluster)")
+    p.add_argument("--until", default="report", choices=list(STAGES), help="stop after this stage")
+    p.add_argument("--address", help="Ray cluster to run on (host:port); default: a local one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+
+    p = sub.add_parser(
+        "tune", help="run a Tune experiment from a tune_configs/*.yaml file",
+        description="Run the pipeline stages a YAML experiment names (sampling, reward sweep, validation, or "
+                    "all of them), with Tune experiment folders under OUT/tune.",
+        epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML file, e.g. tune_configs/reward_sweep.yaml")
+    p.add_argument("--out", help="override the config's output folder")
+    p.add_argument("--task", help="override the config's task")
+    p.add_argument("--data-dir", help="data folder for tasks that read local data")
+    p.add_argument("--address", help="Ray cluster to run on (host:port)")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+
+
+def cmd_run(args) -> int:
+    """Run ``rlprune run``."""
+    from rlprune.pipeline import run_pipeline
+    from rlprune.run_config import RunConfig
+
+    budget = "params" if args.target_params is not None else "macs"
+    target = args.target_params if budget == "params" else (args.target_macs if args.target_macs is not None else 0.5)
+    if not 0 < target <= 1:
+        raise ConfigError(f"--target-{budget} {target} must lie in (0, 1], e.g. 0.5")
+    cfg = RunConfig.preset_config(
+        args.budget, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
+        samples=args.samples, until=args.until, seed=args.seed,
+        task_kwargs={"data_dir": args.data_dir} if args.data_dir else {})
+    _print(run_pipeline(cfg, address=args.address, progress=not args.json), args.json)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Run ``rlprune tune CONFIG``."""
+    from rlprune.pipeline import run_pipeline
+    from rlprune.run_config import load_yaml
+
+    cfg = load_yaml(args.config, out=args.out, task=args.task)
+    if args.data_dir:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, task_kwargs={**cfg.task_kwargs, "data_dir": args.data_dir})
+    _print(run_pipeline(cfg, address=args.address, progress=not args.json), args.json)
+    return 0
+
+
+def _print(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for stage, t in summary["stages"].items():
+        print(f"{stage:<9} {t['wall_s']:8.1f} s  {t['status']}")
+    if summary["methods"]:
+        print(f"\n{'method':<34} {'acc':>7} {'drop':>6} {'params':>7} {'macs':>6} {'lat ms':>7}")
+        for m in sorted(summary["methods"], key=lambda m: -m["acc"]):
+            print(f"{m['method']:<34} {m['acc']:>7.2f} {m['acc_drop']:>6.2f} {m['params_ratio']:>7.3f} "
+                  f"{m['macs_ratio']:>6.3f} {m['latency_ms']:>7.2f}")
+    if summary.get("winner"):
+        print(f"\nwinner: {summary['winner']} -> {summary['pruned_model']}")
+        print(f"report: {summary['out']}/report.html (and report.md)")
+    else:
+        print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")

@@ -1,0 +1,206 @@
+"""The pipeline's two Ray Tune experiments: the reward-weighting sweep and the validation trials.
+
+Sweep: one trial per combination of ``SweepStage``'s grid axes; each trial is an online RL search
+(``rlprune.search``) in its own folder ``sweep_dir/<tag>``, reporting every PPO iteration to Tune. A trial
+reserves 1 CPU for PPO plus ``search_workers`` CPUs for its real evaluations (a placement group, so the
+evaluation tasks it starts run inside its reservation and trials never starve each other).
+
+Validation: one trial per candidate (RL strategies and baselines at the same budget). Each prunes the base
+model for real, fine-tunes it for the same number of steps, scores the test split, times batch-1 CPU
+latency, and writes ``rows/<method>.json`` and ``models/<method>.pt`` through atomic renames.
+
+Both resume at trial granularity: a rerun starts only the trials without a finished output, and a search
+trial continues from its own checkpoint. Tune's experiment folders (``<out>/tune/<name>``) hold the per-trial
+results (CSV, JSON, TensorBoard events); each stage also writes Tune's ``ResultGrid`` dataframe as CSV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from rlprune.errors import RlpruneError
+
+#: Metrics a sweep trial reports each iteration (the history row has more, not all of it scalar).
+_ITER_KEYS = ("iteration", "episodes", "reward_mean", "best_reward", "greedy_reward", "train_s", "wall_s")
+#: Row fields a validation trial reports to Tune.
+_ROW_KEYS = ("params_ratio", "macs_ratio", "acc", "acc_drop", "loss", "latency_ms", "latency_ratio", "measure_s")
+
+
+class TrialsFailed(RlpruneError, RuntimeError):
+    """Some trials of a Tune experiment failed; finished trials' outputs are kept, a rerun resumes."""
+
+
+# ====================================================================== the sweep
+def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Path, name: str,
+                     cpus_per_trial: int, progress: bool = True) -> list[dict]:
+    """Run one online RL search per grid point as a Tune experiment; returns their results.
+
+    Args:
+        spec: settings shared by every trial: ``task``, ``task_kwargs``, ``target``, ``budget``, ``spn``,
+            ``samples``, ``iters``, ``train_batch``, ``online_every``, ``online_top``, ``online_steps``,
+            ``search_workers``, ``seed``, ``cache`` (absolute paths).
+        grid: ``SweepStage.grid()`` rows (``tag``, ``mode``, ``enforce``, ``w_acc``, ``w_cost``).
+        sweep_dir: parent of the per-trial search folders.
+        storage, name: Tune's experiment folder is ``storage/name``.
+        cpus_per_trial: CPUs one trial reserves (1 for PPO + the search's evaluation workers).
+        progress: show a bar over all trials' iterations.
+
+    Returns:
+        One dict per grid point, in grid order: the grid row plus the search's ``result.json``.
+
+    Raises:
+        TrialsFailed: a trial failed after its retries (finished searches are kept).
+    """
+    from ray import tune
+
+    todo = [g for g in grid if not _search_done(sweep_dir / g["tag"], spec["iters"])]
+    if todo:
+        bar_total = len(todo) * spec["iters"]
+        resources = tune.PlacementGroupFactory([{"CPU": 1}] * cpus_per_trial)
+        _fit(tune.with_resources(_sweep_trial, resources),
+             {**spec, "sweep_dir": str(sweep_dir), "point": tune.grid_search(todo)},
+             storage, name, max_concurrent=0, total=bar_total, unit="iter", desc="reward sweep",
+             count=lambda r: int(r.get("iteration", 0)), progress=progress,
+             csv=sweep_dir / "result_grid.csv", dirname=lambda t: t.config["point"]["tag"])
+    return [{**g, **json.loads((sweep_dir / g["tag"] / "result.json").read_text())} for g in grid]
+
+
+def _search_done(folder: Path, iters: int) -> bool:
+    try:
+        return json.loads((folder / "result.json").read_text())["iterations"] >= iters
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _sweep_trial(config: dict) -> None:
+    """Tune function trainable: one online RL search, reported every iteration."""
+    os.environ["RLPRUNE_CACHE"] = config["cache"]  # remote nodes do not inherit the driver's environment
+    import torch
+    from ray import tune
+
+    from rlprune.search import SearchConfig, run_search
+
+    torch.set_num_threads(1)
+    p = config["point"]
+    cfg = SearchConfig(
+        spn=config["spn"], out=str(Path(config["sweep_dir"]) / p["tag"]), task=config["task"],
+        task_kwargs=config["task_kwargs"], target=config["target"], budget=config["budget"], mode=p["mode"],
+        enforce=p["enforce"], w_acc=p["w_acc"], w_cost=p["w_cost"], iters=config["iters"],
+        train_batch=config["train_batch"], online=True, online_every=config["online_every"],
+        online_top=config["online_top"], online_steps=config["online_steps"], workers=config["search_workers"],
+        samples=config["samples"], seed=config["seed"])
+    result = run_search(cfg, progress=False,
+                        on_iteration=lambda row: tune.report({k: row[k] for k in _ITER_KEYS if k in row}))
+    tune.report({"iteration": result["iterations"], "predicted_acc_drop": result["predicted_acc_drop"],
+                 "macs_ratio": result["macs_ratio"], "params_ratio": result["params_ratio"], "done": 1})
+
+
+# ====================================================================== validation
+def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: Path, name: str,
+                   workers: int, progress: bool = True) -> list[dict]:
+    """Measure every candidate for real in a Tune experiment; returns the rows in candidate order.
+
+    Args:
+        spec: ``task``, ``task_kwargs``, ``base`` (``validate.measure_base`` of the unpruned model),
+            ``importance``, ``finetune_steps``, ``latency_runs``, ``cache``, ``budget``, ``target``.
+        candidates: ``{"method", "ratios", ...}``; extra keys (``predicted_acc_drop``, ``source``) are
+            copied into the row.
+        val_dir: ``rows/`` and ``models/`` go here.
+        storage, name: Tune's experiment folder.
+        workers: trials run at once (one CPU each).
+        progress: show a bar over the candidates.
+
+    Raises:
+        TrialsFailed: a trial failed after its retries (finished rows are kept).
+    """
+    from ray import tune
+
+    names = [c["method"] for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"candidate names must be unique, got {names}")
+    todo = [c for c in candidates if not (val_dir / "rows" / f"{c['method']}.json").is_file()]
+    if todo:
+        _fit(tune.with_resources(_validate_trial, {"cpu": 1}),
+             {**spec, "val_dir": str(val_dir), "candidate": tune.grid_search(todo)},
+             storage, name, max_concurrent=workers, total=len(todo), unit="candidate", desc="validation",
+             count=lambda r: 1, progress=progress, csv=val_dir / "result_grid.csv",
+             dirname=lambda t: t.config["candidate"]["method"])
+    return [json.loads((val_dir / "rows" / f"{m}.json").read_text()) for m in names]
+
+
+def _validate_trial(config: dict) -> None:
+    """Tune function trainable: prune one candidate for real, fine-tune, score, save."""
+    os.environ["RLPRUNE_CACHE"] = config["cache"]
+    import torch
+    from ray import tune
+
+    from rlprune.io import atomic_write_json, save_pruned
+    from rlprune.pruning import PruningSpace
+    from rlprune.tasks import get_task
+    from rlprune.validate import measure_candidate
+
+    torch.set_num_threads(1)  # the same single thread the base model's latency was timed with
+    c = config["candidate"]
+    task = get_task(config["task"], **config["task_kwargs"])
+    space = PruningSpace.from_model(task.base_model(), task.example_input())
+    row, pruned = measure_candidate(task, space, c["ratios"], config["base"], method=c["method"],
+                                    importance=config["importance"], finetune_steps=config["finetune_steps"],
+                                    latency_runs=config["latency_runs"])
+    row.update({k: v for k, v in c.items() if k not in row})
+    val_dir = Path(config["val_dir"])
+    manifest = {k: row[k] for k in ("method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop",
+                                    "latency_ms", "finetune_steps")}
+    params, macs = space.cost(row["ratios"])
+    manifest.update(group_ids=[g.id for g in space.groups], task=config["task"], target=config["target"],
+                    budget=config["budget"], base_fingerprint=config["base"].get("fingerprint"), params=params,
+                    macs=macs, importance=config["importance"], input_shape=list(task.example_input().shape[1:]))
+    save_pruned(pruned, val_dir / "models" / f"{c['method']}.pt", manifest)
+    atomic_write_json(val_dir / "rows" / f"{c['method']}.json", row)  # last: a row means the model is saved
+    tune.report({k: row[k] for k in _ROW_KEYS})
+
+
+# ====================================================================== shared Tune plumbing
+def _fit(trainable, param_space: dict, storage: Path, name: str, *, max_concurrent: int, total: int, unit: str,
+         desc: str, count, progress: bool, csv: Path, dirname) -> None:
+    """Run one Tune experiment with a progress bar; write its ResultGrid as CSV; raise if trials failed."""
+    from ray import tune
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress)
+
+    class Progress(tune.Callback):
+        """Moves the bar to the sum of every trial's latest count."""
+
+        def __init__(self):
+            self.done: dict[str, int] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.done[trial.trial_id] = max(self.done.get(trial.trial_id, 0), count(result))
+            bar.update(min(total, sum(self.done.values())) - bar.n)
+
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+                                    trial_dirname_creator=dirname, trial_name_creator=dirname),
+        run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=2), callbacks=[Progress()]),
+    )
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout is for results
+            grid = tuner.fit()
+    finally:
+        bar.close()
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv.with_suffix(".csv.tmp")
+    grid.get_dataframe().to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+    errors = [r.error for r in grid if r.error is not None]
+    if errors:
+        last = str(errors[0]).strip().splitlines()
+        raise TrialsFailed(f"{len(errors)} of {len(grid)} {desc} trials failed ({type(errors[0]).__name__}: "
+                           f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
+                           f"the same command to resume")

@@ -1,0 +1,181 @@
+"""`rlprune run` end to end, as a user runs it: killed half-way, rerun, and every output checked.
+
+One tiny run (``--budget tiny``: 24 samples, a 2-iteration sweep, 7 validation trials) is SIGKILLed, with
+its whole process group (the local Ray cluster included), once the reward sweep has checkpointed; the same
+command then finishes the job. The module's other tests read that run's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from rlprune.io import load_pruned
+from rlprune.samples import read_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_NAMES = ["base", "samples", "spn", "sweep", "validate", "report"]
+
+
+def rlprune_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "rlprune.cli", *args]
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def wait_for(predicate, proc, timeout: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"rlprune run ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory, digits_task):
+    """(out folder, state at the kill, summary of the resumed run, stderr of the resumed run)."""
+    out = tmp_path_factory.mktemp("run") / "demo"
+    cmd = rlprune_cmd("run", "--task", "digits", "--target-macs", "0.5", "--budget", "tiny", "--out", str(out))
+    log = open(out.parent / "first.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True)
+    try:
+        wait_for(lambda: any(out.glob("sweep/*/*/checkpoint/rlprune_search.json")), proc, 400,
+                 "the sweep's first checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    at_kill = {
+        "markers": {p.stem: p.read_text() for p in (out / "stages").glob("*.json")},
+        "n_samples": len(read_samples(out / "samples")),
+    }
+    assert not (out / "summary.json").exists(), "the kill came too late to test resuming"
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, at_kill, json.loads(r.stdout), r.stderr
+
+
+def test_resume_reuses_finished_stages_and_keeps_every_sample(killed_and_resumed):
+    out, at_kill, summary, _ = killed_and_resumed
+    assert {"base", "samples", "spn"} <= set(at_kill["markers"])
+    for stage, text in at_kill["markers"].items():
+        assert summary["stages"][stage]["status"] == "reused", stage
+        assert (out / "stages" / f"{stage}.json").read_text() == text, f"{stage} was redone"
+    assert summary["stages"]["sweep"]["status"] == "ran"
+    assert list(summary["stages"]) == STAGE_NAMES
+    n_now = len(read_samples(out / "samples"))
+    assert n_now >= at_kill["n_samples"] >= 24
+    # The killed search continued from its checkpoint instead of starting over.
+    result = json.loads(next(out.glob("sweep/*/*/result.json")).read_text())
+    assert result["iterations"] == 2
+
+
+def test_summary_has_every_method_measured_the_same_way(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["target"] == 0.5 and summary["budget"] == "macs"
+    for stage in STAGE_NAMES:
+        assert summary["stages"][stage]["wall_s"] >= 0
+    methods = {m["method"]: m for m in summary["methods"]}
+    assert any(name.startswith("rl") for name in methods)
+    assert {"uniform", "larger_group", "depth", "global_l1", "random_search", "cem"} <= set(methods)
+    for m in summary["methods"]:
+        assert set(m) >= {"method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms"}
+        assert m["macs_ratio"] <= 0.51 and 0 < m["params_ratio"] < 1 and m["latency_ms"] > 0
+        assert len(m["ratios"]) == 6 and m["finetune_steps"] == 10
+        assert m["acc_drop"] == pytest.approx(summary["base"]["acc"] - m["acc"])
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["method"]) == sorted(methods)
+
+
+def test_winner_is_saved_and_loads(killed_and_resumed, digits_task):
+    out, _, summary, _ = killed_and_resumed
+    model, manifest = load_pruned(out / "pruned_model.pt")
+    winner = next(m for m in summary["methods"] if m["method"] == summary["winner"])
+    assert manifest["method"] == summary["winner"] and manifest["ratios"] == winner["ratios"]
+    best_ok = max(m["acc"] for m in summary["methods"] if m["macs_ratio"] <= 0.51)
+    assert winner["acc"] == best_ok
+    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+    with torch.no_grad():
+        assert model(digits_task.example_input()).shape[-1] == 10
+    assert digits_task.evaluate(model, "test")["acc"] == pytest.approx(winner["acc"], abs=1e-6)
+
+
+def test_report_renders_tables_and_figures(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for name in ("ratios.png", "acc_vs_macs.png", "spn_predicted_vs_real.png", "search_time.png"):
+        png = out / "figures" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"figures/{name}" in md
+    assert page.count("data:image/png;base64,") == 4
+    for m in summary["methods"]:
+        assert f"| {m['method']} | {m['acc']:.2f} |" in md
+        assert f"<td>{m['method']}</td>" in page
+    assert "AMC-style" in md and "Pareto" in md
+
+
+def test_tune_experiments_are_on_disk(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    names = sorted(p.name.split("-")[0] for p in (out / "tune").iterdir())
+    assert names == ["reward_sweep", "validate"]
+    grid = pd.read_csv(next(out.glob("validate/*/result_grid.csv")))
+    assert len(grid) == len(summary["methods"]) and "acc" in grid.columns
+    assert any((out / "tune").rglob("events.out.tfevents*")), "no TensorBoard events"
+
+
+def test_a_finished_run_reruns_as_a_no_op(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    cmd = rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)
+    assert {s["status"] for s in again["stages"].values()} == {"reused"}
+    assert again["methods"] == summary["methods"] and again["winner"] == summary["winner"]
+
+
+def test_a_new_target_reuses_samples_and_spn(killed_and_resumed):
+    out, _, _, _ = killed_and_resumed
+    cmd = rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--target-macs", "0.7", "--until", "sweep",
+                      "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert [s["stages"][k]["status"] for k in ("base", "samples", "spn", "sweep")] == ["reused"] * 3 + ["ran"]
+    assert s["methods"] == [] and s["winner"] is None
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--target-macs", "1.5", "--out", "x"], ["--target-macs 1.5", "(0, 1]"]),
+    (["run", "--task", "nosuch", "--out", "x"], ["nosuch"]),
+    (["tune", "tune_configs/nosuch.yaml"], ["does not exist", "tune_configs/"]),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, words):
+    args = [a if a != "x" else str(tmp_path / "x") for a in args]
+    r = subprocess.run(rlprune_cmd(*args), capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for w in words:
+        assert w in r.stderr
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    r = subprocess.run(rlprune_cmd("run", "--out", str(f)), capture_output=True, text=True, env=env(), cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "keep me"
