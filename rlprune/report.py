@@ -217,8 +217,11 @@ def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
               [[r["method"], f"{r['acc']:.2f}", f"{r['acc_drop']:.2f}", f"{r['params_ratio']:.3f}",
                 f"{r['macs_ratio']:.3f}", f"{r['latency_ms']:.2f}", _fmt(r.get("predicted_acc_drop"))]
                for r in sorted(rows, key=lambda r: -r["acc"])]))
+    resolution = f" The test split holds {base['n']} examples: one example is {100 / base['n']:.2f} points." \
+        if base.get("n") else ""
     b.append(("p", "`drop` is measured after the fine-tune on the test split; the SPN predicts the drop "
-                   "before any fine-tune on the calibration split, so the two columns measure different things."))
+                   "before any fine-tune on the calibration split, so the two columns measure different things."
+              + resolution))
     b.append(("h2", "Per-group ratios"))
     b.append(("img", figs["ratios"], "RL strategy against the handcrafted rules"))
     b.append(("h2", "Accuracy vs MACs"))

@@ -23,12 +23,12 @@ def measure_base(task, model, split: str = "test") -> dict:
     """Scores and latency of the unpruned model.
 
     Returns:
-        ``{"acc", "loss", "latency_ms"}`` on ``split``.
+        ``{"acc", "loss", "n", "latency_ms"}`` on ``split`` (``n``: how many examples it holds).
     """
     from rlprune.sampling import batch1_latency_ms
 
     m = task.evaluate(model, split)
-    return {"acc": float(m["acc"]), "loss": float(m["loss"]),
+    return {"acc": float(m["acc"]), "loss": float(m["loss"]), "n": int(m.get("n", 0)),
             "latency_ms": batch1_latency_ms(model, task.example_input())}
 
 

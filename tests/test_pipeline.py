@@ -136,6 +136,10 @@ def test_tune_experiments_are_on_disk(killed_and_resumed):
     grid = pd.read_csv(next(out.glob("validate/*/result_grid.csv")))
     assert len(grid) == len(summary["methods"]) and "acc" in grid.columns
     assert any((out / "tune").rglob("events.out.tfevents*")), "no TensorBoard events"
+    from ray import tune
+
+    for exp in (out / "tune").iterdir():
+        assert tune.Tuner.can_restore(str(exp)), exp
 
 
 def test_a_finished_run_reruns_as_a_no_op(killed_and_resumed):
