@@ -1,7 +1,7 @@
 """SPN fidelity: how well transformer, mlp and linear SPNs predict real accuracy drops on digits.
 
 How to run:
-    python benchmarks/spn_fidelity.py --quick     # ~2 min (+ ~2 min to generate 256 samples the first time)
+    python benchmarks/spn_fidelity.py --quick     # ~1 min: 16/32 samples, 1 seed (+ ~30 s for 104 samples, once)
     python benchmarks/spn_fidelity.py             # ~6 min (+ ~5-10 min to generate 976 samples the first time)
 
 What it measures (all on held-out real samples; BN-recalibrated calibration-split accuracy):
@@ -10,34 +10,32 @@ What it measures (all on held-out real samples; BN-recalibrated calibration-spli
   samples that lost at most 10 points (the region a search at a sensible budget picks from);
 - transfer: the transformer trained on the ResNet-8 scores a digits VGG it never saw, zero-shot and after
   fine-tuning on 64 of its samples (mlp / linear / transformer trained from scratch on the same 64 shown
-  for reference: they cannot score a model with another group count zero-shot);
-- inference: ratio vectors per second for a 65,536-vector batch, and the latency of one vector (an env step).
+  for reference: they cannot score a model with another group count zero-shot).
+SPN inference speed is measured by ``benchmarks/scaling.py``.
 
 What to expect (2 shared cores): the transformer beats mlp and linear at every size; at 512 samples
 Spearman ~0.98 and MAE ~3.4 points (~1.3 below 10 points of drop), where gradient boosting reaches ~3.7 on
 the same split; zero-shot transfer ranks the VGG's samples well (rho ~0.92) but misjudges its level
-(MAE ~20), 64 samples bring it to ~3.7; ~90k vectors/s.
+(MAE ~20), 64 samples bring it to ~3.7.
 
 Targets (reported, not asserted): transformer Spearman >= 0.9 and MAE <= 3 points with <= 512 samples.
 Samples are generated once with ``rlprune.sampling.SampleGenerator`` (mixed sampler) into a store under
 ``$RLPRUNE_CACHE/benchmarks/spn_fidelity`` and reused by later runs (a run only generates what is missing).
 
-Writes ``benchmarks/results/spn_fidelity.csv`` and ``.md`` (``spn_fidelity_quick.*`` with ``--quick``, so a
-smoke run never overwrites the full results) and prints the table.
+Writes ``spn_fidelity.csv`` and ``.md`` into ``--results-dir`` (``spn_fidelity_quick.*`` with ``--quick``, so a
+smoke run never overwrites the full results) and prints the tables; full mode merges ``spn_spearman_at_512``,
+``spn_mae_at_512`` and the transfer figures into ``summary.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import pandas as pd
 import torch
@@ -48,7 +46,6 @@ from rlprune.sampling import SampleGenerator
 from rlprune.spn_train import FitConfig, finetune, fit, metrics, predict_frame
 from rlprune.tasks import DigitsTask, cache_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ("transformer", "mlp", "linear")
 METRICS = ("mae", "rmse", "spearman", "r2", "mean_std", "mae_low")
 LOW_DROP = 10.0
@@ -89,6 +86,7 @@ def ensure_samples(task, store: Path, n: int, seed: int) -> tuple[pd.DataFrame, 
 
 
 def row(section: str, arch: str, n_train: int, seed: int, m: dict, **extra) -> dict:
+    """One CSV row: where it comes from, the rounded metrics and any extra columns."""
     out = {"section": section, "arch": arch, "n_train": n_train, "seed": seed}
     out.update({k: round(float(m[k]), 4) for k in METRICS if k in m})
     out.update(extra)
@@ -105,6 +103,7 @@ def score(spn, test, spaces=None) -> dict:
 
 
 def learning_curve(df, spaces, sizes, n_test, seeds) -> list[dict]:
+    """Every architecture trained on ``sizes`` samples per seed, scored on the first ``n_test`` rows."""
     test, pool = df.iloc[:n_test], df.iloc[n_test:]
     rows = []
     for seed in seeds:
@@ -123,6 +122,7 @@ def _fit(arch, df, spaces, seed):
 
 
 def transfer(src_df, tgt_df, spaces, n_src, n_few, n_test, seeds, steps) -> list[dict]:
+    """The source-trained transformer on the unseen VGG: zero-shot, after ``n_few`` samples, and from scratch."""
     test, few_pool = tgt_df.iloc[:n_test], tgt_df.iloc[n_test:]
     rows = []
     for seed in seeds:
@@ -142,30 +142,6 @@ def transfer(src_df, tgt_df, spaces, n_src, n_few, n_test, seeds, steps) -> list
     return rows
 
 
-def inference_speed(df, spaces, fp, n_vectors) -> list[dict]:
-    rng = np.random.default_rng(0)
-    R = rng.uniform(0, 0.9, size=(n_vectors, len(df["ratios"].iloc[0]))).astype(np.float32)
-    rows = []
-    for arch in ARCHS:
-        spn = _fit(arch, df.iloc[:256], spaces, 0)
-        spn.predict(R[:4096], fp)  # warm-up
-        best = 0.0
-        for _ in range(3):
-            t0 = time.perf_counter()
-            spn.predict(R, fp)
-            best = max(best, n_vectors / (time.perf_counter() - t0))
-        one = []
-        for i in range(200):
-            t0 = time.perf_counter()
-            spn.predict(R[i], fp)
-            one.append(time.perf_counter() - t0)
-        rows.append({"section": "speed", "arch": arch, "vectors_per_s": round(best),
-                     "single_ms": round(1000 * statistics.median(one), 3)})
-        print(f"speed {arch}: {best:,.0f} vectors/s, one vector {1000 * statistics.median(one):.2f} ms",
-              file=sys.stderr, flush=True)
-    return rows
-
-
 def _fmt(r: dict) -> str:
     return (f"{r['section']:<8} {r['arch']:<11} n={r['n_train']:<4} seed={r['seed']} mae={r['mae']:.2f} "
             f"rmse={r['rmse']:.2f} rho={r['spearman']:.3f} r2={r['r2']:.3f} {r.get('note', '')}")
@@ -180,12 +156,12 @@ def _mean_sd(values) -> str:
     return f"{statistics.mean(vals):.3g} ± {statistics.stdev(vals):.2g}"
 
 
-def markdown(rows, args, meta) -> str:
+def markdown(rows, quick: bool, meta) -> str:
+    """Learning-curve and transfer tables (mean ± sd over seeds) and the target lines."""
     df = pd.DataFrame(rows)
-    lines = [f"# SPN fidelity (digits, {'quick' if args.quick else 'full'})", "",
+    lines = [f"# SPN fidelity (digits, {'quick' if quick else 'full'})", "",
              f"{meta['n_digits']} ResNet-8 samples ({meta['n_test']} held out), {meta['n_vgg']} VGG samples; "
-             f"seeds {meta['seeds']}; mean ± sd over seeds. Machine: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, load {meta['load']:.1f}, torch {torch.__version__}.", "",
+             f"seeds {meta['seeds']}; mean ± sd over seeds. {common.stamp()}.", "",
              "## Learning curve (held-out acc_drop, points)", "",
              f"MAE low: MAE over test samples whose real drop is <= {LOW_DROP:g} points.", "",
              "| arch | n_train | MAE | RMSE | Spearman | R^2 | mean std | MAE low |",
@@ -199,57 +175,65 @@ def markdown(rows, args, meta) -> str:
     tr = df[df.section == "transfer"]
     for (note, arch, n), g in tr.groupby(["note", "arch", "n_train"], sort=False):
         lines.append(f"| {arch} | {int(n)} | {note} | " + " | ".join(_mean_sd(g[k].tolist()) for k in METRICS) + " |")
-    lines += ["", "## Inference (digits ResNet-8, one process, one thread)", "",
-              "| arch | vectors/s (batch 65,536) | one vector (ms) |", "|---|---|---|"]
-    for _, r in df[df.section == "speed"].iterrows():
-        lines.append(f"| {r.arch} | {int(r.vectors_per_s):,} | {r.single_ms} |")
-    best = curve[(curve.arch == "transformer") & (curve.n_train == curve.n_train.max())]
-    rho, mae = best.spearman.mean(), best.mae.mean()
-    speed = df[(df.section == "speed") & (df.arch == "transformer")].vectors_per_s.max()
+    fig = figures(rows)
+    n = int(curve.n_train.max())
     lines += ["", "## Targets", "",
-              f"- transformer Spearman at {int(curve.n_train.max())} samples: {rho:.3f} (target >= 0.9: "
-              f"{'met' if rho >= 0.9 else 'NOT met'})",
-              f"- transformer MAE at {int(curve.n_train.max())} samples: {mae:.2f} points (target <= 3: "
-              f"{'met' if mae <= 3 else 'NOT met'})",
-              f"- inference: {speed:,.0f} vectors/s (target >= 50,000: {'met' if speed >= 50_000 else 'NOT met'})"]
+              f"- transformer Spearman at {n} samples: {fig['spearman']:.3f} (target >= 0.9 at <= 512 samples: "
+              f"{common.met(fig['spearman'] >= 0.9)})",
+              f"- transformer MAE at {n} samples: {fig['mae']:.2f} points (target <= 3: {common.met(fig['mae'] <= 3)})"]
     return "\n".join(lines) + "\n"
 
 
+def figures(rows) -> dict:
+    """Headline figures: the transformer's mean Spearman and MAE at the largest size, and its transfer."""
+    df = pd.DataFrame(rows)
+    curve = df[(df.section == "curve") & (df.arch == "transformer")]
+    best = curve[curve.n_train == curve.n_train.max()]
+    tr = df[(df.section == "transfer") & (df.arch == "transformer")]
+    zero, few = tr[tr.n_train == 0], tr[(tr.n_train > 0) & tr.note.str.startswith("few-shot")]
+    return {"spearman": float(best.spearman.mean()), "mae": float(best.mae.mean()),
+            "zero_shot_spearman": float(zero.spearman.mean()), "zero_shot_mae": float(zero.mae.mean()),
+            "few_shot_mae": float(few.mae.mean()), "few_shot_n": int(few.n_train.max())}
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 seed, 64/128 samples, fewer test rows")
+    """Generate (or reuse) the samples, run the curve and the transfer, write the tables."""
+    p = common.parser(__doc__)
     p.add_argument("--store", type=Path, default=None,
                    help="sample store to use/extend (default $RLPRUNE_CACHE/benchmarks/spn_fidelity)")
     args = p.parse_args(argv)
     # One intra-op thread: the SPN runs single-threaded anyway, and sample generation on a shared 2-core
     # machine is several times faster without two threads spinning against other processes.
     torch.set_num_threads(1)
-    sizes = (64, 128) if args.quick else (64, 128, 256, 512)
-    seeds = (0,) if args.quick else (0, 1, 2)
-    n_test, n_vgg_test = (64, 64) if args.quick else (200, 200)
+    q = args.quick
+    sizes = (16, 32) if q else (64, 128, 256, 512)
+    seeds = (0,) if q else (0, 1, 2)
+    n_test, n_vgg_test, n_few = (32, 24, 16) if q else (200, 200, 64)
     store = args.store or cache_dir() / "benchmarks" / "spn_fidelity"
 
     digits, vgg = DigitsTask(), DigitsVGGTask()
-    df, fp = ensure_samples(digits, store, n_test + max(sizes), seed=1)
-    vdf, _ = ensure_samples(vgg, store, n_vgg_test + 64, seed=2)
+    df, _ = ensure_samples(digits, store, n_test + max(sizes), seed=1)
+    vdf, _ = ensure_samples(vgg, store, n_vgg_test + n_few, seed=2)
     spaces = read_spaces(store)
     rows = learning_curve(df, spaces, sizes, n_test, seeds)
-    rows += transfer(df.iloc[n_test:], vdf, spaces, max(sizes), 64, n_vgg_test, seeds, steps=300)
-    rows += inference_speed(df, spaces, fp, 65_536)
+    rows += transfer(df.iloc[n_test:], vdf, spaces, max(sizes), n_few, n_vgg_test, seeds, steps=100 if q else 300)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "spn_fidelity_quick" if args.quick else "spn_fidelity"
-    fields = ["section", "arch", "n_train", "seed", *METRICS, "fit_s", "note", "vectors_per_s", "single_ms"]
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    meta = {"n_digits": len(df), "n_test": n_test, "n_vgg": len(vdf), "seeds": list(seeds),
-            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
-    text = markdown(rows, args, meta)
-    (RESULTS / f"{stem}.md").write_text(text)
-    print(text)
+    fields = ["section", "arch", "n_train", "seed", *METRICS, "fit_s", "note"]
+    meta = {"n_digits": len(df), "n_test": n_test, "n_vgg": len(vdf), "seeds": list(seeds)}
+    common.write_results(args.results_dir, common.stem("spn_fidelity", q), rows, markdown(rows, q, meta), fields)
+    if not q:
+        common.update_summary(args.results_dir, headline(rows), "spn_fidelity")
+
+
+def headline(rows: list[dict]) -> dict:
+    """The summary.json figures: the transformer at the largest size, and its transfer to the VGG."""
+    f = figures(rows)
+    n = int(max(r["n_train"] for r in rows if r["section"] == "curve"))
+    return {f"spn_spearman_at_{n}": round(f["spearman"], 4), f"spn_mae_at_{n}": round(f["mae"], 3),
+            "spn_transfer_zero_shot_spearman": round(f["zero_shot_spearman"], 4),
+            "spn_transfer_zero_shot_mae": round(f["zero_shot_mae"], 3),
+            f"spn_transfer_mae_after_{f['few_shot_n']}": round(f["few_shot_mae"], 3)}
 
 
 if __name__ == "__main__":
-    main()
+    common.main_guard(main)

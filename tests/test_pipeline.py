@@ -183,3 +183,18 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
     r = subprocess.run(rlprune_cmd("run", "--out", str(f)), capture_output=True, text=True, env=env(), cwd=ROOT,
                        timeout=120)
     assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "keep me"
+
+
+def test_tune_yaml_runs_the_stages_it_names(killed_and_resumed, tmp_path):
+    out, _, _, _ = killed_and_resumed
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"extends: {ROOT / 'tune_configs' / 'sample.yaml'}\npreset: tiny\nuntil: spn\n"
+                   f"samples: {out / 'samples'}\nsample:\n  n: 24\n")
+    r = subprocess.run(rlprune_cmd("tune", str(cfg), "--out", str(tmp_path / "o"), "--json"), capture_output=True,
+                       text=True, env=env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert list(s["stages"]) == ["base", "samples", "spn"] and s["preset"] == "tiny"
+    assert s["spn"]["n"] >= 4 and (tmp_path / "o" / "spn" / "spn.pt").is_file()
+    assert len(read_samples(out / "samples")) >= 24  # the shared store was read, not regenerated elsewhere
+    assert not (tmp_path / "o" / "samples").exists()

@@ -1,0 +1,212 @@
+"""What every benchmark script shares: the command line, the machine stamp, the result files, summary.json.
+
+Each script in this folder runs as ``python benchmarks/<name>.py [--quick] [--results-dir DIR]`` and
+
+- writes ``<name>.csv`` (every measured row) and ``<name>.md`` (the table it prints) into ``--results-dir``
+  (default ``benchmarks/results``), or ``<name>_quick.*`` with ``--quick`` so a smoke run never overwrites a
+  full result;
+- in full mode merges its headline figures into ``<results-dir>/summary.json`` (other scripts' keys are kept;
+  ``date`` and ``machine`` say when and where the latest figures were measured).
+
+Nothing here asserts on a figure: the scripts print honest ratios against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SUMMARY = "summary.json"
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with ``--quick`` and ``--results-dir``, described by ``doc``'s first line."""
+    p = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
+                                epilog="\n".join(doc.strip().split("\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run of a minute or two)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS,
+                   help=f"where the csv/md (and, in full mode, summary.json) go (default {RESULTS})")
+    return p
+
+
+def stem(name: str, quick: bool) -> str:
+    """The result file stem: ``name``, or ``name_quick`` for a quick run."""
+    return f"{name}_quick" if quick else name
+
+
+def _version(dist: str) -> str:
+    # Package metadata, not ``import ray``: importing Ray just to stamp a table costs seconds.
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def machine() -> dict:
+    """Where the figures were measured: platform, CPU count, load, Python/torch/ray versions."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "load_1min": round(load, 2), "python": platform.python_version(),
+            "torch": _version("torch"), "ray": _version("ray"), "torch_pruning": _version("torch-pruning")}
+
+
+def stamp() -> str:
+    """One line for a table's heading: date, CPU, cores, current load and versions."""
+    m = machine()
+    return (f"{time.strftime('%Y-%m-%d %H:%M')}, {m['processor']}, {m['cpu_count']} CPUs, 1-min load "
+            f"{m['load_1min']:.1f}, torch {m['torch']}, ray {m['ray']}")
+
+
+def md_table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> list[str]:
+    """Markdown lines of a table of ``rows`` restricted to ``cols`` (missing values print empty)."""
+    lines = ["| " + " | ".join(headers or cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int | float | np.integer | np.floating) and abs(v) >= 1e4:
+        return f"{v:,.0f}"  # rates: thousands separators, no spurious decimals
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_results(results_dir: Path, name: str, rows: list[dict], markdown: str,
+                  fields: list[str] | None = None) -> Path:
+    """Write ``<name>.csv`` (``rows``; columns ``fields`` or the union of the rows' keys in order) and
+    ``<name>.md`` (``markdown``) into ``results_dir`` and print the markdown. Returns the md path."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if fields is None:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(results_dir / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    md = results_dir / f"{name}.md"
+    md.write_text(markdown.rstrip("\n") + "\n")
+    print(markdown)
+    return md
+
+
+def update_summary(results_dir: Path, figures: dict, source: str) -> Path:
+    """Merge ``figures`` into ``<results_dir>/summary.json`` without touching other scripts' keys.
+
+    ``date`` and ``machine`` describe the latest update; ``updated`` records per script when it last wrote
+    (so figures from different days stay traceable). Written to a temporary file and renamed into place, so a
+    killed run leaves the old summary or the new one, never half of one.
+    """
+    path = Path(results_dir) / SUMMARY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    summary.update({k: _plain(v) for k, v in figures.items()})
+    summary["date"] = now
+    summary["machine"] = machine()
+    summary.setdefault("updated", {})[source] = now
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(v):
+    # numpy scalars and non-finite floats are not strict JSON
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None) -> dict:
+    """The first two stages of every SPN pipeline here: ``n`` real samples (2 Tune workers) into
+    ``work/samples``, then a transformer SPN on them (one torch thread) saved as ``work/spn.pt``.
+
+    Returns:
+        ``{"store", "spn", "sample_s", "fit_s"}``: the paths and each stage's measured wall.
+    """
+    from rlprune.sample_tune import run_sampling
+    from rlprune.samples import read_samples, read_spaces
+    from rlprune.spn import save_spn
+    from rlprune.spn_nets import one_thread
+    from rlprune.spn_train import fit
+
+    work = Path(work)
+    store, spn_path = work / "samples", work / "spn.pt"
+    t0 = time.perf_counter()
+    run_sampling(task, n, 2, store, progress=False, seed=seed, task_kwargs={"seed": seed, **(task_kwargs or {})})
+    t1 = time.perf_counter()
+    with one_thread():
+        save_spn(fit("transformer", read_samples(store), read_spaces(store)), spn_path)
+    return {"store": store, "spn": spn_path, "sample_s": t1 - t0, "fit_s": time.perf_counter() - t1}
+
+
+def episodes_per_s(env_config: dict, episodes: int, seed: int = 0) -> dict:
+    """Random-action episodes of one ``LayerPruningEnv`` per second (after one warm-up episode).
+
+    Returns:
+        ``{"episodes", "env_steps", "episodes_per_s", "env_steps_per_s"}``; a simultaneous episode is one env
+        step, a sequential one ``n_groups`` steps.
+    """
+    from rlprune.envs import LayerPruningEnv
+
+    env = LayerPruningEnv(env_config)
+    rng = np.random.default_rng(seed)
+
+    def episode() -> int:
+        obs, _ = env.reset()
+        steps = 0
+        while True:  # the acting agents are the ones that got an observation
+            steps += 1
+            obs, _, term, _, _ = env.step({a: rng.uniform(0, env.max_ratio, 1) for a in obs})
+            if term["__all__"]:
+                return steps
+
+    env.reset(seed=seed)
+    episode()  # warm-up: the first real evaluation measures the baseline, the first SPN call builds caches
+    t0 = time.perf_counter()
+    steps = sum(episode() for _ in range(episodes))
+    dt = time.perf_counter() - t0
+    return {"episodes": episodes, "env_steps": steps, "episodes_per_s": episodes / dt, "env_steps_per_s": steps / dt}
+
+
+def ratio_text(x: float, lower_bound: bool = False) -> str:
+    """``195x`` or ``>= 3.1x`` for a speed or size ratio."""
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    body = f"{x:,.0f}x" if x >= 100 else f"{x:.2f}x"
+    return (">= " if lower_bound else "") + body
+
+
+def met(ok: bool) -> str:
+    """``met`` / ``NOT met`` for a target line."""
+    return "met" if ok else "NOT met"
+
+
+def main_guard(main) -> None:
+    """Run ``main()`` and turn a one-line rlprune user error (e.g. a missing data folder) into exit status 2."""
+    from rlprune.errors import RlpruneError
+
+    try:
+        main()
+    except RlpruneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,183 @@
+"""Scaling: sample throughput with 1 and 2 workers, SPN inference and cost-model rates, env steps/s per mode.
+
+How to run:
+    python benchmarks/scaling.py --quick     # ~1 min: 8 samples per worker setting, small batches
+    python benchmarks/scaling.py             # ~2 min: 64 samples per worker setting, 65,536-vector batches
+
+What it measures (digits unless said otherwise):
+- sample throughput: real samples per second (prune, BN recalibration, calibration-split scoring) generated
+  by ``rlprune.sample_tune.run_sampling`` with 1 and with 2 Ray Tune workers into fresh stores.
+  ``samples_per_s`` counts only the time the workers spend evaluating (Ray start-up and each worker's model
+  load are excluded and shown as ``wall_s``), so it is the rate a long run settles at; on 2 idle cores 2
+  workers approach 2x one (the old sample_throughput.py measured 1.68x).
+- SPN inference: ratio vectors per second through ``SPN.predict`` for one large batch (best of 3), and the
+  latency of one vector (what one env step pays), for the transformer, mlp and linear SPNs fitted on the
+  2-worker samples (the weights do not change the speed).
+- cost model: exact (params, MACs) of ratio vectors per second (``CostModel.cost_batch``) and of the wall
+  projection onto 50% MACs (``project_to_budget``, what the env does every episode), for the digits ResNet-8
+  and an (untrained) CIFAR ResNet-56.
+- env: random-action episodes of ``LayerPruningEnv`` with the SPN reward in simultaneous mode (one step per
+  episode) and sequential mode (one step per group, each re-projecting the budget and querying the SPN for the
+  partial choice).
+
+Everything measured in-process runs on one torch thread. Nothing is asserted. Full mode merges
+``sample_throughput_2_vs_1``, ``cost_model_vectors_per_s`` (digits; ``_resnet56`` too),
+``spn_inference_vectors_per_s`` (transformer) and the env rates into ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+
+FIELDS = ["section", "name", "workers", "n", "samples_per_s", "wall_s", "speedup_vs_1", "n_groups", "batch",
+          "vectors_per_s", "single_ms", "project_vectors_per_s", "mode", "episodes", "env_steps",
+          "episodes_per_s", "env_steps_per_s"]
+
+
+def sample_throughput(task: str, n: int, workers: int, store: Path) -> dict:
+    """``n`` real samples with ``workers`` Tune trials into a fresh ``store``; returns the table row."""
+    from rlprune.sample_tune import run_sampling
+
+    res = run_sampling(task, n, workers, store, progress=False)
+    return {"section": "samples", "name": task, "workers": workers, "n": res["n_new"],
+            "samples_per_s": round(res["samples_per_s"], 3), "wall_s": round(res["wall_s"], 1)}
+
+
+def spn_inference(store: Path, n_vectors: int, work: Path) -> tuple[list[dict], Path]:
+    """Rates of every SPN architecture fitted on ``store``; also saves the transformer for the env rows."""
+    from rlprune.samples import read_samples, read_spaces
+    from rlprune.spn import save_spn
+    from rlprune.spn_train import FitConfig, fit
+
+    df, spaces = read_samples(store), read_spaces(store)
+    fp = df["model_fingerprint"].iloc[0]
+    R = np.random.default_rng(0).uniform(0, 0.9, size=(n_vectors, len(df["ratios"].iloc[0]))).astype(np.float32)
+    rows, spn_path = [], work / "spn.pt"
+    for arch in ("transformer", "mlp", "linear"):
+        spn = fit(arch, df, spaces, FitConfig(max_steps=100))  # a short fit: speed does not depend on the weights
+        if arch == "transformer":
+            save_spn(spn, spn_path)
+        spn.predict(R[:1024], fp)  # warm-up
+        best = max(_rate(n_vectors, spn.predict, R, fp) for _ in range(3))
+        one = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            spn.predict(R[i], fp)
+            one.append(time.perf_counter() - t0)
+        rows.append({"section": "spn", "name": arch, "batch": n_vectors, "vectors_per_s": round(best),
+                     "single_ms": round(1000 * statistics.median(one), 3)})
+    return rows, spn_path
+
+
+def _rate(n: int, fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return n / (time.perf_counter() - t0)
+
+
+def cost_model_speed(name: str, space, n_vectors: int) -> dict:
+    """Vectors/s of the exact cost model and of the wall projection onto 50% MACs for one space."""
+    cm = space.cost_model
+    R = np.random.default_rng(0).uniform(0, cm.max_ratio, size=(n_vectors, cm.n_groups))
+    cm.cost_batch(R[:256])  # warm-up (folds the terms once)
+    cost = max(_rate(n_vectors, cm.cost_batch, R) for _ in range(3))
+    n_proj = max(256, n_vectors // 8)  # the projection bisects: a smaller batch keeps the run short
+    proj = max(_rate(n_proj, cm.project_to_budget, R[:n_proj], 0.5) for _ in range(2))
+    return {"section": "cost_model", "name": name, "n_groups": cm.n_groups, "batch": n_vectors,
+            "vectors_per_s": round(cost), "project_vectors_per_s": round(proj)}
+
+
+def env_speed(task: str, spn_path: Path, mode: str, episodes: int) -> dict:
+    """Random-action episodes per second with the SPN reward in ``mode``."""
+    r = common.episodes_per_s({"task": task, "reward": "spn", "spn": str(spn_path), "target": 0.5, "mode": mode},
+                              episodes)
+    return {"section": "env", "name": task, "mode": mode, "episodes": episodes, "env_steps": r["env_steps"],
+            "episodes_per_s": round(r["episodes_per_s"], 1), "env_steps_per_s": round(r["env_steps_per_s"], 1)}
+
+
+def markdown(rows: list[dict], quick: bool) -> str:
+    """Four small tables and the headline ratios."""
+    sec = {s: [r for r in rows if r["section"] == s] for s in ("samples", "spn", "cost_model", "env")}
+    sim, seq = (next(r for r in sec["env"] if r["mode"] == m) for m in ("simultaneous", "sequential"))
+    lines = [f"# Scaling (digits, {'quick' if quick else 'full'})", "", common.stamp() + ".", "",
+             "## Sample throughput (real samples, Ray Tune workers)", "",
+             *common.md_table(sec["samples"], ["workers", "n", "samples_per_s", "wall_s", "speedup_vs_1"],
+                              ["workers", "samples", "samples/s (evaluating)", "wall s (incl. Ray start)",
+                               "speedup vs 1"]), "",
+             "## SPN inference (one thread)", "",
+             *common.md_table(sec["spn"], ["name", "batch", "vectors_per_s", "single_ms"],
+                              ["arch", "batch", "vectors/s", "one vector (ms)"]), "",
+             "## Cost model (one thread)", "",
+             *common.md_table(sec["cost_model"], ["name", "n_groups", "batch", "vectors_per_s",
+                                                  "project_vectors_per_s"],
+                              ["model", "groups", "batch", "exact cost, vectors/s", "projection, vectors/s"]), "",
+             "Projection: raising a vector until it meets 50% MACs (the env's wall, every episode).", "",
+             "## Env with the SPN reward (one thread, random actions)", "",
+             *common.md_table(sec["env"], ["mode", "episodes", "env_steps", "episodes_per_s", "env_steps_per_s"]),
+             "", f"2 vs 1 sample workers: {common.ratio_text(sec['samples'][1]['speedup_vs_1'])}; sequential vs "
+                 f"simultaneous episodes/s: {common.ratio_text(seq['episodes_per_s'] / sim['episodes_per_s'])}; "
+                 f"SPN inference target >= 50,000 vectors/s: "
+                 f"{common.met(sec['spn'][0]['vectors_per_s'] >= 50_000)}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Measure the four sections and write ``scaling[_quick].csv/.md`` (and summary.json in full mode)."""
+    p = common.parser(__doc__)
+    p.add_argument("--task", default="digits")
+    args = p.parse_args(argv)
+    q = args.quick
+    n_samples, n_vectors = (8, 8192) if q else (64, 65_536)
+    n_sim, n_seq = (100, 20) if q else (2000, 300)
+
+    import torch
+
+    from rlprune.models import resnet56
+    from rlprune.pruning import PruningSpace
+    from rlprune.spn_nets import one_thread
+    from rlprune.tasks import get_task
+
+    task = get_task(args.task)
+    model = task.base_model()  # trained/cached once, outside the timings
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows = [sample_throughput(args.task, n_samples, w, work / f"samples-{w}") for w in (1, 2)]
+        one = rows[0]["samples_per_s"]
+        for r in rows:
+            r["speedup_vs_1"] = round(r["samples_per_s"] / one, 2) if one else float("nan")
+        with one_thread():
+            spn_rows, spn_path = spn_inference(work / "samples-2", n_vectors, work)
+            rows += spn_rows
+            spaces = {args.task: PruningSpace.from_model(model, task.example_input()),
+                      "resnet56": PruningSpace.from_model(resnet56(), torch.randn(1, 3, 32, 32))}
+            rows += [cost_model_speed(name, space, n_vectors) for name, space in spaces.items()]
+            rows += [env_speed(args.task, spn_path, mode, n) for mode, n in (("simultaneous", n_sim),
+                                                                             ("sequential", n_seq))]
+    common.write_results(args.results_dir, common.stem("scaling", q), rows, markdown(rows, q), FIELDS)
+    if not q:
+        common.update_summary(args.results_dir, headline(rows), "scaling")
+
+
+def headline(rows: list[dict]) -> dict:
+    """The summary.json figures: 2-vs-1 worker throughput, cost-model, SPN and env rates."""
+    def pick(section, name=None, mode=None, workers=None):
+        return next(r for r in rows if r["section"] == section and name in (None, r.get("name"))
+                    and mode in (None, r.get("mode")) and workers in (None, r.get("workers")))
+
+    task = pick("samples")["name"]
+    return {"sample_throughput_2_vs_1": float(pick("samples", workers=2)["speedup_vs_1"]),
+            "cost_model_vectors_per_s": float(pick("cost_model", task)["vectors_per_s"]),
+            "cost_model_vectors_per_s_resnet56": float(pick("cost_model", "resnet56")["vectors_per_s"]),
+            "spn_inference_vectors_per_s": float(pick("spn", "transformer")["vectors_per_s"]),
+            "env_steps_per_s_simultaneous": float(pick("env", task, "simultaneous")["env_steps_per_s"]),
+            "env_steps_per_s_sequential": float(pick("env", task, "sequential")["env_steps_per_s"])}
+
+
+if __name__ == "__main__":
+    common.main_guard(main)
