@@ -46,9 +46,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    """``json.dump`` through :func:`atomic_write_bytes` (sorted keys, indented, trailing newline)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n"
+def atomic_write_json(path: str | os.PathLike, obj, sort_keys: bool = True) -> None:
+    """``json.dump`` through :func:`atomic_write_bytes` (indented, trailing newline; keys sorted unless the
+    order means something, e.g. pipeline stages)."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=json_default) + "\n"
     atomic_write_bytes(path, text.encode())
 
 

@@ -313,7 +313,7 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
 
             ray.shutdown()
     summary = _summary(run, timing)
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary, sort_keys=False)  # stages stay in pipeline order
     return summary
 
 

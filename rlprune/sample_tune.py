@@ -208,6 +208,9 @@ def _tune_round(spec: dict, k: int, store: Path, n_start: int, n: int, max_failu
             grid = tuner.fit()
     finally:
         bar.close()
+    from rlprune.tune_stages import write_result_grid
+
+    write_result_grid(grid, store / "tune" / f"sample-{spec['tag']}.csv")
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise SamplingError(f"{len(errors)} of {k} sampling trials failed ({_first_line(errors[0])}); stored samples "

@@ -194,13 +194,18 @@ def _fit(trainable, param_space: dict, storage: Path, name: str, *, max_concurre
             grid = tuner.fit()
     finally:
         bar.close()
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv.with_suffix(".csv.tmp")
-    grid.get_dataframe().to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    write_result_grid(grid, csv)
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         last = str(errors[0]).strip().splitlines()
         raise TrialsFailed(f"{len(errors)} of {len(grid)} {desc} trials failed ({type(errors[0]).__name__}: "
                            f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
                            f"the same command to resume")
+
+
+def write_result_grid(grid, path: Path) -> None:
+    """Tune's ``ResultGrid`` dataframe (one row per trial, its last result and config) as CSV, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    grid.get_dataframe().to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -23,7 +23,8 @@ BENCH = ROOT / "benchmarks"
 
 # script -> what its full run would put into summary.json (key prefixes: sizes differ in quick mode)
 HEADLINE = {
-    "search_speed": {"spn_vs_real_step_speedup", "end_to_end_speedup", "end_to_end_speedup_is_lower_bound"},
+    "search_speed": {"spn_vs_real_step_speedup", "end_to_end_speedup", "end_to_end_speedup_is_lower_bound",
+                     "real_evals_ratio"},
     "quality": {"rl_minus_best_baseline_acc_at_0.5", "params_removed_ratio_vs_best_rule"},
     "spn_fidelity": {"spn_spearman_at_", "spn_mae_at_", "spn_transfer_zero_shot_spearman", "spn_transfer_mae_after_"},
     "scaling": {"sample_throughput_2_vs_1", "cost_model_vectors_per_s", "cost_model_vectors_per_s_resnet56",
@@ -31,7 +32,7 @@ HEADLINE = {
 }
 # script -> (columns its CSV must have, the column naming each row's kind, kinds that must all appear)
 EXPECTED = {
-    "search_speed": ({"section", "method", "episodes", "wall_s", "env_steps_per_s", "acc", "macs_ratio"},
+    "search_speed": ({"section", "method", "episodes", "real_evals", "wall_s", "env_steps_per_s", "acc", "macs_ratio"},
                      "section", {"step", "pipeline", "amc"}),
     "quality": ({"task", "seed", "target", "finetune_steps", "method", "acc", "acc_drop", "params_ratio",
                  "macs_ratio", "latency_ms"}, "method", {"rl", "uniform", "larger_group", "depth", "global_l1",

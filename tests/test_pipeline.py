@@ -85,7 +85,8 @@ def test_resume_reuses_finished_stages_and_keeps_every_sample(killed_and_resumed
 
 def test_summary_has_every_method_measured_the_same_way(killed_and_resumed):
     out, _, summary, _ = killed_and_resumed
-    assert summary == json.loads((out / "summary.json").read_text())
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary and list(on_disk["stages"]) == STAGE_NAMES
     assert summary["target"] == 0.5 and summary["budget"] == "macs"
     for stage in STAGE_NAMES:
         assert summary["stages"][stage]["wall_s"] >= 0
@@ -135,6 +136,10 @@ def test_tune_experiments_are_on_disk(killed_and_resumed):
     assert names == ["reward_sweep", "validate"]
     grid = pd.read_csv(next(out.glob("validate/*/result_grid.csv")))
     assert len(grid) == len(summary["methods"]) and "acc" in grid.columns
+    sweep = pd.read_csv(next(out.glob("sweep/*/result_grid.csv")))
+    assert len(sweep) == 1 and "predicted_acc_drop" in sweep.columns
+    sampling = pd.concat(pd.read_csv(p) for p in (out / "samples" / "tune").glob("sample-*.csv"))
+    assert sampling["n_new"].sum() >= 24
     assert any((out / "tune").rglob("events.out.tfevents*")), "no TensorBoard events"
     from ray import tune
 
