@@ -250,7 +250,8 @@ def _still_valid(run: _Run, stage: str, marker: dict) -> bool:
     o = marker.get("output", {})
     if stage == "samples":
         return len(_samples(run)) >= run.cfg.sample.n
-    paths = {"spn": [o.get("path")], "sweep": [o.get("result_grid")], "validate": [o.get("dir")],
+    rows = [Path(o.get("dir", "")) / "rows" / f"{r['method']}.json" for r in o.get("rows", [])]
+    paths = {"spn": [o.get("path")], "sweep": [o.get("result_grid")], "validate": [o.get("dir"), *rows],
              "report": [o.get(k) for k in ("pruned_model", "report_md", "report_html")]}.get(stage, [])
     return all(p and Path(p).exists() for p in paths)
 

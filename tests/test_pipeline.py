@@ -203,3 +203,21 @@ def test_tune_yaml_runs_the_stages_it_names(killed_and_resumed, tmp_path):
     assert s["spn"]["n"] >= 4 and (tmp_path / "o" / "spn" / "spn.pt").is_file()
     assert len(read_samples(out / "samples")) >= 24  # the shared store was read, not regenerated elsewhere
     assert not (tmp_path / "o" / "samples").exists()
+
+
+def test_a_lost_validation_row_is_measured_again_alone(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    rows = next(out.glob("validate/*/rows"))
+    lost = rows / "uniform.json"
+    before = {p.name: p.stat().st_mtime_ns for p in rows.glob("*.json") if p != lost}
+    old = json.loads(lost.read_text())
+    lost.unlink()
+    r = subprocess.run(rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--json"), capture_output=True,
+                       text=True, env=env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert s["stages"]["validate"]["status"] == "ran"
+    assert {p.name: p.stat().st_mtime_ns for p in rows.glob("*.json") if p != lost} == before
+    again = json.loads(lost.read_text())
+    assert again["ratios"] == old["ratios"] and again["macs_ratio"] == old["macs_ratio"]
+    assert [m["method"] for m in s["methods"]] == [m["method"] for m in summary["methods"]]
