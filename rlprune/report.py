@@ -165,7 +165,7 @@ def _fig_spn(done: dict, path: Path) -> Path:
     if online:
         o = np.array(online)
         ax.scatter(o[:, 0], o[:, 1], s=30, marker="x", color="C3",
-                   label=f"search candidates, before fine-tune ({len(o)})")
+                   label=f"search candidates, SPN before its online update ({len(o)})")
     hi = float(max(held["acc_drop"].max(), held["predicted"].max(), 1.0))
     ax.plot([0, hi], [0, hi], "k--", lw=1, label="perfect prediction")
     m = done["spn"]["metrics"]
