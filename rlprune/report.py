@@ -1,9 +1,10 @@
 """The run report: ``report.md`` and a self-contained ``report.html`` with four figures.
 
 Figures (PNG in ``out/figures``, embedded in the HTML): per-group ratios of the RL strategy against the
-handcrafted rules; test accuracy against MACs for every validated candidate, with the Pareto front; the SPN's
-predicted against the real accuracy drop (held-out samples, and the online rounds' fresh real evaluations);
-the search's wall time against the AMC-style estimate (the same episodes, each paying one real evaluation).
+handcrafted rules; test accuracy against the budgeted cost (MACs or params) for every validated candidate,
+with the Pareto front; the SPN's predicted against the real accuracy drop (held-out samples, and the online
+rounds' fresh real evaluations); the search's wall time against the AMC-style estimate (the same episodes,
+each paying one real evaluation).
 
 The document is built once as a list of blocks and rendered to both formats, so the two never disagree.
 """
@@ -127,7 +128,8 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 def _fig_pareto(rows, base, cfg, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    pts = np.array([[r["macs_ratio"], r["acc"]] for r in rows])
+    what = "MACs" if cfg.budget == "macs" else "params"
+    pts = np.array([[r[f"{cfg.budget}_ratio"], r["acc"]] for r in rows])
     names = [r["method"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     # Labels alternate sides down the accuracy order: candidates at one budget share almost one x.
@@ -139,15 +141,14 @@ def _fig_pareto(rows, base, cfg, path: Path) -> Path:
                     ha="left" if k % 2 == 0 else "right")
     front = pts[pareto_front(pts)]
     ax.step(front[:, 0], front[:, 1], where="post", color="C2", lw=1.5, label="Pareto front", zorder=2)
-    ax.axhline(base["acc"], color="grey", ls="--", lw=1, label=f"unpruned ({base['acc']:.2f}%, MACs 1.0)")
-    if cfg.budget == "macs":
-        ax.axvline(cfg.target, color="k", ls=":", lw=1, label=f"target {cfg.target:g}")
+    ax.axhline(base["acc"], color="grey", ls="--", lw=1, label=f"unpruned ({base['acc']:.2f}%, {what} 1.0)")
+    ax.axvline(cfg.target, color="k", ls=":", lw=1, label=f"target {cfg.target:g}")
     lo, hi = float(pts[:, 0].min()), float(pts[:, 0].max())
     pad = max(0.02, (hi - lo) * 0.25)
     ax.set_xlim(lo - pad, hi + pad)
-    ax.set_xlabel("MACs ratio (pruned / original)")
+    ax.set_xlabel(f"{what} ratio (pruned / original)")
     ax.set_ylabel("test accuracy after fine-tune (%)")
-    ax.set_title("Accuracy vs MACs, every validated candidate")
+    ax.set_title(f"Accuracy vs {what}, every validated candidate")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -231,7 +232,7 @@ def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
               + resolution))
     b.append(("h2", "Per-group ratios"))
     b.append(("img", figs["ratios"], "RL strategy against the handcrafted rules"))
-    b.append(("h2", "Accuracy vs MACs"))
+    b.append(("h2", f"Accuracy vs {what}"))
     b.append(("img", figs["pareto"], "every validated candidate and the unpruned model, with the Pareto front"))
     m = done["spn"]["metrics"]
     b.append(("h2", "State predictor network"))
