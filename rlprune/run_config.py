@@ -81,11 +81,11 @@ class SPNStage:
 class SweepStage:
     """The reward-weighting sweep: one online RL search per combination of the grid axes."""
 
-    w_cost: tuple[float, ...] = (5.0, 10.0, 20.0)
+    w_cost: tuple[float, ...] = (5.0, 10.0)
     """Grid axis: reward weight of the compression."""
     w_acc: tuple[float, ...] = (1.0,)
     """Grid axis: reward weight per accuracy point."""
-    mode: tuple[str, ...] = ("simultaneous",)
+    mode: tuple[str, ...] = ("simultaneous", "sequential")
     """Grid axis: env mode(s)."""
     enforce: tuple[str, ...] = ("wall",)
     """Grid axis: budget enforcement(s)."""
@@ -169,15 +169,15 @@ class ValidateStage:
 _SECTIONS = {"sample": SampleStage, "spn": SPNStage, "sweep": SweepStage, "validate": ValidateStage}
 
 PRESETS: dict[str, dict] = {
-    # A smoke run (about 2 minutes): proves an install or a cluster works, finds nothing worth keeping.
+    # A smoke run (about a minute): proves an install or a cluster works, finds nothing worth keeping.
     "tiny": {"sample": {"n": 24}, "spn": {"max_steps": 300},
-             "sweep": {"w_cost": (10.0,), "iters": 2, "train_batch": 64, "online_every": 2, "online_top": 2,
-                       "online_steps": 20},
+             "sweep": {"w_cost": (10.0,), "mode": ("simultaneous",), "iters": 2, "train_batch": 64,
+                       "online_every": 2, "online_top": 2, "online_steps": 20},
              "validate": {"rl_top": 1, "finetune_steps": 10, "n_calls": 128, "latency_runs": 5}},
     # The default: at most 10 minutes on 2 cores for digits.
     "quick": {},
     "standard": {"sample": {"n": 384},
-                 "sweep": {"mode": ("simultaneous", "sequential"), "iters": 30, "online_every": 5},
+                 "sweep": {"w_cost": (2.5, 5.0, 10.0, 20.0), "iters": 30, "online_every": 5},
                  "validate": {"rl_top": 3, "finetune_steps": 300}},
     "full": {"sample": {"n": 512, "sampler": "mixed"},
              "sweep": {"w_cost": (2.5, 5.0, 10.0, 20.0), "mode": ("simultaneous", "sequential"),
