@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlprune.io import atomic_write_json
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = "summary.json"
 
@@ -121,9 +123,7 @@ def update_summary(results_dir: Path, figures: dict, source: str) -> Path:
     summary["date"] = now
     summary["machine"] = machine()
     summary.setdefault("updated", {})[source] = now
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, summary)
     return path
 
 

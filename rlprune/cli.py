@@ -193,9 +193,10 @@ def cmd_groups(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from rlprune.io import model_fingerprint, save_pruned
+    from rlprune.io import save_pruned
     from rlprune.pruning import count_ops_and_params
     from rlprune.sampling import prune_and_score
+    from rlprune.validate import pruned_manifest
 
     if args.finetune_steps < 0:
         raise ConfigError(f"--finetune-steps {args.finetune_steps} must be >= 0")
@@ -231,18 +232,8 @@ def cmd_prune(args) -> int:
         result.update(base_acc=base_acc, acc=scores["acc"], acc_drop=base_acc - scores["acc"])
     result["prune_s"] = round(time.perf_counter() - t0, 3)
     if out is not None:
-        manifest = {
-            "ratios": result["achieved_ratios"],
-            "group_ids": [g.id for g in space.groups],
-            "base_fingerprint": model_fingerprint(model),
-            "params": params,
-            "macs": macs,
-            "acc": result.get("acc"),
-            "task": args.task,
-            "importance": args.importance,
-            "finetune_steps": args.finetune_steps,
-            "input_shape": list(example.shape[1:]),
-        }
+        manifest = pruned_manifest(space, achieved, example, acc=result.get("acc"), task=args.task,
+                                   importance=args.importance, finetune_steps=args.finetune_steps)
         result["manifest"] = str(save_pruned(pruned, out / "pruned_model.pt", manifest))
     lines = [f"params {params:,} ({result['params_ratio']:.3f} of base), "
              f"MACs {macs:,} ({result['macs_ratio']:.3f} of base)",

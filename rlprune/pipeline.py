@@ -16,7 +16,6 @@ checkpoints, validation rows). Changing e.g. the target re-runs only the sweep a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.io import atomic_write_json, json_default
+from rlprune.io import atomic_write_bytes, atomic_write_json, json_default
 from rlprune.run_config import STAGES, RunConfig
 
 BUDGET_TOLERANCE = 0.01
@@ -156,6 +155,11 @@ def _stage_sweep(run: _Run) -> dict:
     return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
 
 
+def meets_target(row: dict, target: float, budget: str) -> bool:
+    """True when a candidate's ``<budget>_ratio`` is at most ``target`` (plus :data:`BUDGET_TOLERANCE`)."""
+    return row[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE
+
+
 def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
     """Sweep trials whose best vector meets the budget, most promising first.
 
@@ -163,7 +167,7 @@ def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
     trial's own final SPN prediction: the trials' SPNs were fine-tuned on different samples, so measured
     drops are the fairer comparison when they exist.
     """
-    ok = [t for t in trials if t[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE]
+    ok = [t for t in trials if meets_target(t, target, budget)]
 
     def score(t):
         return t["real_acc_drop"] if t.get("real_acc_drop") is not None else t["predicted_acc_drop"]
@@ -228,7 +232,7 @@ def pick_winner(rows: list[dict], target: float, budget: str) -> dict:
     Raises:
         ConfigError: no candidate meets the target.
     """
-    ok = [r for r in rows if r[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE]
+    ok = [r for r in rows if meets_target(r, target, budget)]
     if not ok:
         raise ConfigError(f"no validated candidate meets the {budget} target {target}")
     return max(ok, key=lambda r: (r["acc"], -r["params_ratio"]))
@@ -346,10 +350,7 @@ def _results_frame(rows: list[dict]):
 
 
 def _write_csv(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
 def _with_abs_data_dir(cfg: RunConfig) -> RunConfig:

@@ -41,14 +41,15 @@ def write_report(out: Path, cfg, done: dict, winner: dict) -> dict:
     rows = done["validate"]["rows"]
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    timing = search_timing(done, _stage_times(out))
+    stage_wall = _stage_times(out)
+    timing = search_timing(done, stage_wall)
     figs = {
         "ratios": _fig_ratios(rows, done["base"]["groups"], figdir / "ratios.png"),
         "pareto": _fig_pareto(rows, done["base"], cfg, figdir / "acc_vs_macs.png"),
         "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png"),
         "time": _fig_time(timing, figdir / "search_time.png"),
     }
-    blocks = _blocks(out, cfg, done, winner, rows, timing, figs)
+    blocks = _blocks(cfg, done, winner, rows, timing, figs, stage_wall)
     md, page = _markdown(blocks), _html(blocks, f"rlprune report: {cfg.task}")
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", page.encode())
@@ -65,7 +66,8 @@ def search_timing(done: dict, stage_wall: dict) -> dict:
     ``stage_wall`` maps stage names to their wall times (the SPN pipeline's total counts samples and SPN).
     """
     trials = done["sweep"]["trials"]
-    best = next((t for t in trials if t["tag"] == _best_rl_tag(done)), trials[0])
+    rl = best_rl(done["validate"]["rows"])
+    best = next((t for t in trials if rl and t["tag"] == rl["method"]), trials[0])
     eval_s = float(done["samples"]["mean_eval_s"])
     episodes = sum(int(t["episodes"]) for t in trials)
     pipeline = sum(stage_wall.get(s, 0.0) for s in ("samples", "spn")) + sum(t["wall_s"] for t in trials)
@@ -75,9 +77,9 @@ def search_timing(done: dict, stage_wall: dict) -> dict:
             "amc_sweep_s": episodes * eval_s, "pipeline_s": pipeline}
 
 
-def _best_rl_tag(done: dict) -> str | None:
-    rl = [r for r in done["validate"]["rows"] if r["method"].startswith("rl")]
-    return max(rl, key=lambda r: r["acc"])["method"] if rl else None
+def best_rl(rows: list[dict]) -> dict | None:
+    """The validated RL strategy with the best test accuracy (None if none was validated)."""
+    return max((r for r in rows if r["method"].startswith("rl")), key=lambda r: r["acc"], default=None)
 
 
 def _save(fig, path: Path) -> Path:
@@ -96,7 +98,7 @@ def _fig_ratios(rows, groups, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     by = {r["method"]: r for r in rows}
-    rl = max((r for r in rows if r["method"].startswith("rl")), key=lambda r: r["acc"], default=None)
+    rl = best_rl(rows)
     series = ([rl] if rl else []) + [by[m] for m in RULE_METHODS if m in by]
     G = len(groups)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * G + 3), 3.6))
@@ -202,9 +204,9 @@ def _fmt(v, digits=2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
+def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict) -> list[tuple]:
     base = done["base"]
-    rl = [r for r in rows if r["method"].startswith("rl")]
+    best_rl_row = best_rl(rows)
     bl = [r for r in rows if not r["method"].startswith("rl")]
     what = "MACs" if cfg.budget == "macs" else "params"
     b = [("h1", f"rlprune report: {cfg.task}, {what} target {cfg.target:g}"),
@@ -215,11 +217,11 @@ def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
     b.append(("p", f"**Output model: `{winner['method']}`** ({winner['acc']:.2f}% test accuracy, "
                    f"{winner['params_ratio']:.3f} of the params, {winner['macs_ratio']:.3f} of the MACs), "
                    f"saved as `pruned_model.pt` (load with `rlprune.load_pruned`)."))
-    if rl and bl:
-        best_rl, best_bl = max(rl, key=lambda r: r["acc"]), max(bl, key=lambda r: r["acc"])
-        b.append(("p", f"Best RL strategy `{best_rl['method']}` vs best baseline `{best_bl['method']}`: "
-                       f"{best_rl['acc'] - best_bl['acc']:+.2f} points of test accuracy, "
-                       f"{best_rl['params_ratio']:.3f} vs {best_bl['params_ratio']:.3f} of the params."))
+    if best_rl_row and bl:
+        r, best_bl = best_rl_row, max(bl, key=lambda r: r["acc"])
+        b.append(("p", f"Best RL strategy `{r['method']}` vs best baseline `{best_bl['method']}`: "
+                       f"{r['acc'] - best_bl['acc']:+.2f} points of test accuracy, "
+                       f"{r['params_ratio']:.3f} vs {best_bl['params_ratio']:.3f} of the params."))
     b.append(("h2", "Results"))
     b.append(("table", ["method", "acc %", "drop", "params", "MACs", "latency ms", "SPN predicted drop"],
               [[r["method"], f"{r['acc']:.2f}", f"{r['acc_drop']:.2f}", f"{r['params_ratio']:.3f}",
@@ -256,7 +258,7 @@ def _blocks(out: Path, cfg, done, winner, rows, timing, figs) -> list[tuple]:
               [[t["tag"], _fmt(t["predicted_acc_drop"]), _fmt(t.get("real_acc_drop")), f"{t['macs_ratio']:.3f}",
                 f"{t['params_ratio']:.3f}", str(t["episodes"]), f"{t['wall_s']:.0f}"] for t in trials]))
     b.append(("h2", "Stages"))
-    b.append(("table", ["stage", "wall s"], [[s, f"{w:.1f}"] for s, w in _stage_times(out).items()]))
+    b.append(("table", ["stage", "wall s"], [[s, f"{w:.1f}"] for s, w in stage_wall.items()]))
     return b
 
 

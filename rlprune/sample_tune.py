@@ -19,12 +19,10 @@ Ray is imported inside functions only: it costs seconds to import and most ``rlp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -180,51 +178,23 @@ def init_ray(address: str | None, workers: int) -> bool:
 def _tune_round(spec: dict, k: int, store: Path, n_start: int, n: int, max_failures: int, progress) -> float:
     """Run one Tune experiment of ``k`` trials; returns the aggregate samples/s while evaluating."""
     from ray import tune
-    from tqdm import tqdm
 
-    class Progress(tune.Callback):
-        """Moves the bar to the total of every trial's last reported ``n_new``."""
+    from rlprune.tune_stages import TrialsFailed, fit_experiment
 
-        def __init__(self):
-            self.done: dict[str, int] = {}
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.done[trial.trial_id] = int(result.get("n_new", 0))
-            bar.update(n_start + sum(self.done.values()) - bar.n)
-
-    bar = tqdm(total=n, initial=n_start, desc="samples", unit="sample", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    trainable = tune.with_resources(_sample_trial, {"cpu": 1})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={**spec, "worker_index": tune.grid_search(list(range(k)))},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=k, trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(storage_path=str(store / "tune"), name=f"sample-{spec['tag']}", verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  callbacks=[Progress()]),
-    )
+    name = f"sample-{spec['tag']}"
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout is for the result (--json)
-            grid = tuner.fit()
-    finally:
-        bar.close()
-    from rlprune.tune_stages import write_result_grid
-
-    write_result_grid(grid, store / "tune" / f"sample-{spec['tag']}.csv")
-    errors = [r.error for r in grid if r.error is not None]
-    if errors:
-        raise SamplingError(f"{len(errors)} of {k} sampling trials failed ({_first_line(errors[0])}); stored samples "
-                            f"are kept in {store}: fix the cause and rerun the same command to resume")
+        grid = fit_experiment(
+            tune.with_resources(_sample_trial, {"cpu": 1}),
+            {**spec, "worker_index": tune.grid_search(list(range(k)))}, store / "tune", name, max_concurrent=k,
+            total=n, initial=n_start, unit="sample", desc="samples", count=lambda r: int(r.get("n_new", 0)),
+            progress=progress, csv=store / "tune" / f"{name}.csv", dirname=_trial_dirname, max_failures=max_failures)
+    except TrialsFailed as e:
+        raise SamplingError(f"{e}; the samples they stored are kept in {store}") from e
     metrics = [r.metrics for r in grid if r.metrics and "t_first" in r.metrics]
     if not metrics:
         return 0.0
     span = max(m["t_last"] for m in metrics) - min(m["t_first"] for m in metrics)
     return sum(m["n_evaluated"] for m in metrics) / max(span, 1e-9)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def _trial_dirname(trial) -> str:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from rlprune.errors import RlpruneError
+from rlprune.io import atomic_write_bytes
 
 #: Metrics a sweep trial reports each iteration (the history row has more, not all of it scalar).
 _ITER_KEYS = ("iteration", "episodes", "reward_mean", "best_reward", "greedy_reward", "train_s", "wall_s")
@@ -61,7 +62,7 @@ def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Pat
     if todo:
         bar_total = len(todo) * spec["iters"]
         resources = tune.PlacementGroupFactory([{"CPU": 1}] * cpus_per_trial)
-        _fit(tune.with_resources(_sweep_trial, resources),
+        fit_experiment(tune.with_resources(_sweep_trial, resources),
              {**spec, "sweep_dir": str(sweep_dir), "point": tune.grid_search(todo)},
              storage, name, max_concurrent=0, total=bar_total, unit="iter", desc="reward sweep",
              count=lambda r: int(r.get("iteration", 0)), progress=progress,
@@ -124,7 +125,7 @@ def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: P
         raise ValueError(f"candidate names must be unique, got {names}")
     todo = [c for c in candidates if not (val_dir / "rows" / f"{c['method']}.json").is_file()]
     if todo:
-        _fit(tune.with_resources(_validate_trial, {"cpu": 1}),
+        fit_experiment(tune.with_resources(_validate_trial, {"cpu": 1}),
              {**spec, "val_dir": str(val_dir), "candidate": tune.grid_search(todo)},
              storage, name, max_concurrent=workers, total=len(todo), unit="candidate", desc="validation",
              count=lambda r: 1, progress=progress, csv=val_dir / "result_grid.csv",
@@ -141,7 +142,7 @@ def _validate_trial(config: dict) -> None:
     from rlprune.io import atomic_write_json, save_pruned
     from rlprune.pruning import PruningSpace
     from rlprune.tasks import get_task
-    from rlprune.validate import measure_candidate
+    from rlprune.validate import measure_candidate, pruned_manifest
 
     torch.set_num_threads(1)  # the same single thread the base model's latency was timed with
     c = config["candidate"]
@@ -152,25 +153,43 @@ def _validate_trial(config: dict) -> None:
                                     latency_runs=config["latency_runs"])
     row.update({k: v for k, v in c.items() if k not in row})
     val_dir = Path(config["val_dir"])
-    manifest = {k: row[k] for k in ("method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop",
-                                    "latency_ms", "finetune_steps")}
-    params, macs = space.cost(row["ratios"])
-    manifest.update(group_ids=[g.id for g in space.groups], task=config["task"], target=config["target"],
-                    budget=config["budget"], base_fingerprint=config["base"].get("fingerprint"), params=params,
-                    macs=macs, importance=config["importance"], input_shape=list(task.example_input().shape[1:]))
+    keep = ("method", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms", "finetune_steps")
+    manifest = pruned_manifest(space, row["ratios"], task.example_input(), task=config["task"],
+                               target=config["target"], budget=config["budget"], importance=config["importance"],
+                               **{k: row[k] for k in keep})
     save_pruned(pruned, val_dir / "models" / f"{c['method']}.pt", manifest)
     atomic_write_json(val_dir / "rows" / f"{c['method']}.json", row)  # last: a row means the model is saved
     tune.report({k: row[k] for k in _ROW_KEYS})
 
 
 # ====================================================================== shared Tune plumbing
-def _fit(trainable, param_space: dict, storage: Path, name: str, *, max_concurrent: int, total: int, unit: str,
-         desc: str, count, progress: bool, csv: Path, dirname) -> None:
-    """Run one Tune experiment with a progress bar; write its ResultGrid as CSV; raise if trials failed."""
+def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, max_concurrent: int, total: int,
+                   unit: str, desc: str, count, progress: bool | None, csv: Path, dirname, initial: int = 0,
+                   max_failures: int = 2):
+    """Run one Tune experiment with a progress bar; write its ResultGrid as CSV; raise if trials failed.
+
+    Args:
+        trainable, param_space: what ``tune.Tuner`` runs.
+        storage, name: the experiment folder is ``storage/name``.
+        max_concurrent: trials at once (0: as many as resources allow).
+        total, initial, unit, desc: the bar (``initial`` counts work done before this experiment).
+        count: ``result -> int``, a trial's progress so far from its latest report.
+        progress: show the bar (None: when stderr is a terminal).
+        csv: where the ResultGrid dataframe goes.
+        dirname: ``trial -> str``, each trial's folder and name.
+        max_failures: Tune restarts of a trial whose worker died.
+
+    Returns:
+        The ``ResultGrid``.
+
+    Raises:
+        TrialsFailed: a trial failed after its retries (what finished trials wrote is kept).
+    """
     from ray import tune
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
+               disable=None if progress is None else not progress)
 
     class Progress(tune.Callback):
         """Moves the bar to the sum of every trial's latest count."""
@@ -180,32 +199,26 @@ def _fit(trainable, param_space: dict, storage: Path, name: str, *, max_concurre
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.done[trial.trial_id] = max(self.done.get(trial.trial_id, 0), count(result))
-            bar.update(min(total, sum(self.done.values())) - bar.n)
+            bar.update(min(total, initial + sum(self.done.values())) - bar.n)
 
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
                                     trial_dirname_creator=dirname, trial_name_creator=dirname),
         run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=2), callbacks=[Progress()]),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  callbacks=[Progress()]),
     )
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout is for results
             grid = tuner.fit()
     finally:
         bar.close()
-    write_result_grid(grid, csv)
+    atomic_write_bytes(csv, grid.get_dataframe().to_csv(index=False).encode())
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         last = str(errors[0]).strip().splitlines()
         raise TrialsFailed(f"{len(errors)} of {len(grid)} {desc} trials failed ({type(errors[0]).__name__}: "
                            f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
                            f"the same command to resume")
-
-
-def write_result_grid(grid, path: Path) -> None:
-    """Tune's ``ResultGrid`` dataframe (one row per trial, its last result and config) as CSV, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    grid.get_dataframe().to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    return grid

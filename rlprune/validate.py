@@ -81,6 +81,27 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, *, method: 
     return row, pruned
 
 
+def pruned_manifest(space: PruningSpace, ratios, example, **fields) -> dict:
+    """What ``save_pruned`` records about a pruned model, the same for every command that saves one.
+
+    Args:
+        space: the base model's ``PruningSpace``.
+        ratios: the achieved per-group ratios the model was pruned with.
+        example: an input batch (its per-example shape is recorded to rebuild inputs).
+        **fields: anything else to record (``acc``, ``task``, ``importance``, ``finetune_steps``, ``method``...).
+
+    Returns:
+        ``ratios``, ``group_ids``, ``base_fingerprint``, exact ``params`` and ``macs``, ``input_shape`` and
+        ``fields``.
+    """
+    from rlprune.io import model_fingerprint
+
+    params, macs = space.cost(ratios)
+    return {"ratios": [round(float(r), 6) for r in ratios], "group_ids": [g.id for g in space.groups],
+            "base_fingerprint": model_fingerprint(space.model), "params": params, "macs": macs,
+            "input_shape": list(example.shape[1:]), **fields}
+
+
 def spn_predictor(spn_path, space: PruningSpace, fingerprint: str):
     """An ``(N, G) -> (N,)`` accuracy-drop predictor from an SPN checkpoint, for the SPN-based baselines.
 
