@@ -143,11 +143,11 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
     Returns:
         ``{"store", "spn", "sample_s", "fit_s"}``: the paths and each stage's measured wall.
     """
-    from rlprune.sample_tune import run_sampling
-    from rlprune.samples import read_samples, read_spaces
-    from rlprune.spn import save_spn
-    from rlprune.spn_nets import one_thread
-    from rlprune.spn_train import fit
+    from rlprune.samples.store import read_samples, read_spaces
+    from rlprune.samples.tune import run_sampling
+    from rlprune.spn.nets import one_thread
+    from rlprune.spn.predictor import save_spn
+    from rlprune.spn.train import fit
 
     work = Path(work)
     store, spn_path = work / "samples", work / "spn.pt"

@@ -45,10 +45,11 @@ FIELDS = ["task", "seed", "target", "finetune_steps", "method", "macs_ratio", "p
 def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: int, iters: int, train_batch: int,
              finetune_steps: int, work: Path) -> list[dict]:
     """Every method at every target for one task and seed; returns per-method rows."""
-    from rlprune.pruning import PruningSpace
-    from rlprune.search import SearchConfig, run_search
+    from rlprune.measure.recipe import measure_base, measure_candidate
+    from rlprune.search.baselines import measure_baselines
+    from rlprune.search.rl import SearchConfig, run_search
+    from rlprune.space.pruning import PruningSpace
     from rlprune.tasks import get_task
-    from rlprune.validate import measure_base, measure_baselines, measure_candidate
 
     task = get_task(task_name, seed=seed, **task_kwargs)
     model = task.base_model()

@@ -6,7 +6,7 @@ How to run:
 
 What it measures (digits unless said otherwise):
 - sample throughput: real samples per second (prune, BN recalibration, calibration-split scoring) generated
-  by ``rlprune.sample_tune.run_sampling`` with 1 and with 2 Ray Tune workers into fresh stores.
+  by ``rlprune.samples.tune.run_sampling`` with 1 and with 2 Ray Tune workers into fresh stores.
   ``samples_per_s`` counts only the time the workers spend evaluating (Ray start-up and each worker's model
   load are excluded and shown as ``wall_s``), so it is the rate a long run settles at; on 2 idle cores 2
   workers approach 2x one (the old sample_throughput.py measured 1.68x).
@@ -42,7 +42,7 @@ FIELDS = ["section", "name", "workers", "n", "samples_per_s", "wall_s", "speedup
 
 def sample_throughput(task: str, n: int, workers: int, store: Path) -> dict:
     """``n`` real samples with ``workers`` Tune trials into a fresh ``store``; returns the table row."""
-    from rlprune.sample_tune import run_sampling
+    from rlprune.samples.tune import run_sampling
 
     res = run_sampling(task, n, workers, store, progress=False)
     return {"section": "samples", "name": task, "workers": workers, "n": res["n_new"],
@@ -51,9 +51,9 @@ def sample_throughput(task: str, n: int, workers: int, store: Path) -> dict:
 
 def spn_inference(store: Path, n_vectors: int, work: Path) -> tuple[list[dict], Path]:
     """Rates of every SPN architecture fitted on ``store``; also saves the transformer for the env rows."""
-    from rlprune.samples import read_samples, read_spaces
-    from rlprune.spn import save_spn
-    from rlprune.spn_train import FitConfig, fit
+    from rlprune.samples.store import read_samples, read_spaces
+    from rlprune.spn.predictor import save_spn
+    from rlprune.spn.train import FitConfig, fit
 
     df, spaces = read_samples(store), read_spaces(store)
     fp = df["model_fingerprint"].iloc[0]
@@ -139,8 +139,8 @@ def main(argv=None) -> None:
     import torch
 
     from rlprune.models import resnet56
-    from rlprune.pruning import PruningSpace
-    from rlprune.spn_nets import one_thread
+    from rlprune.space.pruning import PruningSpace
+    from rlprune.spn.nets import one_thread
     from rlprune.tasks import get_task
 
     task = get_task(args.task)

@@ -14,7 +14,7 @@ Part 2, end to end at 50% MACs:
   5 iterations the top candidates are evaluated for real and the SPN is fine-tuned on them). Its wall is all
   three, measured.
 - Validation (outside every timed wall): the vector is pruned for real, BatchNorm-recalibrated on the
-  calibration split and scored on the TEST split without fine-tuning (``rlprune.validate.measure_candidate``,
+  calibration split and scored on the TEST split without fine-tuning (``rlprune.measure.recipe.measure_candidate``,
   ``finetune_steps=0``). A short fine-tune lifts nearly every sensible vector to ~98-99% on digits, which would
   make any bar trivially reachable.
 - The bar: the SPN pipeline's validated accuracy minus ``--tolerance`` points (default 0.5, two test images).
@@ -47,7 +47,7 @@ FIELDS = ["section", "method", "episodes", "iterations", "real_evals", "wall_s",
 
 def step_speed(task: str, spn_path: Path, n_spn: int, n_real: int) -> list[dict]:
     """Part 1: env steps/s with the SPN reward and with the real-evaluation reward, same env and actions."""
-    from rlprune.spn_nets import one_thread
+    from rlprune.spn.nets import one_thread
 
     env = {"task": task, "target": 0.5}
     rows = []
@@ -61,7 +61,7 @@ def step_speed(task: str, spn_path: Path, n_spn: int, n_real: int) -> list[dict]
 
 def spn_pipeline(task: str, work: Path, n_samples: int, iters: int, batch: int, seed: int) -> dict:
     """Samples + SPN training + online RL search, each stage timed; returns walls, the result and the SPN path."""
-    from rlprune.search import SearchConfig, run_search
+    from rlprune.search.rl import SearchConfig, run_search
 
     t0 = time.perf_counter()
     out = common.samples_and_spn(task, n_samples, work, seed)
@@ -76,7 +76,7 @@ def amc_until(task: str, out: Path, bar: float, validate, batch: int, chunk: int
               seed: int) -> list[dict]:
     """AMC-style real-reward search, resumed ``chunk`` iterations at a time until its validated best vector
     reaches ``bar`` or its wall passes ``cap_s``; returns one row per chunk (the last says whether it got there)."""
-    from rlprune.search import SearchConfig, run_search
+    from rlprune.search.rl import SearchConfig, run_search
 
     rows, wall, prev, iters = [], 0.0, 0.0, 0
     while True:
@@ -112,9 +112,9 @@ def main(argv=None) -> None:
     amc_batch, amc_chunk = (32, 1) if q else (64, 2)
     cap = args.amc_cap_s or (20.0 if q else 900.0)
 
-    from rlprune.pruning import PruningSpace
+    from rlprune.measure.recipe import measure_base, measure_candidate
+    from rlprune.space.pruning import PruningSpace
     from rlprune.tasks import get_task
-    from rlprune.validate import measure_base, measure_candidate
 
     task = get_task(args.task, seed=args.seed)
     model = task.base_model()

@@ -19,7 +19,7 @@ the same split; zero-shot transfer ranks the VGG's samples well (rho ~0.92) but 
 (MAE ~20), 64 samples bring it to ~3.7.
 
 Targets (reported, not asserted): transformer Spearman >= 0.9 and MAE <= 3 points with <= 512 samples.
-Samples are generated once with ``rlprune.sampling.SampleGenerator`` (mixed sampler) into a store under
+Samples are generated once with ``rlprune.samples.generator.SampleGenerator`` (mixed sampler) into a store under
 ``$RLPRUNE_CACHE/benchmarks/spn_fidelity`` and reused by later runs (a run only generates what is missing).
 
 Writes ``spn_fidelity.csv`` and ``.md`` into ``--results-dir`` (``spn_fidelity_quick.*`` with ``--quick``, so a
@@ -41,9 +41,9 @@ import pandas as pd
 import torch
 
 from rlprune.models import vgg_small
-from rlprune.samples import read_samples, read_spaces
-from rlprune.sampling import SampleGenerator
-from rlprune.spn_train import FitConfig, finetune, fit, metrics, predict_frame
+from rlprune.samples.generator import SampleGenerator
+from rlprune.samples.store import read_samples, read_spaces
+from rlprune.spn.train import FitConfig, finetune, fit, metrics, predict_frame
 from rlprune.tasks import DigitsTask, cache_dir
 
 ARCHS = ("transformer", "mlp", "linear")
@@ -94,7 +94,7 @@ def row(section: str, arch: str, n_train: int, seed: int, m: dict, **extra) -> d
 
 
 def score(spn, test, spaces=None) -> dict:
-    """Held-out metrics of ``spn`` on ``test`` (see ``rlprune.spn_train.metrics``) plus ``mean_std``, ``mae_low``."""
+    """Held-out metrics of ``spn`` on ``test`` (see ``rlprune.spn.train.metrics``) plus ``mean_std``, ``mae_low``."""
     mean, std = predict_frame(spn, test, spaces)
     y = test["acc_drop"].to_numpy()
     low = y <= LOW_DROP

@@ -4,7 +4,7 @@
                                            "input_shape": [3, 32, 32], "reward": my_fn})
 
 Exactly one of ``task``, ``model`` (with ``input_shape``) or ``space`` says what is pruned. ``space`` is a
-space record (``rlprune.samples.space_record``: ``features`` + ``cost_model``), so env copies on Ray
+space record (``rlprune.samples.store.space_record``: ``features`` + ``cost_model``), so env copies on Ray
 workers never re-trace a model. Everything is checked here; the env never calls ``config.get``.
 """
 
@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlprune.errors import ConfigError
+from rlprune.measure.spec import MeasureSpec
 
 REWARD_SOURCES = ("spn", "real")
 """Named reward sources; any callable ``(ratios, info) -> acc_drop`` is accepted too."""
 BUDGETS = ("macs", "params")
 ENFORCEMENTS = ("wall", "penalty")
 MODES = ("simultaneous", "sequential")
-IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "random")
-"""Mirrors ``rlprune.pruning.IMPORTANCES`` (not imported: that module pulls in torch-pruning)."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,9 @@ class LayerPruningEnvConfig:
     obs_all_groups: bool = False
     """Append every group's features and current ratio, plus a one-hot of the agent's own position, to
     each observation (what ``rlprune.policies.AttentionPPOModule`` attends over)."""
-    importance: str = "l1"
-    """Channel criterion of ``reward="real"``."""
-    eval_batches: int = 4
-    """Calibration batches of 128 used by ``reward="real"`` for BN recalibration and for scoring."""
+    measure: Any = None
+    """How ``reward="real"`` measures a vector and how a model is traced: a ``MeasureSpec`` or its dict
+    (None: the defaults). ``max_ratio``/``round_to`` above, when set, override the spec's."""
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -147,7 +145,8 @@ class LayerPruningEnvConfig:
             missing = [k for k in ("features", "cost_model") if k not in self.space]
             if missing:
                 raise ConfigError(f"space record lacks {', '.join(missing)}; build it with "
-                                  "rlprune.samples.space_record or read it with rlprune.samples.read_spaces")
+                                  "rlprune.samples.store.space_record or read it with "
+                                  "rlprune.samples.store.read_spaces")
         self._check_reward()
         _check_float("target", self.target, 0.0, 1.0, "a pruned/original ratio such as 0.5", lo_open=True)
         _check_choice("budget", self.budget, BUDGETS)
@@ -160,10 +159,9 @@ class LayerPruningEnvConfig:
         _check_int("seed", self.seed, 0)
         if self.round_to is not None:
             _check_int("round_to", self.round_to, 1)
-        _check_int("eval_batches", self.eval_batches, 1)
         if not isinstance(self.obs_all_groups, bool):
             raise ConfigError(f"obs_all_groups={self.obs_all_groups!r} must be true or false")
-        _check_choice("importance", self.importance, IMPORTANCES)
+        object.__setattr__(self, "measure", MeasureSpec.from_dict(self.measure))
 
     def _check_reward(self):
         if callable(self.reward) or (isinstance(self.reward, str) and ":" in self.reward):
@@ -224,8 +222,8 @@ class SpaceView:
     """What the env needs of the model being pruned, however it was described.
 
     Attributes:
-        features: ``(n_groups, n_features)`` float32 group features (``rlprune.pruning.FEATURE_NAMES``).
-        cost_model: the exact ``rlprune.costmodel.CostModel``.
+        features: ``(n_groups, n_features)`` float32 group features (``rlprune.space.pruning.FEATURE_NAMES``).
+        cost_model: the exact ``rlprune.space.costmodel.CostModel``.
         group_ids: agent ids, ``group_00`` ... in forward order.
         fingerprint: the base model's ``rlprune.io.model_fingerprint`` (the SPN's key), if known.
         pruning_space: the traced ``PruningSpace`` (None when built from a record).
@@ -253,7 +251,7 @@ def resolve_space(cfg: LayerPruningEnvConfig) -> SpaceView:
     """
     import numpy as np  # deferred with the rest: the config itself needs neither numpy nor torch
 
-    from rlprune.costmodel import CostModel
+    from rlprune.space.costmodel import CostModel
 
     if cfg.space is not None and isinstance(cfg.space, Mapping):
         try:
@@ -261,16 +259,16 @@ def resolve_space(cfg: LayerPruningEnvConfig) -> SpaceView:
             features = np.asarray(cfg.space["features"], dtype=np.float32)
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"space record does not parse ({type(e).__name__}: {e}); build it with "
-                              "rlprune.samples.space_record") from e
+                              "rlprune.samples.store.space_record") from e
         if features.ndim != 2 or features.shape[0] != cm.n_groups:
             raise ConfigError(f"space record has features of shape {features.shape} for {cm.n_groups} groups; "
-                              "rebuild it with rlprune.samples.space_record")
+                              "rebuild it with rlprune.samples.store.space_record")
         _check_given_space(cfg, cm)
         ids = tuple(cfg.space.get("group_ids") or _default_ids(cm.n_groups))
         return SpaceView(features, cm, ids, cfg.space.get("fingerprint"))
 
     from rlprune.io import model_fingerprint
-    from rlprune.pruning import PruningSpace
+    from rlprune.space.pruning import PruningSpace
 
     task = None
     if cfg.space is not None:
@@ -291,8 +289,9 @@ def resolve_space(cfg: LayerPruningEnvConfig) -> SpaceView:
             if not isinstance(model, torch.nn.Module):
                 raise ConfigError(f"model={cfg.model!r} returned a {type(model).__name__}, not an nn.Module")
             example = torch.zeros(1, *cfg.input_shape)
-        space = PruningSpace.from_model(model, example, round_to=cfg.round_to or 1,
-                                        max_ratio=cfg.max_ratio or 0.9)
+        spec = dataclasses.replace(cfg.measure, round_to=cfg.round_to or cfg.measure.round_to,
+                                   max_ratio=cfg.max_ratio or cfg.measure.max_ratio)
+        space = spec.space_of(model, example)
     ids = tuple(g.id for g in space.groups)
     return SpaceView(space.features(), space.cost_model, ids, model_fingerprint(space.model), space, task)
 

@@ -96,7 +96,7 @@ class SPNSource(AccDropSource):
     """
 
     def __init__(self, spn, view: SpaceView):
-        from rlprune.spn import LocalSPN  # deferred: only this source needs the SPN code
+        from rlprune.spn.predictor import LocalSPN  # deferred: only this source needs the SPN code
 
         self.local = spn if isinstance(spn, LocalSPN) else LocalSPN(spn)
         self.view = view
@@ -151,11 +151,11 @@ class RealSource(AccDropSource):
 
     One call takes ~0.1 s on digits and seconds on ResNet-56: this is the AMC-style baseline the SPN
     is measured against, not something to train a policy with for long. Each call's full sample row
-    (``rlprune.samples.SAMPLE_COLUMNS``) is left in ``info["sample"]`` so a search can store it.
+    (``rlprune.samples.store.SAMPLE_COLUMNS``) is left in ``info["sample"]`` so a search can store it.
 
     Args:
         view: the space, with ``task`` and ``pruning_space`` set.
-        cfg: supplies ``importance`` and ``eval_batches``.
+        cfg: supplies ``measure``, the run's ``MeasureSpec`` (the same one the samples were measured with).
     """
 
     cheap = False
@@ -164,20 +164,17 @@ class RealSource(AccDropSource):
         if view.task is None or view.pruning_space is None:
             raise ConfigError("reward='real' needs a task; set 'task' in env_config")
         self.view = view
-        self.importance = cfg.importance
-        self.eval_batches = cfg.eval_batches
+        self.spec = cfg.measure
         self._baseline = None  # measured on first use: building an env should stay cheap
 
     def __call__(self, ratios, info):
-        from rlprune.sampling import evaluate_ratios, measure_baseline  # deferred: pulls in pandas/pyarrow
+        from rlprune.measure.recipe import evaluate_ratios, measure_baseline  # deferred: pulls in pandas/pyarrow
 
         task, space = self.view.task, self.view.pruning_space
         if self._baseline is None:
-            self._baseline = measure_baseline(task, space.model, self.eval_batches)
+            self._baseline = measure_baseline(task, space.model, self.spec)
         # The enforced (pre-rounding) ratios: evaluate_ratios rounds them itself and stores both.
-        row = evaluate_ratios(task, space, info["ratios"], self._baseline, importance=self.importance,
-                              calib_batches=self.eval_batches, eval_batches=self.eval_batches,
-                              latency_runs=1, sampler="env", worker="env")
+        row = evaluate_ratios(task, space, info["ratios"], self._baseline, self.spec, sampler="env", worker="env")
         info["sample"] = row
         return float(row["acc_drop"]), math.nan
 

@@ -8,6 +8,14 @@
 
 from __future__ import annotations
 
-from rlprune.policies.algorithms import SHARED_POLICY, build_ppo_config, build_sac_config, policy_mapping_fn
+from rlprune.policies.algorithms import (
+    SHARED_POLICY,
+    build_ppo_config,
+    build_sac_config,
+    greedy_actions,
+    greedy_episode,
+    policy_mapping_fn,
+)
 
-__all__ = ["SHARED_POLICY", "build_ppo_config", "build_sac_config", "policy_mapping_fn"]
+__all__ = ["SHARED_POLICY", "build_ppo_config", "build_sac_config", "greedy_actions", "greedy_episode",
+           "policy_mapping_fn"]

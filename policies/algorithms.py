@@ -134,6 +134,64 @@ def build_ppo_config(env_config: Mapping[str, Any], *, train_batch_env_steps: in
     )
 
 
+def greedy_actions(algo_config, module, obs: Mapping[str, Any], action_spaces: Mapping[str, Any]) -> dict:
+    """The shared module's deterministic action for each agent, as RLlib's env runners would send it.
+
+    The module's inference distribution is made deterministic (a Gaussian's mean), then mapped into each
+    agent's Box exactly as RLlib's ``NormalizeAndClipActions`` connector does, with the same library
+    functions and the algorithm's own ``normalize_actions``/``clip_actions`` settings: with the default
+    ``normalize_actions=True`` the module acts in [-1, 1], and feeding its raw mean to the env would play a
+    different vector than the one the policy was trained to choose.
+
+    Args:
+        algo_config: the algorithm's config (``algo.config``).
+        module: the shared RLModule.
+        obs: ``{agent_id: observation}`` of the agents that act now.
+        action_spaces: the env's ``action_spaces``.
+
+    Returns:
+        ``{agent_id: action}`` ready for ``env.step``.
+    """
+    import numpy as np
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
+
+    ids = list(obs)
+    with torch.no_grad():
+        out = module.forward_inference({Columns.OBS: torch.as_tensor(np.stack([obs[a] for a in ids]))})
+        dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+        acts = dist.to_deterministic().sample().numpy()
+    if algo_config.normalize_actions:
+        return {a: unsquash_action(acts[i], action_spaces[a]) for i, a in enumerate(ids)}
+    if algo_config.clip_actions:
+        return {a: clip_action(acts[i], action_spaces[a]) for i, a in enumerate(ids)}
+    return {a: acts[i] for i, a in enumerate(ids)}
+
+
+def greedy_episode(algo, env, seed: int | None = None) -> dict:
+    """Play one episode of ``algo``'s shared policy with :func:`greedy_actions` in ``env``.
+
+    Args:
+        algo: a built algorithm whose env runners train on an env like ``env``.
+        env: a ``LayerPruningEnv`` (local copy; it is reset here).
+        seed: ``reset`` seed.
+
+    Returns:
+        The final ``info`` of the episode (``achieved``, ``reward``, ``acc_drop``, ... see the env).
+    """
+    module = algo.get_module(SHARED_POLICY)
+    obs, _ = env.reset(seed=seed)
+    info: dict = {}
+    while obs:
+        acting = next(iter(obs))
+        obs, _, term, _, infos = env.step(greedy_actions(algo.config, module, obs, env.action_spaces))
+        if term["__all__"]:
+            info = infos.get(acting) or next(iter(infos.values()))
+            break
+    return info
+
+
 def build_sac_config(env_config: Mapping[str, Any], *, train_batch_rows: int = 256, learning_starts: int = 1000,
                      buffer_capacity: int = 100_000, lr: float = 3e-4, hidden: tuple[int, ...] = (64, 64),
                      env_steps_per_update: int = 4, min_env_steps_per_iteration: int = 100,

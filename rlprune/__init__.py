@@ -1,7 +1,9 @@
 """rlprune: find per-group pruning ratios with multi-agent RL against a learned world model, on Ray.
 
-The public API is imported lazily so that ``import rlprune.costmodel`` (used by env workers) does not
-pull in torch-pruning.
+The public API is imported lazily so that ``import rlprune.space.costmodel`` (used by env workers) does not
+pull in torch-pruning. The package has one folder per concept: ``space`` (groups, cost model, real pruning),
+``measure`` (``MeasureSpec`` and the one measuring recipe), ``samples``, ``spn``, ``search``, ``pipeline``
+(``rlprune run``) and ``cli``; ``envs`` and ``policies`` hold the RLlib env and modules.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
 
 _LAZY = {
-    "PruningSpace": "rlprune.pruning",
-    "Group": "rlprune.pruning",
-    "FEATURE_NAMES": "rlprune.pruning",
-    "CostModel": "rlprune.costmodel",
+    "PruningSpace": "rlprune.space.pruning",
+    "Group": "rlprune.space.pruning",
+    "FEATURE_NAMES": "rlprune.space.pruning",
+    "CostModel": "rlprune.space.costmodel",
+    "MeasureSpec": "rlprune.measure.spec",
     "save_pruned": "rlprune.io",
     "load_pruned": "rlprune.io",
     "model_fingerprint": "rlprune.io",

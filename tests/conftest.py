@@ -30,7 +30,7 @@ def digits_task(rlprune_cache: Path) -> DigitsTask:
     Trained on one torch thread: with two, torch's threads spin-wait whenever anything else wants the
     2-core machine, and the same training has been measured 10-30x slower.
     """
-    from rlprune.spn_nets import one_thread
+    from rlprune.spn.nets import one_thread
 
     task = DigitsTask()
     with one_thread():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlprune.samples import read_samples
-from rlprune.sampling import SampleGenerator
-from rlprune.spn import one_thread
+from rlprune.samples.generator import SampleGenerator
+from rlprune.samples.store import read_samples
+from rlprune.spn.predictor import one_thread
 from rlprune.tasks import cache_dir
 
 N_SAMPLES = 160

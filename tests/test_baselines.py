@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlprune.baselines import RULES, cem, global_threshold_ratios, random_search, rule_ratios, run_baselines
 from rlprune.errors import ConfigError
-from rlprune.pruning import PruningSpace, count_ops_and_params
+from rlprune.search.baselines import RULES, cem, global_threshold_ratios, random_search, rule_ratios, run_baselines
+from rlprune.space.pruning import PruningSpace, count_ops_and_params
 from tests.arch_zoo import MobileNetTiny, PlainFlatten
 
 X = torch.randn(1, 3, 32, 32)

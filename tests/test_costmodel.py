@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlprune.costmodel import CostModel, keep_counts
 from rlprune.errors import ConfigError
-from rlprune.pruning import PruningSpace
+from rlprune.space.costmodel import CostModel, keep_counts
+from rlprune.space.pruning import PruningSpace
 from tests.arch_zoo import DenseNetTiny
 
 

@@ -12,8 +12,8 @@ from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
 from rlprune.envs import CONTEXT_NAMES, ENV_NAME, LayerPruningEnv, LayerPruningEnvConfig, register_envs
 from rlprune.errors import ConfigError
-from rlprune.pruning import FEATURE_NAMES, PruningSpace
-from rlprune.samples import space_record
+from rlprune.samples.store import space_record
+from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 from tests.arch_zoo import PlainFlatten
 
 MODEL = {"model": "tests.arch_zoo:PlainFlatten", "input_shape": [3, 32, 32]}
@@ -288,7 +288,7 @@ def test_callable_reward_must_return_a_number(record):
 
 
 def test_spn_reward_and_pushed_weights(record, tmp_path):
-    from rlprune.spn import SPN, SPNConfig, save_spn
+    from rlprune.spn.predictor import SPN, SPNConfig, save_spn
 
     G, F = np.asarray(record["features"]).shape
     norm = {"feat_mean": np.zeros(F), "feat_std": np.ones(F), "target_mean": np.array([5.0, 1.0]),

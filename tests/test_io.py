@@ -10,7 +10,7 @@ import torch
 
 from rlprune.errors import CheckpointError
 from rlprune.io import atomic_write_json, load_pruned, model_fingerprint, save_pruned
-from rlprune.pruning import PruningSpace
+from rlprune.space.pruning import PruningSpace
 from tests.arch_zoo import PlainFlatten
 
 X = torch.randn(1, 3, 32, 32)

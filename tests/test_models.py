@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch_pruning as tp  # tests may trace directly; library code goes through rlprune.pruning
+import torch_pruning as tp  # tests may trace directly; library code goes through rlprune.space.pruning
 from torch import nn
 
 from rlprune.models import MODEL_REGISTRY, cifar_resnet, digits_resnet, resnet20, resnet56, vgg_small

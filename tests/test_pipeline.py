@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from rlprune.io import load_pruned
-from rlprune.samples import read_samples
+from rlprune.samples.store import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ["base", "samples", "spn", "sweep", "validate", "report"]

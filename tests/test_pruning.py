@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from rlprune.errors import ConfigError, TraceError
-from rlprune.pruning import FEATURE_NAMES, PruningSpace, count_ops_and_params
+from rlprune.space.pruning import FEATURE_NAMES, PruningSpace, count_ops_and_params
 from tests.arch_zoo import ZOO, DenseNetTiny, MobileNetTiny, ShuffleNetTiny
 
 X = torch.randn(1, 3, 32, 32)

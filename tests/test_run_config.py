@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.report import pareto_front
-from rlprune.run_config import PRESETS, STAGES, RunConfig, SweepStage, from_mapping, load_yaml
+from rlprune.pipeline.config import PRESETS, STAGES, RunConfig, SweepStage, from_mapping, load_yaml
+from rlprune.pipeline.report import pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
 

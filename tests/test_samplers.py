@@ -8,8 +8,8 @@ import torch
 
 from rlprune.errors import ConfigError
 from rlprune.models import digits_resnet
-from rlprune.pruning import FEATURE_NAMES, PruningSpace
-from rlprune.samplers import DEPTH_FEATURE, SAMPLERS, SamplerConfig, draw_labelled, rule_directions, sample
+from rlprune.samples.samplers import DEPTH_FEATURE, SAMPLERS, SamplerConfig, draw_labelled, rule_directions, sample
+from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import torch
 
 from rlprune.errors import SampleStoreError
 from rlprune.models import digits_resnet
-from rlprune.pruning import FEATURE_NAMES, PruningSpace
-from rlprune.samples import (
+from rlprune.samples.store import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     append_samples,
@@ -24,6 +23,7 @@ from rlprune.samples import (
     space_record,
     write_space,
 )
+from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 
 
 def make_row(i: int, fp: str = "f" * 16, task: str = "digits", **over) -> dict:
@@ -196,7 +196,7 @@ def test_space_records_round_trip(tmp_path):
     got = read_spaces(tmp_path)
     assert list(got) == ["c" * 16]
     assert got["c" * 16]["importance"] == "l2" and got["c" * 16]["base_acc"] == 99.0
-    from rlprune.costmodel import CostModel
+    from rlprune.space.costmodel import CostModel
 
     cm = CostModel.from_dict(got["c" * 16]["cost_model"])
     R = np.full((1, space.n_groups), 0.3)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from rlprune.cli import main
-from rlprune.pruning import PruningSpace
-from rlprune.samples import SAMPLE_COLUMNS, read_samples, read_spaces
-from rlprune.sampling import SampleGenerator, evaluate_ratios, measure_baseline
+from rlprune.measure.recipe import evaluate_ratios, measure_baseline
+from rlprune.samples.generator import SampleGenerator
+from rlprune.samples.store import SAMPLE_COLUMNS, read_samples, read_spaces
+from rlprune.space.pruning import PruningSpace
 
 FAST = {"eval_batches": 1, "calib_batches": 2}  # one 128-image batch scored: enough for direction checks
 
@@ -64,7 +65,7 @@ def test_generator_flushes_and_never_reevaluates_stored_vectors(digits_task, tmp
 
 
 def test_tune_run_under_a_shared_cluster(digits_task, ray_cluster, tmp_path):
-    from rlprune.sample_tune import run_sampling
+    from rlprune.samples.tune import run_sampling
 
     res = run_sampling("digits", 4, 2, tmp_path / "s", flush_every=2, progress=False, **FAST)
     assert res["n_total"] == 4 and res["n_new"] == 4 and res["samples_per_s"] > 0

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.samples import read_samples, read_spaces
-from rlprune.search import SearchConfig, run_search
-from rlprune.spn import save_spn
-from rlprune.spn_train import FitConfig, fit
+from rlprune.samples.store import read_samples, read_spaces
+from rlprune.search.rl import SearchConfig, run_search
+from rlprune.spn.predictor import save_spn
+from rlprune.spn.train import FitConfig, fit
 from tests.spn_helpers import real_samples_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,10 +13,10 @@ import torch
 from rlprune.cli import main
 from rlprune.errors import CheckpointError, ConfigError
 from rlprune.models import vgg_small
-from rlprune.pruning import FEATURE_NAMES, PruningSpace
-from rlprune.samples import read_samples, read_spaces
-from rlprune.spn import SPN, LocalSPN, SPNConfig, load_spn, save_spn
-from rlprune.spn_train import FitConfig, evaluate, finetune, fit, metrics, predict_frame, split_samples
+from rlprune.samples.store import read_samples, read_spaces
+from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
+from rlprune.spn.predictor import SPN, LocalSPN, SPNConfig, load_spn, save_spn
+from rlprune.spn.train import FitConfig, evaluate, finetune, fit, metrics, predict_frame, split_samples
 from tests.spn_helpers import N_SAMPLES, real_samples_store
 
 QUICK = FitConfig(max_steps=60, eval_every=20)
@@ -172,7 +172,7 @@ def test_local_spn_follows_new_versions(small_spn, samples):
     newer = finetune(small_spn, df.iloc[60:], df.iloc[:60], steps=30)
     calls = []
 
-    def fetch(version):  # what rlprune.world_model.actor_fetch does, minus the Ray round trip
+    def fetch(version):  # what rlprune.spn.world_model.actor_fetch does, minus the Ray round trip
         calls.append(version)
         return (1, newer.state()) if version < 1 else None
 

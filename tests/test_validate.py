@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlprune.pruning import PruningSpace
-from rlprune.validate import measure_base, measure_baselines, measure_candidate
+from rlprune.measure.recipe import measure_base, measure_candidate
+from rlprune.search.baselines import measure_baselines
+from rlprune.space.pruning import PruningSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 

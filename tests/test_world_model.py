@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.samples import read_samples, read_spaces
-from rlprune.spn import save_spn
-from rlprune.spn_train import FitConfig, fit
-from rlprune.world_model import connect, start_world_model
+from rlprune.samples.store import read_samples, read_spaces
+from rlprune.spn.predictor import save_spn
+from rlprune.spn.train import FitConfig, fit
+from rlprune.spn.world_model import connect, start_world_model
 from tests.spn_helpers import real_samples_store
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     from rlprune.errors import RlpruneError
-    from rlprune.pipeline import run_pipeline
-    from rlprune.run_config import load_yaml
+    from rlprune.pipeline.config import load_yaml
+    from rlprune.pipeline.run import run_pipeline
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = Path(__file__).resolve().with_name("full.yaml")

@@ -10,7 +10,7 @@ feeds a Linear layer). Every layer's cost is bilinear in the kept sizes of its i
 which is how ``torch_pruning.utils.count_ops_and_params`` counts convs, linears, norms, activations and
 pools. So a whole batch of ratio vectors costs two small matrix products.
 
-``rlprune.pruning`` builds a :class:`CostModel` from torch-pruning's dependency graph; everything else
+``rlprune.space.pruning`` builds a :class:`CostModel` from torch-pruning's dependency graph; everything else
 (the env, the SPN, baselines) uses it without importing torch or torch-pruning.
 """
 

@@ -29,7 +29,7 @@ def write_report(out: Path, cfg, done: dict, winner: dict) -> dict:
     Args:
         out: the run folder.
         cfg: its ``RunConfig``.
-        done: every stage's output (``rlprune.pipeline``).
+        done: every stage's output (``rlprune.pipeline.run``).
         winner: the validated row selected as the output model.
 
     Returns:

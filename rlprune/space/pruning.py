@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from rlprune.costmodel import CostModel, validate_ratios
 from rlprune.errors import ConfigError, TraceError
-from rlprune.layercost import (
+from rlprune.measure.spec import IMPORTANCES
+from rlprune.space.costmodel import CostModel, validate_ratios
+from rlprune.space.layercost import (
     CONV,
     Call,
     batch_size,
@@ -37,8 +38,6 @@ from rlprune.layercost import (
     params_coef,
     separate_in_out,
 )
-
-IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "random")
 
 #: What each entry of ``Group.features`` means (all roughly in [0, 1] so an SPN needs no rescaling).
 FEATURE_NAMES = (

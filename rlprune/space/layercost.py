@@ -1,7 +1,7 @@
 """Per-layer cost formulas: how torch-pruning's counter prices one layer call, as a function of the
 kept input and output channels.
 
-Each formula is the ``(a, b, c, d)`` of ``a * in * out + b * in + c * out + d`` (see ``rlprune.costmodel``).
+Each formula is the ``(a, b, c, d)`` of ``a * in * out + b * in + c * out + d`` (see ``rlprune.space.costmodel``).
 They mirror ``torch_pruning.utils.count_ops_and_params``: MACs per sample, parameters once per layer.
 Layer kinds without a formula here are priced as constants and the groups that touch them are skipped.
 """

@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.stats import qmc
 
-from rlprune.costmodel import CostModel
 from rlprune.errors import ConfigError
+from rlprune.space.costmodel import CostModel
 
-#: Column of ``PruningSpace.features()`` holding depth in [0, 1] (``FEATURE_NAMES[0]`` in rlprune.pruning,
+#: Column of ``PruningSpace.features()`` holding depth in [0, 1] (``FEATURE_NAMES[0]`` in rlprune.space.pruning,
 #: not imported here because that module needs torch).
 DEPTH_FEATURE = 0
 

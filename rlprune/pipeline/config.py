@@ -3,8 +3,9 @@
     cfg = RunConfig.preset_config("quick", task="digits", target=0.5, out="runs/demo")
     cfg = load_yaml("tune_configs/reward_sweep.yaml", out="runs/sweep")   # the same dataclasses
 
-A YAML file's top-level keys are :class:`RunConfig` fields; the sections ``sample``, ``spn``, ``sweep`` and
-``validate`` map onto :class:`SampleStage`, :class:`SPNStage`, :class:`SweepStage` and
+A YAML file's top-level keys are :class:`RunConfig` fields; the sections ``measure``, ``sample``, ``spn``,
+``sweep`` and ``validate`` map onto ``rlprune.measure.spec.MeasureSpec`` (how every number of the run is
+measured, passed to every stage), :class:`SampleStage`, :class:`SPNStage`, :class:`SweepStage` and
 :class:`ValidateStage`. ``preset`` (default ``quick``) fills every field the file leaves out; lists in
 ``sweep`` are grid axes (every combination is one Tune trial). ``until`` names the last stage to run;
 ``extends: other.yaml`` starts from another file (sections merge key by key), so a sweep config can reuse
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlprune.errors import ConfigError
+from rlprune.measure.spec import MeasureSpec
 
 STAGES = ("base", "samples", "spn", "sweep", "validate", "report")
 """Pipeline stages in order; each is skipped on rerun when its recorded output is still valid."""
@@ -41,19 +43,14 @@ class SampleStage:
     """Unique samples wanted in the store (already stored ones count)."""
     sampler: str = "mixed"
     """Ratio sampler (``rlprune sample --sampler``)."""
-    eval_batches: int | None = None
-    """Calibration batches scored per sample (None: the whole split)."""
     flush_every: int = 4
     """Rows per shard: at most this many are lost per killed worker."""
-    importance: str = "l1"
-    """Channel criterion, used again by every validation trial."""
 
     def __post_init__(self):
         _check("sample", [
             (self.n >= 8, "n", self.n, "at least 8 samples (the SPN holds some out)"),
             (self.sampler in ("mixed", "uniform", "sobol", "rules", "budget"), "sampler", self.sampler,
              "mixed, uniform, sobol, rules or budget"),
-            (self.eval_batches is None or self.eval_batches >= 1, "eval_batches", self.eval_batches, ">= 1 or null"),
             (self.flush_every >= 1, "flush_every", self.flush_every, ">= 1"),
         ])
 
@@ -145,13 +142,8 @@ class ValidateStage:
     """Best RL candidates validated (one per sweep trial at most, best predicted first)."""
     baselines: tuple[str, ...] = BASELINES
     """Baselines validated at the same budget."""
-    finetune_steps: int = 100
-    """SGD steps every candidate gets before it is scored (short: differences between strategies shrink
-    with every step, and a long fine-tune hides them)."""
     n_calls: int | None = None
     """SPN calls random search and CEM may spend (None: as many as the best RL search made)."""
-    latency_runs: int = 20
-    """Timed batch-1 forwards per candidate (the median is reported)."""
 
     def __post_init__(self):
         if not isinstance(self.baselines, tuple):
@@ -160,29 +152,28 @@ class ValidateStage:
         _check("validate", [
             (self.rl_top >= 1, "rl_top", self.rl_top, ">= 1"),
             (not unknown, "baselines", unknown, f"names from {', '.join(BASELINES)}"),
-            (self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, ">= 0"),
             (self.n_calls is None or self.n_calls >= 1, "n_calls", self.n_calls, ">= 1 or null"),
-            (self.latency_runs >= 1, "latency_runs", self.latency_runs, ">= 1"),
         ])
 
 
-_SECTIONS = {"sample": SampleStage, "spn": SPNStage, "sweep": SweepStage, "validate": ValidateStage}
+_SECTIONS = {"measure": MeasureSpec, "sample": SampleStage, "spn": SPNStage, "sweep": SweepStage,
+             "validate": ValidateStage}
 
 PRESETS: dict[str, dict] = {
     # A smoke run (about a minute): proves an install or a cluster works, finds nothing worth keeping.
-    "tiny": {"sample": {"n": 24}, "spn": {"max_steps": 300},
+    "tiny": {"measure": {"finetune_steps": 10}, "sample": {"n": 24}, "spn": {"max_steps": 300},
              "sweep": {"w_cost": (10.0,), "mode": ("simultaneous",), "iters": 2, "train_batch": 64,
                        "online_every": 2, "online_top": 2, "online_steps": 20},
-             "validate": {"rl_top": 1, "finetune_steps": 10, "n_calls": 128, "latency_runs": 5}},
+             "validate": {"rl_top": 1, "n_calls": 128}},
     # The default: at most 10 minutes on 2 cores for digits.
-    "quick": {},
-    "standard": {"sample": {"n": 384},
+    "quick": {"measure": {"latency_runs": 20}},
+    "standard": {"measure": {"finetune_steps": 300, "latency_runs": 20}, "sample": {"n": 384},
                  "sweep": {"w_cost": (2.5, 5.0, 10.0, 20.0), "iters": 30, "online_every": 5},
-                 "validate": {"rl_top": 3, "finetune_steps": 300}},
-    "full": {"sample": {"n": 512, "sampler": "mixed"},
+                 "validate": {"rl_top": 3}},
+    "full": {"measure": {"finetune_steps": 1000, "latency_runs": 20}, "sample": {"n": 512, "sampler": "mixed"},
              "sweep": {"w_cost": (2.5, 5.0, 10.0, 20.0), "mode": ("simultaneous", "sequential"),
                        "enforce": ("wall", "penalty"), "iters": 60, "online_every": 5, "search_workers": 2},
-             "validate": {"rl_top": 4, "finetune_steps": 1000}},
+             "validate": {"rl_top": 4}},
 }
 
 
@@ -210,6 +201,8 @@ class RunConfig:
     """Last stage to run (``rlprune tune`` configs stop early, e.g. after ``samples``)."""
     samples: str | None = None
     """Sample store folder (default ``out/samples``); on a cluster, a path every node sees."""
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    """How every number of the run is measured: samples, online rounds, validation (one spec for all)."""
     sample: SampleStage = field(default_factory=SampleStage)
     spn: SPNStage = field(default_factory=SPNStage)
     sweep: SweepStage = field(default_factory=SweepStage)
@@ -248,7 +241,7 @@ class RunConfig:
 
     def key(self, *parts: str) -> str:
         """A short hash of the named fields/sections: a stage's output is valid while its key is unchanged."""
-        d = self.to_dict()
+        d = {**self.to_dict(), "measure_label": self.measure.label()}  # what sample labels depend on
         blob = json.dumps({p: d[p] for p in parts}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -1,19 +1,22 @@
-"""The ``rlprune run`` and ``rlprune tune`` verbs (the pipeline itself lives in ``rlprune.pipeline``)."""
+"""The ``rlprune run`` and ``rlprune tune`` verbs (the pipeline itself lives in ``rlprune.pipeline.run``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from rlprune.cli.common import add_json_arg, add_measure_args, add_target_args, measure_overrides, read_target
 from rlprune.errors import ConfigError
 
 RUN_EPILOG = """examples:
   rlprune run --task digits --target-macs 0.5 --out runs/demo
-  rlprune run --task digits --target-params 0.4 --budget standard --out runs/p40
-  rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --budget full --out runs/c10 \\
+  rlprune run --task digits --target-params 0.4 --preset standard --out runs/p40
+  rlprune run --task digits --target-macs 0.5 --importance l2 --eval-batches 2 --out runs/l2
+  rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --preset full --out runs/c10 \\
       --address ray-head:6379 --samples /shared/samples
-presets (--budget): tiny ~2 min smoke run; quick (default) <= 10 min on 2 cores for digits;
+presets (--preset): tiny ~1 min smoke run; quick (default) <= 10 min on 2 cores for digits;
 standard and full sweep more reward weightings and modes and fine-tune longer.
+measurement flags override the preset's and apply to every stage (samples, online rounds, validation).
 Rerun the same command after an interruption: finished stages are reused, killed ones resume.
 """
 
@@ -22,13 +25,13 @@ TUNE_EPILOG = """examples:
   rlprune tune tune_configs/reward_sweep.yaml --out runs/sweep1
   rlprune tune tune_configs/full.yaml --address ray-head:6379
 a config's top-level keys are `rlprune run` settings; its sections sample/spn/sweep/validate map onto
-rlprune.run_config's dataclasses; `until` names the last stage (base, samples, spn, sweep, validate, report).
+rlprune.pipeline.config's dataclasses; `until` names the last stage (base, samples, spn, sweep, validate, report).
 """
 
 
 def add_run_parsers(sub) -> None:
     """Add the ``run`` and ``tune`` verbs to the CLI's subparsers."""
-    from rlprune.run_config import PRESETS, STAGES
+    from rlprune.pipeline.config import PRESETS, STAGES
 
     p = sub.add_parser(
         "run", help="the whole job: samples -> SPN -> RL sweep -> validation -> report (resumable)",
@@ -40,17 +43,18 @@ def add_run_parsers(sub) -> None:
     )
     p.add_argument("--task", default="digits", help="task name or package.module:callable (default digits)")
     p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10)")
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-macs", type=float, help="pruned/original MACs to reach (default 0.5)")
-    t.add_argument("--target-params", type=float, help="pruned/original params to reach")
+    add_target_args(p, required=False, default_macs=0.5)
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
-    p.add_argument("--budget", default="quick", choices=list(PRESETS), help="how much work each stage does")
+    p.add_argument("--preset", default="quick", choices=list(PRESETS), help="how much work each stage does")
+    # `budget` means macs or params everywhere; the old preset flag only explains where it went.
+    p.add_argument("--budget", dest="old_budget", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help="parallel sampling/validation trials (default 2)")
     p.add_argument("--samples", help="sample store folder (default OUT/samples; a shared path on a cluster)")
     p.add_argument("--until", default="report", choices=list(STAGES), help="stop after this stage")
     p.add_argument("--address", help="Ray cluster to run on (host:port); default: a local one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    add_measure_args(p)
+    add_json_arg(p, "summary.json instead of a table")
 
     p = sub.add_parser(
         "tune", help="run a Tune experiment from a tune_configs/*.yaml file",
@@ -63,21 +67,21 @@ def add_run_parsers(sub) -> None:
     p.add_argument("--task", help="override the config's task")
     p.add_argument("--data-dir", help="data folder for tasks that read local data")
     p.add_argument("--address", help="Ray cluster to run on (host:port)")
-    p.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    add_json_arg(p, "summary.json instead of a table")
 
 
 def cmd_run(args) -> int:
     """Run ``rlprune run``."""
-    from rlprune.pipeline import run_pipeline
-    from rlprune.run_config import RunConfig
+    from rlprune.pipeline.config import RunConfig
+    from rlprune.pipeline.run import run_pipeline
 
-    budget = "params" if args.target_params is not None else "macs"
-    target = args.target_params if budget == "params" else (args.target_macs if args.target_macs is not None else 0.5)
-    if not 0 < target <= 1:
-        raise ConfigError(f"--target-{budget} {target} must lie in (0, 1], e.g. 0.5")
+    if args.old_budget is not None:
+        raise ConfigError(f"--budget {args.old_budget} is now --preset {args.old_budget} (tiny, quick, standard, "
+                          f"full); the budget is what --target-macs / --target-params constrain")
+    target, budget = read_target(args, default_macs=0.5)
     cfg = RunConfig.preset_config(
-        args.budget, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
-        samples=args.samples, until=args.until, seed=args.seed,
+        args.preset, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
+        samples=args.samples, until=args.until, seed=args.seed, measure=measure_overrides(args),
         task_kwargs={"data_dir": args.data_dir} if args.data_dir else {})
     _print(run_pipeline(cfg, address=args.address, progress=not args.json), args.json)
     return 0
@@ -85,8 +89,8 @@ def cmd_run(args) -> int:
 
 def cmd_tune(args) -> int:
     """Run ``rlprune tune CONFIG``."""
-    from rlprune.pipeline import run_pipeline
-    from rlprune.run_config import load_yaml
+    from rlprune.pipeline.config import load_yaml
+    from rlprune.pipeline.run import run_pipeline
 
     cfg = load_yaml(args.config, out=args.out, task=args.task)
     if args.data_dir:

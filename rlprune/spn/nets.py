@@ -1,7 +1,7 @@
 """The SPN's networks: ensembles of transformer / MLP / ridge nets, evaluated as one batched op each.
 
 Every parameter carries a leading ``members`` axis and every layer is one ``bmm``, so an ensemble of E
-nets costs one pass of E-times-wider matrices instead of E passes (see ``rlprune.spn`` for the wrapper
+nets costs one pass of E-times-wider matrices instead of E passes (see ``rlprune.spn.predictor`` for the wrapper
 that normalises, registers models and saves checkpoints)::
 
     transformer  token_g := Linear([features_g, r_g, relu(r_g - knot_k) ...]) + pos[g]   (one per group)
@@ -34,7 +34,7 @@ class SPNConfig:
     arch: str = "transformer"
     """``transformer`` (any group count, several models), ``mlp`` or ``linear`` (one model's group count)."""
     n_features: int = 13
-    """Length of a group's feature vector (``len(rlprune.pruning.FEATURE_NAMES)``)."""
+    """Length of a group's feature vector (``len(rlprune.space.pruning.FEATURE_NAMES)``)."""
     n_groups: int = 0
     """Fixed input length of ``mlp`` / ``linear``; 0 for ``transformer``."""
     members: int = 4

@@ -24,7 +24,7 @@ import ray
 
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_json
-from rlprune.spn import SPN, LocalSPN, load_spn, one_thread, save_spn
+from rlprune.spn.predictor import SPN, LocalSPN, load_spn, one_thread, save_spn
 
 CHECKPOINT = "world_model.pt"
 PENDING = "pending.json"
@@ -83,7 +83,7 @@ class WorldModel:
         """Append real sample rows to the store and queue them for the next fine-tune.
 
         Args:
-            rows: dicts with ``rlprune.samples.SAMPLE_COLUMNS`` (as ``rlprune.sampling.evaluate_ratios``
+            rows: dicts with ``rlprune.samples.store.SAMPLE_COLUMNS`` (as ``rlprune.measure.recipe.evaluate_ratios``
                 returns them).
 
         Returns:
@@ -92,7 +92,7 @@ class WorldModel:
         Raises:
             SampleStoreError: a row that does not fit the sample schema (nothing is stored or queued).
         """
-        from rlprune.samples import append_samples
+        from rlprune.samples.store import append_samples
 
         append_samples(self.store, rows)  # validates every row first; duplicates of stored ids are dropped
         known = {str(r["sample_id"]) for r in self.pending} | set(self.spn.meta.get("train_ids", []))
@@ -118,8 +118,8 @@ class WorldModel:
             (points) on the new rows before and after, i.e. how wrong the SPN was on fresh real samples
             and how much it moved. ``changed`` is False (and nothing else happens) when nothing is queued.
         """
-        from rlprune.samples import read_spaces
-        from rlprune.spn_train import finetune, predict_frame
+        from rlprune.samples.store import read_spaces
+        from rlprune.spn.train import finetune, predict_frame
 
         if not self.pending:
             return {"version": self._version, "changed": False, "n_new": 0, "n_replay": 0, "steps": 0}
@@ -154,7 +154,7 @@ class WorldModel:
         from ``rlprune spn train``) replays the store's other rows of the same models, so a fine-tune on a
         handful of new rows never forgets what the SPN learnt before.
         """
-        from rlprune.samples import read_samples
+        from rlprune.samples.store import read_samples
 
         if not (self.store / "manifest.json").exists():
             return new.iloc[:0]

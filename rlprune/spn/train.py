@@ -1,4 +1,4 @@
-"""Training, held-out metrics and fine-tuning of SPNs (see ``rlprune.spn`` for the models).
+"""Training, held-out metrics and fine-tuning of SPNs (see ``rlprune.spn.predictor`` for the models).
 
     train_df, test_df = split_samples(read_samples(store), test_frac=0.2)
     spn = fit("transformer", train_df, read_spaces(store))   # early stopping on a validation split
@@ -29,7 +29,7 @@ import torch
 from scipy.stats import spearmanr
 
 from rlprune.errors import ConfigError, SampleStoreError
-from rlprune.spn import FEATURE_STD_FLOOR, SPN, TARGETS, SPNConfig, one_thread
+from rlprune.spn.predictor import FEATURE_STD_FLOOR, SPN, TARGETS, SPNConfig, one_thread
 
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Penalties ``linear`` chooses from on the validation split."""
@@ -93,7 +93,8 @@ def _rows(df: pd.DataFrame, n_groups: dict[str, int]) -> _Data:
     """
     missing = {"ratios", "acc_drop", "loss", "model_fingerprint"} - set(df.columns)
     if missing:
-        raise SampleStoreError(f"samples lack columns {sorted(missing)}; read them with rlprune.samples.read_samples")
+        raise SampleStoreError(f"samples lack columns {sorted(missing)}; read them with "
+                               f"rlprune.samples.store.read_samples")
     fps = list(dict.fromkeys(df["model_fingerprint"]))
     unknown = [fp for fp in fps if fp not in n_groups]
     if unknown:

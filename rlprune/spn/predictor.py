@@ -3,11 +3,11 @@
 The SPN replaces real evaluation during the search. Params and MACs are never predicted (the cost model
 gives them exactly); the SPN predicts ``acc_drop`` (points) and ``loss`` after pruning + BN recalibration.
 
-    spn = rlprune.spn_train.fit("transformer", df, spaces)   # train (see spn_train)
+    spn = rlprune.spn.train.fit("transformer", df, spaces)   # train (see spn_train)
     mean, std = spn.predict(R, fingerprint)                  # R: (N, n_groups) numpy -> acc_drop, points
     save_spn(spn, "spn.pt"); spn = load_spn("spn.pt")
 
-Architectures (``rlprune.spn_nets``): ``transformer`` (default; one token per group, any group count,
+Architectures (``rlprune.spn.nets``): ``transformer`` (default; one token per group, any group count,
 several models in one batch), ``mlp`` (the published SPN: one model's fixed ratio vector) and ``linear``
 (ridge on ratios and their squares: the floor). Each is an ensemble of ``members`` independently
 initialised nets whose spread is the prediction's ``std``.
@@ -35,7 +35,7 @@ from torch import nn
 
 from rlprune.errors import CheckpointError, ConfigError
 from rlprune.io import atomic_write_bytes
-from rlprune.spn_nets import ARCHS, TARGETS, LinearNet, MLPNet, SPNConfig, TransformerNet, build_net, one_thread
+from rlprune.spn.nets import ARCHS, TARGETS, LinearNet, MLPNet, SPNConfig, TransformerNet, build_net, one_thread
 
 CHECKPOINT_FORMAT = "rlprune-spn"
 CHECKPOINT_VERSION = 1
@@ -340,7 +340,7 @@ class LocalSPN:
     Args:
         spn: an ``SPN``, a checkpoint path, or an ``SPN.state()`` dict.
         version: the version of those weights.
-        fetch: ``fetch(version) -> None | (new_version, state)``; ``rlprune.world_model.actor_fetch(handle)``
+        fetch: ``fetch(version) -> None | (new_version, state)``; ``rlprune.spn.world_model.actor_fetch(handle)``
             builds one for the world-model actor.
         check_every_s: minimum seconds between two ``fetch`` calls.
     """
@@ -397,6 +397,21 @@ class LocalSPN:
         return self.spn.predict(R, fingerprint, target)
 
 
+
+
+def spn_predictor(spn_path, space, fingerprint: str):
+    """An ``(N, G) -> (N,)`` accuracy-drop predictor from an SPN checkpoint, for the SPN-based baselines.
+
+    The model is registered with the SPN from its group features if the SPN has not seen it (zero-shot).
+
+    Raises:
+        CheckpointError: unreadable checkpoint.
+    """
+    spn = load_spn(spn_path)
+    if fingerprint not in spn.known:
+        spn.add_model(fingerprint, space.features())
+    return lambda R: spn.predict(R, fingerprint)[0]
+
 __all__ = [
     "ARCHS",
     "TARGETS",
@@ -407,6 +422,7 @@ __all__ = [
     "SPNConfig",
     "TransformerNet",
     "build_net",
+    "spn_predictor",
     "load_spn",
     "one_thread",
     "save_spn",

@@ -1,7 +1,7 @@
 """The pipeline's two Ray Tune experiments: the reward-weighting sweep and the validation trials.
 
 Sweep: one trial per combination of ``SweepStage``'s grid axes; each trial is an online RL search
-(``rlprune.search``) in its own folder ``sweep_dir/<tag>``, reporting every PPO iteration to Tune. A trial
+(``rlprune.search.rl``) in its own folder ``sweep_dir/<tag>``, reporting every PPO iteration to Tune. A trial
 reserves 1 CPU for PPO plus ``search_workers`` CPUs for its real evaluations (a placement group, so the
 evaluation tasks it starts run inside its reservation and trials never starve each other).
 
@@ -16,23 +16,16 @@ results (CSV, JSON, TensorBoard events); each stage also writes Tune's ``ResultG
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
-from rlprune.errors import RlpruneError
-from rlprune.io import atomic_write_bytes
+from rlprune.orchestration import fit_experiment
 
 #: Metrics a sweep trial reports each iteration (the history row has more, not all of it scalar).
 _ITER_KEYS = ("iteration", "episodes", "reward_mean", "best_reward", "greedy_reward", "train_s", "wall_s")
 #: Row fields a validation trial reports to Tune.
 _ROW_KEYS = ("params_ratio", "macs_ratio", "acc", "acc_drop", "loss", "latency_ms", "latency_ratio", "measure_s")
-
-
-class TrialsFailed(RlpruneError, RuntimeError):
-    """Some trials of a Tune experiment failed; finished trials' outputs are kept, a rerun resumes."""
 
 
 # ====================================================================== the sweep
@@ -43,7 +36,8 @@ def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Pat
     Args:
         spec: settings shared by every trial: ``task``, ``task_kwargs``, ``target``, ``budget``, ``spn``,
             ``samples``, ``iters``, ``train_batch``, ``online_every``, ``online_top``, ``online_steps``,
-            ``search_workers``, ``seed``, ``cache`` (absolute paths).
+            ``search_workers``, ``seed``, ``measure`` (the run's ``MeasureSpec`` as a dict: the online real
+            evaluations must label samples exactly as the sampling stage did), ``cache`` (absolute paths).
         grid: ``SweepStage.grid()`` rows (``tag``, ``mode``, ``enforce``, ``w_acc``, ``w_cost``).
         sweep_dir: parent of the per-trial search folders.
         storage, name: Tune's experiment folder is ``storage/name``.
@@ -83,7 +77,7 @@ def _sweep_trial(config: dict) -> None:
     import torch
     from ray import tune
 
-    from rlprune.search import SearchConfig, run_search
+    from rlprune.search.rl import SearchConfig, run_search
 
     torch.set_num_threads(1)
     p = config["point"]
@@ -93,7 +87,7 @@ def _sweep_trial(config: dict) -> None:
         enforce=p["enforce"], w_acc=p["w_acc"], w_cost=p["w_cost"], iters=config["iters"],
         train_batch=config["train_batch"], online=True, online_every=config["online_every"],
         online_top=config["online_top"], online_steps=config["online_steps"], workers=config["search_workers"],
-        samples=config["samples"], seed=config["seed"])
+        samples=config["samples"], seed=config["seed"], measure=config["measure"])
     result = run_search(cfg, progress=False,
                         on_iteration=lambda row: tune.report({k: row[k] for k in _ITER_KEYS if k in row}))
     tune.report({"iteration": result["iterations"], "predicted_acc_drop": result["predicted_acc_drop"],
@@ -106,8 +100,8 @@ def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: P
     """Measure every candidate for real in a Tune experiment; returns the rows in candidate order.
 
     Args:
-        spec: ``task``, ``task_kwargs``, ``base`` (``validate.measure_base`` of the unpruned model),
-            ``importance``, ``finetune_steps``, ``latency_runs``, ``cache``, ``budget``, ``target``.
+        spec: ``task``, ``task_kwargs``, ``base`` (``measure_base`` of the unpruned model), ``measure``
+            (the run's ``MeasureSpec`` as a dict), ``cache``, ``budget``, ``target``.
         candidates: ``{"method", "ratios", ...}``; extra keys (``predicted_acc_drop``, ``source``) are
             copied into the row.
         val_dir: ``rows/`` and ``models/`` go here.
@@ -140,85 +134,24 @@ def _validate_trial(config: dict) -> None:
     from ray import tune
 
     from rlprune.io import atomic_write_json, save_pruned
-    from rlprune.pruning import PruningSpace
+    from rlprune.measure.recipe import measure_candidate, pruned_manifest
+    from rlprune.measure.spec import MeasureSpec
     from rlprune.tasks import get_task
-    from rlprune.validate import measure_candidate, pruned_manifest
 
     torch.set_num_threads(1)  # the same single thread the base model's latency was timed with
     c = config["candidate"]
+    spec = MeasureSpec.from_dict(config["measure"])
     task = get_task(config["task"], **config["task_kwargs"])
-    space = PruningSpace.from_model(task.base_model(), task.example_input())
-    row, pruned = measure_candidate(task, space, c["ratios"], config["base"], method=c["method"],
-                                    importance=config["importance"], finetune_steps=config["finetune_steps"],
-                                    latency_runs=config["latency_runs"])
+    space = spec.task_space(task)
+    row, pruned = measure_candidate(task, space, c["ratios"], config["base"], spec, method=c["method"])
     row.update({k: v for k, v in c.items() if k not in row})
     val_dir = Path(config["val_dir"])
     keep = ("method", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms", "finetune_steps")
     manifest = pruned_manifest(space, row["ratios"], task.example_input(), task=config["task"],
-                               target=config["target"], budget=config["budget"], importance=config["importance"],
+                               target=config["target"], budget=config["budget"], importance=spec.importance,
                                **{k: row[k] for k in keep})
     save_pruned(pruned, val_dir / "models" / f"{c['method']}.pt", manifest)
     atomic_write_json(val_dir / "rows" / f"{c['method']}.json", row)  # last: a row means the model is saved
     tune.report({k: row[k] for k in _ROW_KEYS})
 
 
-# ====================================================================== shared Tune plumbing
-def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, max_concurrent: int, total: int,
-                   unit: str, desc: str, count, progress: bool | None, csv: Path, dirname, initial: int = 0,
-                   max_failures: int = 2):
-    """Run one Tune experiment with a progress bar; write its ResultGrid as CSV; raise if trials failed.
-
-    Args:
-        trainable, param_space: what ``tune.Tuner`` runs.
-        storage, name: the experiment folder is ``storage/name``.
-        max_concurrent: trials at once (0: as many as resources allow).
-        total, initial, unit, desc: the bar (``initial`` counts work done before this experiment).
-        count: ``result -> int``, a trial's progress so far from its latest report.
-        progress: show the bar (None: when stderr is a terminal).
-        csv: where the ResultGrid dataframe goes.
-        dirname: ``trial -> str``, each trial's folder and name.
-        max_failures: Tune restarts of a trial whose worker died.
-
-    Returns:
-        The ``ResultGrid``.
-
-    Raises:
-        TrialsFailed: a trial failed after its retries (what finished trials wrote is kept).
-    """
-    from ray import tune
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-               disable=None if progress is None else not progress)
-
-    class Progress(tune.Callback):
-        """Moves the bar to the sum of every trial's latest count."""
-
-        def __init__(self):
-            self.done: dict[str, int] = {}
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.done[trial.trial_id] = max(self.done.get(trial.trial_id, 0), count(result))
-            bar.update(min(total, initial + sum(self.done.values())) - bar.n)
-
-    tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
-                                    trial_dirname_creator=dirname, trial_name_creator=dirname),
-        run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  callbacks=[Progress()]),
-    )
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout is for results
-            grid = tuner.fit()
-    finally:
-        bar.close()
-    atomic_write_bytes(csv, grid.get_dataframe().to_csv(index=False).encode())
-    errors = [r.error for r in grid if r.error is not None]
-    if errors:
-        last = str(errors[0]).strip().splitlines()
-        raise TrialsFailed(f"{len(errors)} of {len(grid)} {desc} trials failed ({type(errors[0]).__name__}: "
-                           f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
-                           f"the same command to resume")
-    return grid

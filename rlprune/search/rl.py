@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.io import json_default
+from rlprune.io import atomic_write_json, json_default
+from rlprune.measure.spec import MeasureSpec
+from rlprune.search.candidates import CandidatePool
 
 STATE_FILE = "rlprune_search.json"
 """Search state stored inside the algorithm checkpoint folder (so the two are renamed into place together)."""
-TOP_KEPT = 64
-"""Candidates remembered across iterations (by predicted reward)."""
 # Settings that must match to resume a search in the same folder; the others (iters, online cadence) may change.
 _RESUME_KEYS = ("task", "reward", "target", "budget", "mode", "enforce", "attention", "w_acc", "w_cost",
-                "w_violation", "seed")
+                "w_violation", "seed", "measure")
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,14 @@ class SearchConfig:
     """Ray tasks evaluating candidates in parallel."""
     samples: str | None = None
     """Sample store for the real evaluations (default ``out/samples``)."""
-    eval_batches: int | None = None
-    """Calibration batches per real evaluation (None: the whole split)."""
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    """How real evaluations are measured and the space traced: the run's spec, the one its samples used
+    (a dict is converted)."""
     seed: int = 0
     """Seeds the env, the policy and the task."""
 
     def __post_init__(self):
+        object.__setattr__(self, "measure", MeasureSpec.from_dict(self.measure))
         checks = [
             (0 < self.target <= 1, "target", "a ratio in (0, 1], e.g. 0.5"),
             (self.budget in ("macs", "params"), "budget", "'macs' or 'params'"),
@@ -127,10 +129,9 @@ class Search:
 
     def __init__(self, cfg: SearchConfig):
         from rlprune.io import model_fingerprint
-        from rlprune.pruning import PruningSpace
-        from rlprune.samples import open_store, space_record, write_space
-        from rlprune.sampling import measure_baseline
-        from rlprune.spn import load_spn
+        from rlprune.measure.recipe import measure_baseline
+        from rlprune.samples.store import open_store, space_record, write_space
+        from rlprune.spn.predictor import load_spn
         from rlprune.tasks import get_task
 
         self.cfg = cfg
@@ -141,18 +142,20 @@ class Search:
             load_spn(cfg.spn)  # fail now, with the checkpoint's own message, not inside an env runner
         self.task = get_task(cfg.task, seed=cfg.seed, **cfg.task_kwargs)
         model = self.task.base_model()
-        self.space = PruningSpace.from_model(model, self.task.example_input())
+        self.space = cfg.measure.space_of(model, self.task.example_input())
         self.fingerprint = model_fingerprint(model)
         self.store = open_store(cfg.sample_dir)
-        self.base = measure_baseline(self.task, model, cfg.eval_batches)
-        self.record = space_record(self.task.name, self.space, self.base.acc, self.base.loss, self.fingerprint)
+        self.base = measure_baseline(self.task, model, cfg.measure)
+        self.record = space_record(self.task.name, self.space, self.base.acc, self.base.loss, self.fingerprint,
+                                   cfg.measure)
         write_space(self.store, self.record)
-        self.state = {"config": dataclasses.asdict(cfg), "iteration": 0, "history": [], "candidates": [],
-                      "online": [], "wall_s": 0.0, "evaluated": {}}
+        self.pool = CandidatePool()
+        self.state = {"config": dataclasses.asdict(cfg), "iteration": 0, "history": [], "online": [], "wall_s": 0.0}
         self.algo = None
         self.world_model = None
         self._eval_env = None
         self._weights = None  # the world model's latest {"version", "state"}, once an online round ran
+        self._reward_cfg = None
 
     # ------------------------------------------------------------------ setup
     def env_config(self, spn_path) -> dict:
@@ -160,19 +163,18 @@ class Search:
         common = {"target": c.target, "budget": c.budget, "enforce": c.enforce, "mode": c.mode, "w_acc": c.w_acc,
                   "w_cost": c.w_cost, "w_violation": c.w_violation, "seed": c.seed}
         if c.reward == "real":
-            real = {"task": c.task, "task_kwargs": {"seed": c.seed, **c.task_kwargs}, "reward": "real"}
-            return {**common, **real, **({"eval_batches": c.eval_batches} if c.eval_batches else {})}
+            return {**common, "task": c.task, "task_kwargs": {"seed": c.seed, **c.task_kwargs}, "reward": "real",
+                    "measure": c.measure.to_dict()}
         return {**common, "space": self.record, "reward": "spn", "spn": str(spn_path)}
 
     def _start(self) -> None:
         import ray
 
+        from rlprune.orchestration import init_ray
         from rlprune.policies import build_ppo_config
-        from rlprune.world_model import CHECKPOINT, start_world_model
+        from rlprune.spn.world_model import CHECKPOINT, start_world_model
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+        init_ray(None, os.cpu_count() or 2)  # joins a running instance (a Tune trial's) or starts one
         wm_dir = self.out / "world_model"
         spn_now = wm_dir / CHECKPOINT if (wm_dir / CHECKPOINT).is_file() else self.cfg.spn
         if self.cfg.online:
@@ -186,8 +188,8 @@ class Search:
             saved = json.loads((ckpt / STATE_FILE).read_text())
             _check_resumable(saved["config"], dataclasses.asdict(self.cfg), self.out)
             self.algo.restore_from_path(str(ckpt.resolve()))
-            self.state.update({k: saved[k] for k in ("iteration", "history", "candidates", "online", "wall_s",
-                                                     "evaluated")})
+            self.state.update({k: saved[k] for k in ("iteration", "history", "online", "wall_s")})
+            self.pool = CandidatePool(saved["pool"]["candidates"], saved["pool"]["evaluated"])
             self.state["config"] = dataclasses.asdict(self.cfg)
 
     # ------------------------------------------------------------------ main loop
@@ -211,10 +213,10 @@ class Search:
                 train = self.algo.train()
                 it = self.state["iteration"] + 1
                 found = self._drain() + [self.greedy()]
-                self._remember(found)
+                self.pool.add(found)
                 row = {"iteration": it, "episodes": len(found) - 1,
                        "reward_mean": float(np.mean([f["reward"] for f in found])),
-                       "best_reward": self.state["candidates"][0]["reward"],
+                       "best_reward": self.pool.best["reward"],
                        "greedy_reward": found[-1]["reward"], "spn_version": found[-1]["spn_version"],
                        "train_s": time.perf_counter() - t0,
                        "env_steps": int(train.get("env_runners", {}).get("num_env_steps_sampled_lifetime", 0))}
@@ -257,93 +259,63 @@ class Search:
         return [f for fs in self._envs(lambda e: e.drain_finished()) for f in fs]
 
     def greedy(self) -> dict:
-        """One deterministic episode of the current policy (Gaussian means) in a local env copy."""
-        import torch
+        """One episode of the current policy's deterministic action, played in a local env copy.
 
+        The action is what RLlib's env runners would send the env for the distribution's mode: the same
+        unsquashing/clipping, read from the algorithm's config (``rlprune.policies.greedy_actions``).
+        """
         from rlprune.envs import LayerPruningEnv
-        from rlprune.policies import SHARED_POLICY
+        from rlprune.policies import greedy_episode
 
         if self._eval_env is None:
             self._eval_env = LayerPruningEnv(self.algo.config.env_config)
         env = self._eval_env
         if self._weights is not None:
             env.set_spn_state(self._weights["state"], self._weights["version"])
-        module = self.algo.get_module(SHARED_POLICY)
-        obs, _ = env.reset(seed=self.cfg.seed)
-        info = {}
-        while obs:
-            ids = list(obs)
-            with torch.no_grad():
-                out = module.forward_inference({"obs": torch.as_tensor(np.stack([obs[a] for a in ids]))})
-            mean = out["action_dist_inputs"][:, :1].numpy()
-            obs, _, term, _, infos = env.step({a: mean[i] for i, a in enumerate(ids)})
-            if term["__all__"]:
-                info = infos[ids[0]] if ids[0] in infos else next(iter(infos.values()))
-                break
+        info = greedy_episode(self.algo, env, seed=self.cfg.seed)
         env.finished.clear()
         return dict(info, source="greedy")
-
-    def _remember(self, found: list[dict]) -> None:
-        keep = {}
-        for c in self.state["candidates"] + [_candidate(f) for f in found]:
-            key = _key(c["ratios"])
-            if key not in keep or c["reward"] > keep[key]["reward"]:
-                keep[key] = c
-        self.state["candidates"] = sorted(keep.values(), key=lambda c: -c["reward"])[:TOP_KEPT]
 
     # ------------------------------------------------------------------ online refinement
     def online_round(self, iteration: int) -> dict:
         """Evaluate the most promising unevaluated candidates for real and fine-tune the SPN on them."""
         import ray
 
-        from rlprune.spn import LocalSPN
+        from rlprune.spn.predictor import LocalSPN
 
         c = self.cfg
-        pool = [x for x in self.state["candidates"] if _key(x["ratios"]) not in self.state["evaluated"]]
-        pool.sort(key=lambda x: -(x["reward"] + c.ucb_beta * c.w_acc * _finite(x.get("acc_drop_std"))))
-        chosen = pool[: c.online_top]
+        chosen = self.pool.most_promising(c.online_top, c.ucb_beta, c.w_acc)
         if not chosen:
             return {"iteration": iteration, "n_real": 0, "changed": False}
         chunks = [chosen[i:: c.workers] for i in range(min(c.workers, len(chosen)))]
         remote = ray.remote(num_cpus=1)(_evaluate)
         futures = [remote.remote(c.task, {"seed": c.seed, **c.task_kwargs}, [x["ratios"] for x in ch],
-                                           self.base.to_dict(), c.eval_batches, f"online{iteration}-{i}")
+                                 self.base.to_dict(), c.measure.to_dict(), f"online{iteration}-{i}")
                    for i, ch in enumerate(chunks)]
         rows = [r for rs in ray.get(futures) for r in rs]
         for r in rows:
-            self.state["evaluated"][_key(r["ratios"])] = r["acc_drop"]
+            self.pool.record_real(r["ratios"], r["acc_drop"])
         ray.get(self.world_model.add_samples.remote(rows))
         report = ray.get(self.world_model.finetune.remote(c.online_steps))
         self._weights = weights = ray.get(self.world_model.get_weights.remote())
         self._envs(lambda e: e.set_spn_state(weights["state"], weights["version"]))
-        # Re-score remembered candidates with the new SPN: rewards from older weights are stale.
         local = LocalSPN(weights["state"], version=weights["version"])
         if self.fingerprint not in local.spn.known:
             local.spn.add_model(self.fingerprint, self.space.features())
-        self._rescore(local)
+        self.pool.rescore(lambda R: local.predict(R, self.fingerprint), self._reward)
         report.update(iteration=iteration, n_real=len(rows),
                       real_acc_drop=[r["acc_drop"] for r in rows],
                       predicted_before=[x["acc_drop"] for x in chosen])
         self.state["online"].append(report)
         return report
 
-    def _rescore(self, local) -> None:
+    def _reward(self, acc_drop: float, budget_ratio: float) -> float:
+        from rlprune.envs import LayerPruningEnvConfig
         from rlprune.envs.rewards import team_reward
 
-        cands = self.state["candidates"]
-        if not cands:
-            return
-        R = np.array([x["ratios"] for x in cands])
-        mean, std = local.predict(R, self.fingerprint)
-        for x, m, s in zip(cands, mean, std, strict=True):
-            x["acc_drop"], x["acc_drop_std"] = float(m), float(s)
-            x["reward"], _ = team_reward(float(m), x["budget_ratio"], self._reward_cfg())
-        cands.sort(key=lambda x: -x["reward"])
-
-    def _reward_cfg(self):
-        from rlprune.envs import LayerPruningEnvConfig
-
-        return LayerPruningEnvConfig.from_dict({**self.env_config(self.cfg.spn), "space": self.record})
+        if self._reward_cfg is None:
+            self._reward_cfg = LayerPruningEnvConfig.from_dict({**self.env_config(self.cfg.spn), "space": self.record})
+        return team_reward(acc_drop, budget_ratio, self._reward_cfg)[0]
 
     # ------------------------------------------------------------------ persistence
     def _checkpoint(self) -> None:
@@ -351,7 +323,7 @@ class Search:
         ckpt, tmp, old = self.out / "checkpoint", self.out / "checkpoint.tmp", self.out / "checkpoint.old"
         shutil.rmtree(tmp, ignore_errors=True)
         self.algo.save_to_path(str(tmp.resolve()))
-        (tmp / STATE_FILE).write_text(json.dumps(self.state, default=json_default))
+        (tmp / STATE_FILE).write_text(json.dumps({**self.state, "pool": self.pool.state()}, default=json_default))
         if ckpt.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(ckpt, old)
@@ -360,12 +332,12 @@ class Search:
 
     def result(self) -> dict:
         """The best vector found, its exact cost and predicted drop, and what the search did."""
-        best = self.state["candidates"][0]
+        best = self.pool.best
         return {
             "ratios": best["ratios"],
             "predicted_acc_drop": best["acc_drop"],
             "predicted_acc_drop_std": best.get("acc_drop_std"),
-            "real_acc_drop": self.state["evaluated"].get(_key(best["ratios"])),
+            "real_acc_drop": self.pool.real_drop(best["ratios"]),
             "macs_ratio": best["macs_ratio"],
             "params_ratio": best["params_ratio"],
             "reward": best["reward"],
@@ -377,7 +349,7 @@ class Search:
             "wall_s": self.state["wall_s"],
             "online_rounds": self.state["online"],
             "spn_versions": sorted({h["spn_version"] for h in self.state["history"] if h["spn_version"] is not None}),
-            "top": self.state["candidates"][:8],
+            "top": self.pool.items[:8],
         }
 
 
@@ -393,41 +365,21 @@ def run_search(cfg: SearchConfig, progress: bool = True, on_iteration=None) -> d
         ConfigError: bad settings, or ``out`` holding a search with different settings.
         CheckpointError: an unreadable SPN checkpoint.
     """
-    from rlprune.io import atomic_write_json
-
     result = Search(cfg).run(progress=progress, on_iteration=on_iteration)
     atomic_write_json(Path(cfg.out) / "result.json", result)
     return result
 
 
-def _evaluate(task_spec, task_kwargs, ratios_list, base, eval_batches, worker):
+def _evaluate(task_spec, task_kwargs, ratios_list, base, measure, worker):
     """Real samples for a few ratio vectors, in a Ray worker (the base model comes from the disk cache)."""
-    from rlprune.pruning import PruningSpace
-    from rlprune.sampling import Baseline, evaluate_ratios
+    from rlprune.measure.recipe import Baseline, evaluate_ratios
     from rlprune.tasks import get_task
 
+    spec = MeasureSpec.from_dict(measure)
     task = get_task(task_spec, **task_kwargs)
-    space = PruningSpace.from_model(task.base_model(), task.example_input())
+    space = spec.task_space(task)
     b = Baseline(**base)
-    return [evaluate_ratios(task, space, r, b, eval_batches=eval_batches, sampler="online", worker=worker)
-            for r in ratios_list]
-
-
-# ====================================================================== helpers
-def _candidate(info: dict) -> dict:
-    # NaN (no ensemble std, e.g. the real reward) becomes None so state and results stay strict JSON.
-    info = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in info.items()}
-    return {k: info.get(k) for k in ("reward", "acc_drop", "acc_drop_std", "macs_ratio", "params_ratio",
-                                     "budget_ratio", "spn_version")} | {"ratios": list(info["achieved"]),
-                                                                         "source": info.get("source", "episode")}
-
-
-def _key(ratios) -> str:
-    return ",".join(f"{float(r):.6f}" for r in ratios)
-
-
-def _finite(x) -> float:
-    return float(x) if x is not None and np.isfinite(x) else 0.0
+    return [evaluate_ratios(task, space, r, b, spec, sampler="online", worker=worker) for r in ratios_list]
 
 
 def _check_resumable(saved: dict, now: dict, out: Path) -> None:
@@ -436,66 +388,4 @@ def _check_resumable(saved: dict, now: dict, out: Path) -> None:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"{out} holds a search with other settings ({what}); use a new --out or the same settings")
 
-
-# ====================================================================== command line
-def add_search_parser(sub) -> None:
-    """The ``rlprune search`` verb."""
-    import argparse
-
-    p = sub.add_parser(
-        "search", help="RL search for per-group ratios against the SPN (online, resumable)",
-        description="Train a shared policy (RLlib PPO, one agent per prunable group) against the SPN world model "
-                    "at a MACs or params budget. Online (default): every few iterations the best candidates are "
-                    "evaluated for real and the SPN is fine-tuned on them. Rerun the same command to resume.",
-        epilog="examples:\n  rlprune search --task digits --spn runs/spn.pt --target-macs 0.5 --out runs/search\n"
-               "  rlprune search --task digits --spn runs/spn.pt --target-params 0.4 --mode sequential "
-               "--iters 40 --no-online --out runs/s2 --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", default="digits", help="task name or package.module:callable (default digits)")
-    p.add_argument("--data-dir", help="data folder for tasks that read local data")
-    p.add_argument("--spn", help="SPN checkpoint from `rlprune spn train` (required unless --reward real)")
-    p.add_argument("--reward", default="spn", choices=["spn", "real"],
-                   help="accuracy term: the SPN (default) or real evaluation every episode (AMC-style, slow)")
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-macs", type=float, help="pruned/original MACs to reach, e.g. 0.5")
-    t.add_argument("--target-params", type=float, help="pruned/original params to reach")
-    p.add_argument("--out", required=True, help="folder for checkpoints and result.json (rerun to resume)")
-    p.add_argument("--iters", type=int, default=20, help="training iterations in total (default 20)")
-    p.add_argument("--train-batch", type=int, default=256, help="env steps per iteration (default 256)")
-    p.add_argument("--mode", default="simultaneous", choices=["simultaneous", "sequential"])
-    p.add_argument("--enforce", default="wall", choices=["wall", "penalty"], help="budget enforcement")
-    p.add_argument("--attention", action="store_true", help="agents attend over every group's features")
-    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate top candidates for real and fine-tune the SPN during the search")
-    p.add_argument("--online-every", type=int, default=5, help="iterations between online rounds")
-    p.add_argument("--online-top", type=int, default=4, help="candidates evaluated for real per round")
-    p.add_argument("--w-acc", type=float, default=1.0, help="reward weight per accuracy point")
-    p.add_argument("--w-cost", type=float, default=10.0, help="reward weight of the compression")
-    p.add_argument("--w-violation", type=float, default=100.0, help="reward weight of a target violation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def cmd_search(args) -> int:
-    """Run ``rlprune search``."""
-    budget = "macs" if args.target_macs is not None else "params"
-    cfg = SearchConfig(
-        spn=args.spn, out=args.out, task=args.task, reward=args.reward,
-        task_kwargs={"data_dir": args.data_dir} if args.data_dir else {},
-        target=args.target_macs if budget == "macs" else args.target_params, budget=budget, mode=args.mode,
-        enforce=args.enforce, iters=args.iters, train_batch=args.train_batch, attention=args.attention,
-        w_acc=args.w_acc, w_cost=args.w_cost, w_violation=args.w_violation,
-        online=args.online and args.reward == "spn",
-        online_every=args.online_every, online_top=args.online_top, seed=args.seed,
-    )
-    result = run_search(cfg, progress=not args.json)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "top"}, indent=2, default=json_default))
-    else:
-        print(f"best ratios: {' '.join(f'{r:.3f}' for r in result['ratios'])}")
-        print(f"MACs {result['macs_ratio']:.3f}, params {result['params_ratio']:.3f} of base; predicted drop "
-              f"{result['predicted_acc_drop']:.2f} points; {result['iterations']} iterations, "
-              f"{result['wall_s']:.1f} s; SPN fine-tuned {len(result['online_rounds'])} times")
-        print(f"checkpoint: {result['checkpoint']}")
-    return 0
+__all__ = ["STATE_FILE", "Search", "SearchConfig", "run_search"]

@@ -2,7 +2,7 @@
 
     summary = run_pipeline(RunConfig.preset_config("quick", task="digits", target=0.5, out="runs/demo"))
 
-Stages (``rlprune.run_config.STAGES``): base model -> real samples (Tune, one trial per worker) -> SPN
+Stages (``rlprune.pipeline.config.STAGES``): base model -> real samples (Tune, one trial per worker) -> SPN
 (held-out metrics saved) -> reward-weighting sweep (Tune, one online RL search per trial) -> validation
 trials (Tune: the best RL strategies and every baseline pruned for real, fine-tuned the same, scored on the
 test split) -> report (winner saved as ``pruned_model.pt``, ``results.csv``, ``report.md``/``.html``).
@@ -25,14 +25,17 @@ import numpy as np
 
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_bytes, atomic_write_json, json_default
-from rlprune.run_config import STAGES, RunConfig
+from rlprune.pipeline.config import STAGES, RunConfig
 
 BUDGET_TOLERANCE = 0.01
 """A candidate counts as meeting the target when its budget ratio is at most ``target`` plus this."""
 
 # Fields and sections each stage depends on (besides everything the stages before it depend on).
-_STAGE_FIELDS = {"base": ("task", "task_kwargs", "seed"), "samples": ("sample", "samples"), "spn": ("spn",),
-                 "sweep": ("sweep", "target", "budget"), "validate": ("validate",), "report": ()}
+# The base stage and everything after it depend on the sample-label part of the measurement spec; only
+# validation depends on the rest (fine-tune, latency), so changing the fine-tune re-runs validation alone.
+_STAGE_FIELDS = {"base": ("task", "task_kwargs", "seed", "measure_label"), "samples": ("sample", "samples"),
+                 "spn": ("spn",), "sweep": ("sweep", "target", "budget"), "validate": ("validate", "measure"),
+                 "report": ()}
 
 
 @dataclass
@@ -60,7 +63,7 @@ class _Run:
 
     def ray(self) -> None:
         """Start (or connect to) Ray once, on the first stage that needs it."""
-        from rlprune.sample_tune import init_ray
+        from rlprune.orchestration import init_ray
 
         cpus = max(self.cfg.workers, 1 + self.cfg.sweep.search_workers)
         self.ray_started = init_ray(self.address, cpus) or self.ray_started
@@ -70,7 +73,7 @@ class _Run:
         from rlprune.tasks import cache_dir
 
         return {"task": self.cfg.task, "cache": str(cache_dir().resolve()), "target": self.cfg.target,
-                "budget": self.cfg.budget, "seed": self.cfg.seed}
+                "budget": self.cfg.budget, "seed": self.cfg.seed, "measure": self.cfg.measure.to_dict()}
 
 
 def log(msg: str) -> None:
@@ -80,48 +83,47 @@ def log(msg: str) -> None:
 # ====================================================================== stages
 def _stage_base(run: _Run) -> dict:
     from rlprune.io import model_fingerprint
-    from rlprune.pruning import PruningSpace
-    from rlprune.spn_nets import one_thread
-    from rlprune.validate import measure_base
+    from rlprune.measure.recipe import measure_base
+    from rlprune.spn.nets import one_thread
 
     task = run.task()
     model = task.base_model()
-    space = PruningSpace.from_model(model, task.example_input())
+    space = run.cfg.measure.space_of(model, task.example_input())
     with one_thread():  # validation trials time latency on one thread too
-        base = measure_base(task, model)
+        base = measure_base(task, model, run.cfg.measure)
     return {**base, "fingerprint": model_fingerprint(model), "task": task.name, "params": space.base_params,
             "macs": space.base_macs, "groups": [{"id": g.id, "channels": g.channels} for g in space.groups]}
 
 
 def _stage_samples(run: _Run) -> dict:
-    from rlprune.sample_tune import run_sampling
+    from rlprune.samples.tune import run_sampling
 
     s = run.cfg.sample
     run.ray()
-    res = run_sampling(run.cfg.task, s.n, run.cfg.workers, run.cfg.sample_dir, s.sampler, address=run.address,
-                       importance=s.importance, eval_batches=s.eval_batches, flush_every=s.flush_every,
-                       seed=run.cfg.seed, task_kwargs=run.task_kwargs(), progress=run.progress)
+    res = run_sampling(run.cfg.task, s.n, run.cfg.workers, run.cfg.sample_dir, run.cfg.measure, s.sampler,
+                       address=run.address, flush_every=s.flush_every, seed=run.cfg.seed,
+                       task_kwargs=run.task_kwargs(), progress=run.progress)
     df = _samples(run)
     return {**res, "mean_eval_s": float(df["eval_s"].mean())}
 
 
 def _samples(run: _Run):
-    from rlprune.samples import read_samples
+    from rlprune.samples.store import read_samples
 
     base = run.done["base"]
-    df = read_samples(run.cfg.sample_dir, fingerprint=base["fingerprint"], task=base["task"])
-    keep = (df["importance"] == run.cfg.sample.importance) & df["bn_recalibrated"]
-    return df[keep].reset_index(drop=True)
+    return read_samples(run.cfg.sample_dir, fingerprint=base["fingerprint"], task=base["task"],
+                        measure=run.cfg.measure)
 
 
 def _stage_spn(run: _Run) -> dict:
-    from rlprune.samples import read_spaces
-    from rlprune.spn import save_spn
-    from rlprune.spn_train import predict_frame, train_heldout
+    from rlprune.samples.store import read_spaces
+    from rlprune.spn.predictor import save_spn
+    from rlprune.spn.train import predict_frame, train_heldout
 
     c = run.cfg.spn
     df = _samples(run)
-    spn, m, train_df, test_df = train_heldout(c.arch, df, read_spaces(run.cfg.sample_dir), c.test_frac,
+    spaces = read_spaces(run.cfg.sample_dir, run.cfg.measure)
+    spn, m, train_df, test_df = train_heldout(c.arch, df, spaces, c.test_frac,
                                               run.cfg.seed, c.max_steps)
     path = run.out / "spn" / "spn.pt"
     save_spn(spn, path)
@@ -136,7 +138,7 @@ def _stage_spn(run: _Run) -> dict:
 
 
 def _stage_sweep(run: _Run) -> dict:
-    from rlprune.tune_stages import run_reward_sweep
+    from rlprune.pipeline.stages import run_reward_sweep
 
     c, key = run.cfg.sweep, run.key("sweep")
     run.ray()
@@ -176,10 +178,9 @@ def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
 
 
 def _stage_validate(run: _Run) -> dict:
-    from rlprune.baselines import run_baselines
-    from rlprune.pruning import PruningSpace
-    from rlprune.tune_stages import run_validation
-    from rlprune.validate import spn_predictor
+    from rlprune.pipeline.stages import run_validation
+    from rlprune.search.baselines import run_baselines
+    from rlprune.spn.predictor import spn_predictor
 
     cfg, v = run.cfg, run.cfg.validate
     trials = run.done["sweep"]["trials"]
@@ -193,18 +194,18 @@ def _stage_validate(run: _Run) -> dict:
     # Random search and CEM query the same SPN the best search ended with, with as many calls as it made.
     spn_path = best["world_model"] if Path(best["world_model"]).is_file() else run.done["spn"]["path"]
     task = run.task()
-    space = PruningSpace.from_model(task.base_model(), task.example_input())
+    space = cfg.measure.task_space(task)
     predict = spn_predictor(spn_path, space, run.done["base"]["fingerprint"])
     n_calls = v.n_calls or max(64, int(best["episodes"]))
-    for b in run_baselines(space.cost_model, cfg.target, cfg.budget, scores=space.channel_scores(cfg.sample.importance),
+    scores = space.channel_scores(cfg.measure.importance)
+    for b in run_baselines(space.cost_model, cfg.target, cfg.budget, scores=scores,
                            predict=predict, n_calls=n_calls, seed=cfg.seed):
         if b.method in v.baselines:
             cands.append({**b.to_dict(), "source": "baseline"})
     run.ray()
     key = run.key("validate")
     base = {k: run.done["base"][k] for k in ("acc", "loss", "latency_ms", "fingerprint")}
-    spec = {**run.spec(), "task_kwargs": run.task_kwargs(), "base": base, "importance": cfg.sample.importance,
-            "finetune_steps": v.finetune_steps, "latency_runs": v.latency_runs}
+    spec = {**run.spec(), "task_kwargs": run.task_kwargs(), "base": base}
     val_dir = run.out / "validate" / key
     rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers, run.progress)
     return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "spn_for_baselines": spn_path}
@@ -212,7 +213,7 @@ def _stage_validate(run: _Run) -> dict:
 
 def _stage_report(run: _Run) -> dict:
     from rlprune.io import load_pruned, save_pruned
-    from rlprune.report import write_report
+    from rlprune.pipeline.report import write_report
 
     cfg = run.cfg
     rows = run.done["validate"]["rows"]

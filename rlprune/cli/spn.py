@@ -77,7 +77,7 @@ def cmd_spn(args) -> int:
 # ---------------------------------------------------------------------------------------- helpers
 def _load(args):
     """(samples frame, space records) of the store, filtered by --task / --fingerprint."""
-    from rlprune.samples import read_samples, read_spaces
+    from rlprune.samples.store import read_samples, read_spaces
 
     df = read_samples(args.samples, task=args.task)
     if args.fingerprint:
@@ -122,8 +122,8 @@ def _metrics(m: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------- sub-verbs
 def _train(args) -> int:
-    from rlprune.spn import save_spn
-    from rlprune.spn_train import FitConfig, evaluate, fit, train_heldout
+    from rlprune.spn.predictor import save_spn
+    from rlprune.spn.train import FitConfig, evaluate, fit, train_heldout
 
     out = _check_out(args.out)
     df, spaces = _load(args)
@@ -153,8 +153,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from rlprune.spn import load_spn
-    from rlprune.spn_train import evaluate
+    from rlprune.spn.predictor import load_spn
+    from rlprune.spn.train import evaluate
 
     spn = load_spn(args.spn)
     df, spaces = _load(args)
@@ -178,8 +178,8 @@ def _eval(args) -> int:
 
 
 def _finetune(args) -> int:
-    from rlprune.spn import load_spn, save_spn
-    from rlprune.spn_train import evaluate, finetune
+    from rlprune.spn.predictor import load_spn, save_spn
+    from rlprune.spn.train import evaluate, finetune
 
     if args.n < 1 or args.steps < 0:
         raise ConfigError(f"--n {args.n} must be >= 1 and --steps {args.steps} >= 0")
@@ -196,7 +196,7 @@ def _finetune(args) -> int:
                           f"metrics; lower --n or generate more samples")
     target = target.sample(frac=1.0, random_state=args.seed)
     few, test = target.iloc[: args.n], target.iloc[args.n:]
-    from rlprune.samples import read_samples
+    from rlprune.samples.store import read_samples
 
     everything = read_samples(args.samples)  # replay the SPN's own training rows, whatever the filter
     replay = everything[everything["sample_id"].astype(str).isin(seen)]

@@ -1,9 +1,10 @@
 """The sample schema and the durable sample store: a folder of append-only parquet shards.
 
 One *sample* is a ratio vector really applied to a base model and really evaluated (see
-``rlprune.sampling``). The store keeps them so that nothing is lost to a killed run::
+``rlprune.measure.recipe``) under one ``MeasureSpec``, which every row names (``measure_id``) and spells
+out (``measure``). The store keeps them so that nothing is lost to a killed run::
 
-    DIR/manifest.json                {"schema_version": 1, "columns": [...SAMPLE_COLUMNS]}
+    DIR/manifest.json                {"schema_version": 2, "columns": [...SAMPLE_COLUMNS]}
     DIR/shards/<time>-<pid>-<rand>.parquet   immutable; written to a temp name, then os.replace'd
     DIR/spaces/<fingerprint>.json    one per base model: groups, features, cost model, base accuracy
 
@@ -12,7 +13,7 @@ whole shards only. A shard that is truncated or corrupt anyway (a full disk, a c
 skipped with a warning naming it, never deleted. Rows with the same ``sample_id`` are stored once.
 
     append_samples("runs/samples", rows)
-    df = read_samples("runs/samples", fingerprint=fp)    # one row per unique sample
+    df = read_samples("runs/samples", fingerprint=fp, measure=spec)  # one row per unique sample
     R = np.stack(df["ratios"])                           # (N, n_groups) achieved ratios
 """
 
@@ -36,11 +37,12 @@ import pyarrow.parquet as pq
 from rlprune.errors import SampleStoreError
 from rlprune.io import atomic_write_bytes, atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``importance``/``bn_recalibrated`` gave way to the whole measurement spec (``measure_id``, ``measure``)."""
 
 #: Every column of a sample row, with its arrow type. Ratios are per group, in ``PruningSpace`` order.
 _SCHEMA = pa.schema([
-    ("sample_id", pa.string()),  # sha256(task, fingerprint, importance, achieved ratios, bn)[:16]
+    ("sample_id", pa.string()),  # sha256(task, fingerprint, measure_id, achieved ratios)[:16]
     ("ratios", pa.list_(pa.float64())),  # achieved ratios (after round_to)
     ("requested_ratios", pa.list_(pa.float64())),  # what the sampler asked for
     ("params_ratio", pa.float64()),  # pruned / original params (exact, from the cost model)
@@ -52,8 +54,8 @@ _SCHEMA = pa.schema([
     ("eval_s", pa.float64()),  # wall time of prune + recalibrate + evaluate + latency
     ("task", pa.string()),
     ("model_fingerprint", pa.string()),  # rlprune.io.model_fingerprint of the base model
-    ("importance", pa.string()),  # channel criterion used by PruningSpace.apply
-    ("bn_recalibrated", pa.bool_()),
+    ("measure_id", pa.string()),  # MeasureSpec.label_id(): rows of one id are comparable
+    ("measure", pa.string()),  # MeasureSpec.label_json(): how the label was measured
     ("sampler", pa.string()),  # which sampler proposed the ratios
     ("worker", pa.string()),  # which worker evaluated them
     ("created_at", pa.string()),  # ISO 8601, UTC
@@ -69,21 +71,19 @@ _ID_CACHE: dict[tuple[str, int, int], frozenset[str]] = {}
 
 
 # ---------------------------------------------------------------------------------------- ids
-def sample_id(task: str, fingerprint: str, importance: str, ratios, bn_recalibrated: bool) -> str:
-    """The identity of a sample: what was pruned, how, and whether BN was recalibrated.
+def sample_id(task: str, fingerprint: str, measure_id: str, ratios) -> str:
+    """The identity of a sample: what was pruned, to which ratios, measured how.
 
     Args:
         task: task name.
         fingerprint: base model fingerprint.
-        importance: channel criterion.
+        measure_id: ``MeasureSpec.label_id()`` of the spec it was measured under.
         ratios: the ACHIEVED ratios (rounded to 6 decimals, so float noise does not split ids).
-        bn_recalibrated: whether BatchNorm statistics were re-estimated before evaluating.
 
     Returns:
         The first 16 hex digits of a sha256.
     """
-    text = "|".join([task, fingerprint, importance, ",".join(f"{float(r):.6f}" for r in ratios),
-                     str(bool(bn_recalibrated))])
+    text = "|".join([task, fingerprint, measure_id, ",".join(f"{float(r):.6f}" for r in ratios)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -183,7 +183,7 @@ def _check_row(i: int, row: dict) -> dict:
     extra = [k for k in row if k not in SAMPLE_COLUMNS]
     if missing or extra:
         raise SampleStoreError(f"row {i} ({row.get('sample_id', '?')}) has missing columns {missing} and unknown "
-                               f"columns {extra}; rows must have exactly rlprune.samples.SAMPLE_COLUMNS")
+                               f"columns {extra}; rows must have exactly rlprune.samples.store.SAMPLE_COLUMNS")
     acc = row["acc"]
     if not isinstance(acc, (int, float, np.floating, np.integer)) or not math.isfinite(float(acc)):
         raise SampleStoreError(f"row {i} ({row['sample_id']}) has acc={acc!r}; accuracy must be a finite number")
@@ -231,7 +231,8 @@ def append_samples(path: str | os.PathLike, rows: list[dict]) -> int:
     try:
         table = pa.Table.from_pylist(fresh, schema=_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-        raise SampleStoreError(f"rows do not fit the sample schema ({e}); see rlprune.samples.SAMPLE_COLUMNS") from e
+        raise SampleStoreError(f"rows do not fit the sample schema ({e}); "
+                               f"see rlprune.samples.store.SAMPLE_COLUMNS") from e
     buf = io.BytesIO()
     pq.write_table(table, buf)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -239,13 +240,16 @@ def append_samples(path: str | os.PathLike, rows: list[dict]) -> int:
     return len(fresh)
 
 
-def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: str | None = None) -> pd.DataFrame:
-    """All unique samples of a store, optionally for one base model or task.
+def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: str | None = None,
+                 measure=None) -> pd.DataFrame:
+    """All unique samples of a store, optionally for one base model, task and measurement spec.
 
     Args:
         path: the store folder.
         fingerprint: keep only rows of this ``model_fingerprint``.
         task: keep only rows of this task.
+        measure: keep only rows measured under this spec (a ``MeasureSpec`` or its ``label_id()``); the
+            rows set aside are counted in a warning that names their specs, never mixed in silently.
 
     Returns:
         A DataFrame with ``SAMPLE_COLUMNS``, one row per ``sample_id`` (the first stored copy), in the
@@ -262,28 +266,37 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
         df = df[df["model_fingerprint"] == fingerprint]
     if task is not None:
         df = df[df["task"] == task]
-    return df.drop_duplicates("sample_id", keep="first").reset_index(drop=True)
+    df = df.drop_duplicates("sample_id", keep="first")
+    if measure is not None:
+        want = measure if isinstance(measure, str) else measure.label_id()
+        other = df[df["measure_id"] != want]
+        if len(other):
+            specs = "; ".join(f"{n} under {m}" for m, n in other["measure"].value_counts().items())
+            warnings.warn(f"rlprune: {store} holds {len(other)} sample(s) measured under other specs ({specs}); "
+                          f"set aside, only the {len(df) - len(other)} measured under {want} are used",
+                          RuntimeWarning, stacklevel=2)
+            df = df[df["measure_id"] == want]
+    return df.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------- spaces
-def space_record(task_name: str, space, base_acc: float, base_loss: float, fingerprint: str,
-                 importance: str = "l1") -> dict:
+def space_record(task_name: str, space, base_acc: float, base_loss: float, fingerprint: str, spec) -> dict:
     """Describe a base model's pruning space, so samples can be learned from without the model.
 
     Args:
         task_name: task name.
-        space: a ``rlprune.pruning.PruningSpace`` of the base model.
+        space: a ``rlprune.space.pruning.PruningSpace`` of the base model.
         base_acc: base accuracy (percent) on the split the samples are scored on (calibration).
         base_loss: base mean cross-entropy on that split.
         fingerprint: base model fingerprint (the samples' ``model_fingerprint``).
-        importance: channel criterion the samples were pruned with.
+        spec: the ``MeasureSpec`` the space was traced and the samples measured with.
 
     Returns:
         A JSON-ready dict: ``fingerprint``, ``task``, ``n_groups``, ``group_ids``, ``feature_names``,
         ``features`` (``n_groups`` lists), ``channels``, ``cost_model`` (``CostModel.to_dict()``),
-        ``base_acc``, ``base_loss``, ``importance``.
+        ``base_acc``, ``base_loss``, ``measure_id``, ``measure`` (the spec's label fields).
     """
-    from rlprune.pruning import FEATURE_NAMES  # imported here: this module stays torch-free otherwise
+    from rlprune.space.pruning import FEATURE_NAMES  # imported here: this module stays torch-free otherwise
 
     return {
         "fingerprint": fingerprint,
@@ -296,24 +309,28 @@ def space_record(task_name: str, space, base_acc: float, base_loss: float, finge
         "cost_model": space.cost_model.to_dict(),
         "base_acc": float(base_acc),
         "base_loss": float(base_loss),
-        "importance": importance,
+        "measure_id": spec.label_id(),
+        "measure": spec.label(),
     }
 
 
 def write_space(path: str | os.PathLike, record: dict) -> Path:
-    """Store a :func:`space_record` as ``spaces/<fingerprint>.json`` (atomic; no write if unchanged).
+    """Store a :func:`space_record` as ``spaces/<fingerprint>-<measure_id>.json`` (atomic; no write if unchanged).
+
+    One file per base model and spec: the base accuracy and the cost model's rounding belong to the spec.
 
     Returns:
         The file written (or already there).
 
     Raises:
-        SampleStoreError: ``path`` is not a store of this schema, or the record has no fingerprint.
+        SampleStoreError: ``path`` is not a store of this schema, or the record has no fingerprint or spec.
     """
     store = open_store(path)
-    fp = record.get("fingerprint")
-    if not isinstance(fp, str) or not fp:
-        raise SampleStoreError("space record has no 'fingerprint'; build it with rlprune.samples.space_record")
-    target = store / _SPACES / f"{fp}.json"
+    fp, mid = record.get("fingerprint"), record.get("measure_id")
+    if not (isinstance(fp, str) and fp and isinstance(mid, str) and mid):
+        raise SampleStoreError("space record has no 'fingerprint' or 'measure_id'; build it with "
+                               "rlprune.samples.store.space_record")
+    target = store / _SPACES / f"{fp}-{mid}.json"
     try:
         if json.loads(target.read_text()) == json.loads(json.dumps(record)):
             return target
@@ -323,21 +340,28 @@ def write_space(path: str | os.PathLike, record: dict) -> Path:
     return target
 
 
-def read_spaces(path: str | os.PathLike) -> dict[str, dict]:
-    """Every space record of a store, keyed by fingerprint (unreadable files skipped with a warning).
+def read_spaces(path: str | os.PathLike, measure=None) -> dict[str, dict]:
+    """The space records of a store, keyed by fingerprint (unreadable files skipped with a warning).
+
+    Args:
+        path: the store folder.
+        measure: keep only records of this spec (a ``MeasureSpec`` or its ``label_id()``); without it a
+            model recorded under several specs gives the newest record (features are the same in all).
 
     Raises:
         SampleStoreError: ``path`` is missing or not a store of this schema.
     """
     store = open_store(path, create=False)
-    out = {}
-    for f in sorted((store / _SPACES).glob("*.json")):
+    want = measure if measure is None or isinstance(measure, str) else measure.label_id()
+    found = []
+    for f in (store / _SPACES).glob("*.json"):
         try:
             rec = json.loads(f.read_text())
-            out[rec["fingerprint"]] = rec
+            found.append((f.stat().st_mtime_ns, rec["fingerprint"], rec))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             warnings.warn(f"rlprune: skipping unreadable space record {f} ({e})", RuntimeWarning, stacklevel=2)
-    return out
+    return {fp: rec for _, fp, rec in sorted(found, key=lambda x: x[0])
+            if want is None or rec.get("measure_id") == want}
 
 
 __all__ = [

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlprune.costmodel import CostModel
 from rlprune.errors import ConfigError
+from rlprune.space.costmodel import CostModel
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
 
@@ -192,3 +192,41 @@ def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=Non
             extra = {**extra, "predicted_acc_drop": float(np.asarray(predict(ratios[None, :]))[0])}
         out.append(BaselineResult(method, ratios, float(m[0]), float(p[0]), extra))
     return out
+
+
+def measure_baselines(task, space, target: float, spec, budget: str = "macs", spn_path=None,
+                      n_calls: int = 2048, seed: int = 0, progress=None) -> list[dict]:
+    """Every baseline at the same budget, measured for real on the test split.
+
+    Args:
+        task: the task.
+        space: the base model's ``PruningSpace`` (traced with ``spec``).
+        target: pruned/original ``budget`` ratio (e.g. 0.5).
+        spec: the ``MeasureSpec``: importance (also global L1's channel scores' criterion), recalibration
+            and the fine-tune every method gets.
+        budget: ``"macs"`` or ``"params"``.
+        spn_path: SPN checkpoint for the random-search and CEM baselines (skipped without one).
+        n_calls: SPN calls each search may spend.
+        seed: seeds the searches.
+        progress: optional callable ``(method)`` called before each real measurement.
+
+    Returns:
+        One row per method (see ``measure_candidate``), plus ``predicted_acc_drop`` where an SPN ran.
+    """
+    from rlprune.io import model_fingerprint
+    from rlprune.measure.recipe import measure_base, measure_candidate
+    from rlprune.spn.predictor import spn_predictor
+
+    predict = spn_predictor(spn_path, space, model_fingerprint(space.model)) if spn_path else None
+    found = run_baselines(space.cost_model, target, budget, scores=space.channel_scores(spec.importance),
+                          predict=predict, n_calls=n_calls, seed=seed)
+    base = measure_base(task, space.model, spec)
+    rows = []
+    for b in found:
+        if progress:
+            progress(b.method)
+        row, _ = measure_candidate(task, space, b.ratios, base, spec, method=b.method)
+        row.update({k: v for k, v in b.to_dict().items() if k not in row})
+        row["base_acc"] = base["acc"]
+        rows.append(row)
+    return rows

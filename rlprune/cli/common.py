@@ -1,0 +1,184 @@
+"""Arguments and helpers every verb shares, each defined once: the model or task to prune, the budget
+target, the measurement spec, and how results are printed.
+
+A verb adds what it needs (``add_task_args``, ``add_target_args``, ``add_measure_args``) and reads it
+back with the matching reader (``load_target``, ``read_target``, ``measure_spec``), so a flag means the
+same thing, with the same checks, in every verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rlprune.errors import ConfigError
+
+# Measurement flags by what they decide (flag dest = ``MeasureSpec`` field); defaults are None so a preset
+# or the spec's own default fills what the user leaves out.
+_SPACE_FLAGS = ("round_to", "max_ratio")
+_LABEL_FLAGS = ("importance", "recalibrate", "bn_batches", "eval_batches", "latency_runs")
+_FINAL_FLAGS = ("finetune_steps", "finetune_lr")
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"3,32,32"`` -> ``(3, 32, 32)``.
+
+    Raises:
+        ConfigError: not three positive integers.
+    """
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as e:
+        raise ConfigError(f"--input-shape {text!r} is not C,H,W; write e.g. 3,32,32") from e
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r} must be three positive integers C,H,W, e.g. 3,32,32")
+    return shape
+
+
+def parse_ratios(text: str) -> list[float]:
+    """``"0.5,0.2"`` -> ``[0.5, 0.2]`` (NaN and range are checked against the model later).
+
+    Raises:
+        ConfigError: a value that is not a number.
+    """
+    out = []
+    for v in text.split(","):
+        try:
+            out.append(float(v))
+        except ValueError as e:
+            raise ConfigError(f"ratio {v.strip()!r} in --ratios is not a number; "
+                              f"write comma-separated floats like 0.5,0.25") from e
+    return out
+
+
+# ---------------------------------------------------------------------------------------- task / model
+def add_task_args(p: argparse.ArgumentParser, *, model_ok: bool = False, default: str | None = None) -> None:
+    """``--task`` (or, with ``model_ok``, ``--model`` + ``--input-shape``), ``--data-dir`` and ``--seed``."""
+    task_help = "task name (see `rlprune tasks`) or package.module:callable returning a Task"
+    if model_ok:
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--task", help=task_help)
+        src.add_argument("--model", help="package.module:callable returning an nn.Module (structural work only)")
+        p.add_argument("--input-shape", help="C,H,W of one input, required with --model (e.g. 3,32,32)")
+    else:
+        p.add_argument("--task", default=default, required=default is None,
+                       help=task_help + (f" (default {default})" if default else ""))
+    p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10); default $RLPRUNE_DATA")
+    p.add_argument("--seed", type=int, default=0, help="seeds the task and every random choice (default 0)")
+
+
+def task_kwargs(args) -> dict:
+    """The task factory's keyword arguments from ``--seed`` and ``--data-dir``."""
+    return {"seed": args.seed, **({"data_dir": args.data_dir} if args.data_dir else {})}
+
+
+def load_target(args):
+    """``(task or None, model, example_input)`` from ``--task`` or ``--model``/``--input-shape``.
+
+    Raises:
+        ConfigError: a missing or misplaced ``--input-shape``, or a factory that fails or returns no module.
+    """
+    import torch
+    import torch.nn as nn
+
+    from rlprune.tasks import get_task, load_callable
+
+    if getattr(args, "task", None):
+        if getattr(args, "input_shape", None):
+            raise ConfigError("--input-shape goes with --model; a task knows its own input shape")
+        task = get_task(args.task, **task_kwargs(args))
+        return task, task.base_model(), task.example_input()
+    if not args.input_shape:
+        raise ConfigError("--model needs --input-shape C,H,W (e.g. 3,32,32)")
+    shape = parse_input_shape(args.input_shape)
+    factory = load_callable(args.model)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        raise ConfigError(f"--model {args.model} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {args.model} returned {type(model).__name__}; it must return a torch.nn.Module")
+    return None, model.eval(), torch.randn(1, *shape)
+
+
+# ---------------------------------------------------------------------------------------- budget target
+def add_target_args(p: argparse.ArgumentParser, *, required: bool = True, default_macs: float | None = None) -> None:
+    """The one ``--target-macs`` / ``--target-params`` pair (mutually exclusive)."""
+    t = p.add_mutually_exclusive_group(required=required)
+    dflt = f" (default {default_macs})" if default_macs is not None else ""
+    t.add_argument("--target-macs", type=float, help=f"pruned/original MACs to reach, e.g. 0.5{dflt}")
+    t.add_argument("--target-params", type=float, help="pruned/original params to reach, e.g. 0.4")
+
+
+def read_target(args, default_macs: float | None = None) -> tuple[float, str]:
+    """``(target, budget)`` from the pair; ``budget`` is ``"macs"`` or ``"params"``.
+
+    Raises:
+        ConfigError: a target outside (0, 1], or none given where no default exists.
+    """
+    budget = "params" if args.target_params is not None else "macs"
+    target = args.target_params if budget == "params" else args.target_macs
+    if target is None:
+        if default_macs is None:
+            raise ConfigError("give --target-macs or --target-params, e.g. --target-macs 0.5")
+        target = default_macs
+    if not 0 < target <= 1:
+        raise ConfigError(f"--target-{budget} {target} must lie in (0, 1], e.g. 0.5")
+    return float(target), budget
+
+
+# ---------------------------------------------------------------------------------------- measurement
+def add_measure_args(p: argparse.ArgumentParser, *, label: bool = True, final: bool = True) -> None:
+    """Flags onto ``MeasureSpec`` fields: the space's (always), a sample label's, the final fine-tune's."""
+    g = p.add_argument_group("measurement (one spec for every number this command measures)")
+    g.add_argument("--round-to", type=int, help="round kept channels down to a multiple (default 1)")
+    g.add_argument("--max-ratio", type=float, help="largest ratio any group may take (default 0.9)")
+    if label:
+        g.add_argument("--importance", help="channel criterion: l1 (default), l2, taylor, bn_scale, random")
+        g.add_argument("--no-recalibrate", dest="recalibrate", action="store_const", const=False,
+                       help="skip BatchNorm recalibration on the calibration split before scoring")
+        g.add_argument("--bn-batches", type=int, help="calibration batches of 128 for BN recalibration (default 4)")
+        g.add_argument("--eval-batches", type=int,
+                       help="calibration batches of 128 a sample or real evaluation is scored on (default: all)")
+        g.add_argument("--latency-runs", type=int, help="timed batch-1 forwards per latency (default 5)")
+    if final:
+        g.add_argument("--finetune-steps", type=int, help="SGD steps on the train split before the final score")
+        g.add_argument("--finetune-lr", type=float, help="initial fine-tune learning rate (default 0.01, cosine)")
+
+
+def measure_overrides(args) -> dict:
+    """The measurement flags the user gave, as ``MeasureSpec`` fields."""
+    names = _SPACE_FLAGS + _LABEL_FLAGS + _FINAL_FLAGS
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def measure_spec(args, **defaults):
+    """The ``MeasureSpec`` of the given flags over ``defaults``.
+
+    Raises:
+        ConfigError: a flag value the spec rejects (named).
+    """
+    from rlprune.measure.spec import MeasureSpec
+
+    try:
+        return MeasureSpec(**{**defaults, **measure_overrides(args)})
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("measure.", "--").replace("_", "-")) from e
+
+
+# ---------------------------------------------------------------------------------------- output
+def add_json_arg(p: argparse.ArgumentParser, what: str = "one JSON object instead of a table") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def emit(args, obj, lines: list[str]) -> None:
+    """Print ``obj`` as JSON with ``--json``, else the human ``lines``."""
+    if args.json:
+        print(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    else:
+        print("\n".join(lines))
+
+
+__all__ = ["add_json_arg", "add_measure_args", "add_target_args", "add_task_args", "emit", "load_target",
+           "measure_overrides", "measure_spec", "parse_input_shape", "parse_ratios", "read_target", "task_kwargs"]

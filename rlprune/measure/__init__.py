@@ -1,0 +1,1 @@
+"""What a measured number means (``MeasureSpec``) and the one recipe that measures it."""

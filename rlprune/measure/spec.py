@@ -1,0 +1,138 @@
+"""``MeasureSpec``: everything that decides what a measured number means, in one frozen place.
+
+A sample's accuracy label, an online round's real evaluation, the AMC-style real reward, a validation
+trial and ``rlprune prune`` all measure a ratio vector the same way: prune with ``importance`` (channels
+rounded to ``round_to``), recalibrate BatchNorm on ``bn_batches`` calibration batches, optionally
+fine-tune, score. Two numbers measured under different specs are not comparable, so the spec is built once
+per run, passed down to every stage and stored with every sample row (``measure_id`` + ``measure``) and in
+the space record; the sample store reads back only rows of the spec asked for.
+
+    spec = MeasureSpec(importance="l2", eval_batches=8)
+    space = spec.space_of(task.base_model(), task.example_input())   # the one place a space is traced
+    spec.label_id()        # what samples of this spec are filed under
+
+Nothing here imports torch or Ray (the space is traced lazily), so configs check before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rlprune.errors import ConfigError
+
+IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "random")
+"""Channel criteria ``PruningSpace.apply`` knows (kept here so configs check without torch-pruning)."""
+MAX_RATIO = 0.9
+"""Default cap on any group's ratio: removing every channel of a group disconnects the network, and above
+~0.9 a group of 16 channels keeps one, which no fine-tune recovers from."""
+LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches")
+"""The fields a sample label depends on (fine-tuning and latency settings only affect validation)."""
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How a ratio vector is turned into measured numbers, for every stage of a run.
+
+    Raises:
+        ConfigError: a field outside its range (the message names the field, the value and the fix).
+    """
+
+    importance: str = "l1"
+    """Channel criterion: which channels of a group are removed (``l1``, ``l2``, ``taylor``, ``bn_scale``,
+    ``random``)."""
+    round_to: int = 1
+    """Kept channels are rounded down to a multiple of this (hardware-friendly widths)."""
+    max_ratio: float = MAX_RATIO
+    """Largest ratio any group may take, in (0, 1)."""
+    recalibrate: bool = True
+    """Re-estimate BatchNorm statistics after pruning (without it un-fine-tuned accuracy is mostly noise)."""
+    bn_batches: int = 4
+    """Calibration batches the BatchNorm statistics are re-estimated on."""
+    eval_batches: int | None = None
+    """Calibration batches a sample label or an online/AMC-style evaluation is scored on (None: all)."""
+    finetune_steps: int = 100
+    """SGD steps on the train split before a validated candidate (or ``rlprune prune``) is scored; the
+    same for every compared method."""
+    finetune_lr: float = 0.01
+    """Initial learning rate of that fine-tune (cosine-decayed to 0)."""
+    latency_runs: int = 5
+    """Timed batch-1 forwards per latency figure (the median is reported)."""
+
+    def __post_init__(self):
+        checks = [
+            (self.importance in IMPORTANCES, "importance", f"one of {', '.join(IMPORTANCES)}"),
+            (_is_int(self.round_to) and self.round_to >= 1, "round_to", "an integer >= 1"),
+            (isinstance(self.max_ratio, int | float) and 0 < self.max_ratio < 1, "max_ratio",
+             f"a fraction in (0, 1), e.g. {MAX_RATIO}"),
+            (isinstance(self.recalibrate, bool), "recalibrate", "true or false"),
+            (_is_int(self.bn_batches) and self.bn_batches >= 1, "bn_batches", "an integer >= 1"),
+            (self.eval_batches is None or (_is_int(self.eval_batches) and self.eval_batches >= 1), "eval_batches",
+             "an integer >= 1, or null for the whole calibration split"),
+            (_is_int(self.finetune_steps) and self.finetune_steps >= 0, "finetune_steps", "an integer >= 0"),
+            (isinstance(self.finetune_lr, int | float) and self.finetune_lr > 0, "finetune_lr", "a number > 0"),
+            (_is_int(self.latency_runs) and self.latency_runs >= 1, "latency_runs", "an integer >= 1"),
+        ]
+        for ok, name, fix in checks:
+            if not ok:
+                raise ConfigError(f"measure.{name}={getattr(self, name)!r} is invalid; use {fix}")
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready (what Ray trials and stage markers carry)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | MeasureSpec | None) -> MeasureSpec:
+        """The spec of a :meth:`to_dict` (or a YAML ``measure:`` section); None gives the defaults.
+
+        Raises:
+            ConfigError: an unknown key (the valid ones are listed) or an invalid value.
+        """
+        if isinstance(d, cls):
+            return d
+        d = dict(d or {})
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown measure key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**d)
+
+    def label(self) -> dict:
+        """The fields a sample label depends on (:data:`LABEL_FIELDS`), stored with every sample row."""
+        return {k: getattr(self, k) for k in LABEL_FIELDS}
+
+    def label_json(self) -> str:
+        """:meth:`label` as canonical JSON (the store's ``measure`` column)."""
+        return json.dumps(self.label(), sort_keys=True)
+
+    def label_id(self) -> str:
+        """A 12-hex-digit hash of :meth:`label`: samples of one spec share it (the store's ``measure_id``)."""
+        return hashlib.sha256(self.label_json().encode()).hexdigest()[:12]
+
+    # ------------------------------------------------------------------ the pruning space
+    def space_of(self, model, example_inputs):
+        """Trace ``model`` into its ``PruningSpace`` with this spec's ``round_to`` and ``max_ratio``.
+
+        The one place a pruning space is built, so no stage re-traces with other settings.
+
+        Raises:
+            TraceError: torch-pruning cannot trace the model.
+        """
+        from rlprune.space.pruning import PruningSpace  # deferred: torch-pruning is heavy
+
+        return PruningSpace.from_model(model, example_inputs, round_to=self.round_to, max_ratio=self.max_ratio)
+
+    def task_space(self, task):
+        """:meth:`space_of` the task's trained base model (trained and cached on first use)."""
+        return self.space_of(task.base_model(), task.example_input())
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+__all__ = ["IMPORTANCES", "LABEL_FIELDS", "MAX_RATIO", "MeasureSpec"]

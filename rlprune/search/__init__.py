@@ -1,0 +1,1 @@
+"""Finding ratio vectors: the RL search, its candidate pool, and the baselines it is compared with."""

@@ -1,0 +1,110 @@
+"""The candidate pool of a search: the ratio vectors it found, best predicted reward first (no Ray).
+
+An env episode ends with an ``info`` dict; :func:`candidate` keeps what later stages need from it. The pool
+holds the best :data:`TOP_KEPT` distinct vectors and the real accuracy drops measured for some of them,
+is re-scored when the world model changes, and picks the vectors worth a real evaluation by an optimistic
+score: predicted reward plus ``beta * w_acc`` times the SPN ensemble's spread (a UCB rule: a vector the
+ensemble disagrees on may be better than it looks, and evaluating it teaches the SPN the most).
+
+    pool = CandidatePool()
+    pool.add([env_info, ...])
+    for c in pool.most_promising(4, beta=1.0, w_acc=1.0): ...
+    pool.record_real(c["ratios"], measured_drop)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+TOP_KEPT = 64
+"""Candidates remembered across iterations (by predicted reward); enough for several online rounds."""
+_FIELDS = ("reward", "acc_drop", "acc_drop_std", "macs_ratio", "params_ratio", "budget_ratio", "spn_version")
+
+
+def candidate(info: dict) -> dict:
+    """The part of an env episode's final ``info`` that the pool keeps (achieved ratios as ``ratios``).
+
+    NaN (no ensemble spread, e.g. under the real reward) becomes None so the pool stays strict JSON.
+    """
+    info = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in info.items()}
+    return {k: info.get(k) for k in _FIELDS} | {"ratios": [float(r) for r in info["achieved"]],
+                                                "source": info.get("source", "episode")}
+
+
+def key(ratios) -> str:
+    """A vector's identity in the pool (6 decimals, so float noise does not split it)."""
+    return ",".join(f"{float(r):.6f}" for r in ratios)
+
+
+def _finite(x) -> float:
+    return float(x) if x is not None and np.isfinite(x) else 0.0
+
+
+class CandidatePool:
+    """The best distinct vectors of a search and the real drops measured for some of them.
+
+    Args:
+        items: candidates (``candidate`` dicts) from a saved state, best first.
+        evaluated: ``{key(ratios): real acc_drop}`` from a saved state.
+        keep: how many candidates to remember.
+    """
+
+    def __init__(self, items: list[dict] | None = None, evaluated: dict[str, float] | None = None,
+                 keep: int = TOP_KEPT):
+        self.items = list(items or [])
+        self.evaluated = dict(evaluated or {})
+        self.keep = keep
+
+    def add(self, infos: list[dict]) -> None:
+        """Merge finished episodes' infos; a vector seen twice keeps its best reward."""
+        best: dict[str, dict] = {}
+        for c in self.items + [candidate(i) for i in infos]:
+            k = key(c["ratios"])
+            if k not in best or c["reward"] > best[k]["reward"]:
+                best[k] = c
+        self.items = sorted(best.values(), key=lambda c: -c["reward"])[: self.keep]
+
+    @property
+    def best(self) -> dict:
+        """The candidate with the highest predicted reward.
+
+        Raises:
+            IndexError: the pool is empty.
+        """
+        return self.items[0]
+
+    def real_drop(self, ratios) -> float | None:
+        """The measured accuracy drop of ``ratios`` (None if it was never evaluated for real)."""
+        return self.evaluated.get(key(ratios))
+
+    def most_promising(self, n: int, beta: float, w_acc: float) -> list[dict]:
+        """Up to ``n`` candidates not yet evaluated for real, by ``reward + beta * w_acc * acc_drop_std``."""
+        pool = [c for c in self.items if key(c["ratios"]) not in self.evaluated]
+        pool.sort(key=lambda c: -(c["reward"] + beta * w_acc * _finite(c.get("acc_drop_std"))))
+        return pool[:n]
+
+    def record_real(self, ratios, acc_drop: float) -> None:
+        """Remember a real evaluation of ``ratios``."""
+        self.evaluated[key(ratios)] = float(acc_drop)
+
+    def rescore(self, predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                reward: Callable[[float, float], float]) -> None:
+        """Re-predict every candidate with a new world model and re-rank (older rewards are stale).
+
+        Args:
+            predict: ``(N, G) ratios -> (mean drop, std)``.
+            reward: ``(acc_drop, budget_ratio) -> reward``, the env's team reward.
+        """
+        if not self.items:
+            return
+        mean, std = predict(np.array([c["ratios"] for c in self.items]))
+        for c, m, s in zip(self.items, mean, std, strict=True):
+            c["acc_drop"], c["acc_drop_std"] = float(m), float(s)
+            c["reward"] = float(reward(float(m), c["budget_ratio"]))
+        self.items.sort(key=lambda c: -c["reward"])
+
+    def state(self) -> dict:
+        """JSON-ready ``{"candidates", "evaluated"}`` (what :class:`CandidatePool` takes back)."""
+        return {"candidates": self.items, "evaluated": self.evaluated}
