@@ -28,6 +28,7 @@ fine-tune, best of all baselines) and ``params_removed_ratio_vs_best_rule`` (at 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -46,18 +47,19 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
              finetune_steps: int, work: Path) -> list[dict]:
     """Every method at every target for one task and seed; returns per-method rows."""
     from rlprune.measure.recipe import measure_base, measure_candidate
+    from rlprune.measure.spec import MeasureSpec
     from rlprune.search.baselines import measure_baselines
     from rlprune.search.rl import SearchConfig, run_search
-    from rlprune.space.pruning import PruningSpace
     from rlprune.tasks import get_task
 
+    spec = MeasureSpec()
     task = get_task(task_name, seed=seed, **task_kwargs)
     model = task.base_model()
-    space = PruningSpace.from_model(model, task.example_input())
+    space = spec.space_of(model, task.example_input())
     work = work / f"{task_name}-{seed}"
     stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
     store, spn_path, sample_s = stages["store"], stages["spn"], stages["sample_s"]
-    base = measure_base(task, model)
+    base = measure_base(task, model, spec)
     rows = []
     for target in targets:
         out = work / f"search-{target}"
@@ -69,10 +71,11 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
         final_spn = out / "world_model" / "world_model.pt"
         n_calls = iters * train_batch  # one SPN call per simultaneous episode
         for ft in sorted({0, finetune_steps}):
-            rl_row, _ = measure_candidate(task, space, res["ratios"], base, method="rl", finetune_steps=ft)
+            ft_spec = dataclasses.replace(spec, finetune_steps=ft)
+            rl_row, _ = measure_candidate(task, space, res["ratios"], base, ft_spec, method="rl")
             rl_row["predicted_acc_drop"] = res["predicted_acc_drop"]
-            found = [rl_row] + measure_baselines(task, space, target, "macs", final_spn if final_spn.exists()
-                                                 else spn_path, n_calls=n_calls, finetune_steps=ft, seed=seed)
+            found = [rl_row] + measure_baselines(task, space, target, ft_spec, "macs", final_spn if final_spn.exists()
+                                                 else spn_path, n_calls=n_calls, seed=seed)
             for r in found:
                 rows.append({"task": task_name, "seed": seed, "target": target, "finetune_steps": ft,
                              "method": r["method"], "macs_ratio": round(r["macs_ratio"], 4),

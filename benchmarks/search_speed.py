@@ -113,16 +113,17 @@ def main(argv=None) -> None:
     cap = args.amc_cap_s or (20.0 if q else 900.0)
 
     from rlprune.measure.recipe import measure_base, measure_candidate
-    from rlprune.space.pruning import PruningSpace
+    from rlprune.measure.spec import MeasureSpec
     from rlprune.tasks import get_task
 
+    spec = MeasureSpec(finetune_steps=0)
     task = get_task(args.task, seed=args.seed)
     model = task.base_model()
-    space = PruningSpace.from_model(model, task.example_input())
-    base = measure_base(task, model)
+    space = spec.space_of(model, task.example_input())
+    base = measure_base(task, model, spec)
 
     def validate(ratios) -> dict:
-        return measure_candidate(task, space, ratios, base, method="validate", finetune_steps=0)[0]
+        return measure_candidate(task, space, ratios, base, spec, method="validate")[0]
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rlprune.measure.spec import MeasureSpec
 from rlprune.models import vgg_small
 from rlprune.samples.generator import SampleGenerator
 from rlprune.samples.store import read_samples, read_spaces
@@ -71,7 +72,7 @@ class DigitsVGGTask(DigitsTask):
 
 def ensure_samples(task, store: Path, n: int, seed: int) -> tuple[pd.DataFrame, str]:
     """At least ``n`` real samples of ``task``'s base model in ``store`` (generating only what is missing)."""
-    gen = SampleGenerator(task, store, worker=f"bench-{task.name}", seed=seed)
+    gen = SampleGenerator(task, store, MeasureSpec(), worker=f"bench-{task.name}", seed=seed)
     fp = gen.base.fingerprint
     have = len(read_samples(store, fingerprint=fp))
     if have < n:

@@ -87,7 +87,7 @@ class CallableSource(AccDropSource):
 
 
 class SPNSource(AccDropSource):
-    """A local copy of the SPN world model (``rlprune.spn.LocalSPN``), updated by pushed weights.
+    """A local copy of the SPN world model (``rlprune.spn.local.LocalSPN``), updated by pushed weights.
 
     Args:
         spn: checkpoint path, ``SPN``, ``SPN.state()`` dict, or ``LocalSPN``.
@@ -96,7 +96,7 @@ class SPNSource(AccDropSource):
     """
 
     def __init__(self, spn, view: SpaceView):
-        from rlprune.spn.predictor import LocalSPN  # deferred: only this source needs the SPN code
+        from rlprune.spn.local import LocalSPN  # deferred: only this source needs the SPN code
 
         self.local = spn if isinstance(spn, LocalSPN) else LocalSPN(spn)
         self.view = view
@@ -140,7 +140,7 @@ class SPNSource(AccDropSource):
 def spn_predict(local, ratios: np.ndarray, fingerprint: str) -> tuple[float, float]:
     """Adapter to the SPN API: one vector of achieved ratios -> (acc_drop mean, ensemble std) in points.
 
-    Kept apart so a change of ``rlprune.spn.LocalSPN.predict`` touches one function.
+    Kept apart so a change of ``rlprune.spn.local.LocalSPN.predict`` touches one function.
     """
     mean, std = local.predict(np.asarray(ratios, dtype=np.float32)[None, :], fingerprint, "acc_drop")
     return float(mean[0]), float(std[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.generator import SampleGenerator
 from rlprune.samples.store import read_samples
 from rlprune.spn.predictor import one_thread
@@ -22,7 +23,7 @@ def real_samples_store(task, n: int = N_SAMPLES) -> Path:
     """
     store = cache_dir() / "test_spn_samples"
     with one_thread():  # several times faster than two threads on a loaded 2-core machine
-        gen = SampleGenerator(task, store, worker="tests", seed=7)
+        gen = SampleGenerator(task, store, MeasureSpec(), worker="tests", seed=7)
         missing = n - len(read_samples(store, fingerprint=gen.base.fingerprint))
         if missing > 0:
             for _ in gen.run(missing):

@@ -99,7 +99,7 @@ def test_job_submit_runs_the_pipeline_on_a_head_node(head_node, tmp_path, digits
     address, env, temp_dir = head_node
     out = tmp_path / "cluster_run"
     entry = [sys.executable, "-m", "rlprune.cli", "run", "--task", "digits", "--target-macs", "0.5",
-             "--budget", "tiny", "--out", str(out), "--json"]
+             "--preset", "tiny", "--out", str(out), "--json"]
     r = submit(address, env, entry, {"env_vars": {"RLPRUNE_CACHE": env["RLPRUNE_CACHE"], "PYTHONPATH": str(ROOT)}})
     logs = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in logs, logs[-4000:]

@@ -125,3 +125,32 @@ def test_achieved_ratios_never_exceed_max_ratio_and_are_idempotent():
     a = cm.achieved([0.9, 0.9])
     assert a[0] == pytest.approx(56 / 64) and np.all(a <= 0.9)
     np.testing.assert_array_equal(cm.achieved(a), a)
+
+
+def test_bisect_first_finds_the_first_fitting_integer_in_log_steps():
+    from rlprune.space.costmodel import bisect_first
+
+    calls = []
+
+    def fits(i):
+        calls.append(i)
+        return i >= 37
+
+    assert bisect_first(fits, 0, 100) == 37 and len(calls) <= 7  # log2(100) evaluations
+    assert bisect_first(fits, 40, 50) == 40
+    calls.clear()
+    assert bisect_first(fits, 0, 37) == 37 and max(calls) < 37  # none fits: hi, which is never evaluated
+    assert bisect_first(fits, 5, 5) == 5
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_scale_to_target_is_the_least_scale_that_meets_target(cm, budget):
+    col = 0 if budget == "params" else 1
+    for direction in (np.linspace(0.2, 1.0, cm.n_groups), np.linspace(1.0, 0.1, cm.n_groups)):
+        for target in (0.35, 0.6):
+            s = cm.scale_to_target(direction, target, budget, tol=1e-4)
+
+            def frac(x, d=direction):
+                return cm.cost_batch(np.clip(x * d, 0, cm.max_ratio)[None, :])[col][0] / cm.base[col]
+
+            assert frac(s) <= target and frac(s - 1e-4) > target

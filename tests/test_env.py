@@ -12,6 +12,7 @@ from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
 from rlprune.envs import CONTEXT_NAMES, ENV_NAME, LayerPruningEnv, LayerPruningEnvConfig, register_envs
 from rlprune.errors import ConfigError
+from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.store import space_record
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 from tests.arch_zoo import PlainFlatten
@@ -31,7 +32,7 @@ def plain_record() -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         space = PruningSpace.from_model(PlainFlatten().eval(), torch.zeros(1, 3, 32, 32), round_to=4)
-    return space_record("plain", space, 90.0, 0.3, "fp-plain")
+    return space_record("plain", space, 90.0, 0.3, "fp-plain", MeasureSpec())
 
 
 @pytest.fixture
@@ -229,8 +230,9 @@ def test_same_seed_same_episode(record):
     ({"reward": "magic"}, "reward"),
     ({"reward": "spn"}, "spn"),
     ({"reward": "real"}, "real"),
-    ({"importance": "l3"}, "importance"),
-    ({"eval_batches": 0}, "eval_batches"),
+    ({"measure": {"importance": "l3"}}, "importance"),
+    ({"measure": {"eval_batches": 0}}, "eval_batches"),
+    ({"measure": {"bn_batch": 2}}, "bn_batch"),
     ({"input_shape": None}, "input_shape"),
     ({"task_kwargs": {"data_dir": "x"}}, "task_kwargs"),
 ])
@@ -316,7 +318,7 @@ def test_set_spn_state_needs_the_spn_source(record):
 @pytest.mark.slow
 def test_real_reward_prunes_and_evaluates(rlprune_cache):
     env = LayerPruningEnv({"task": "tests.user_plugins:make_tiny_task", "reward": "real", "target": 0.9,
-                           "budget": "params", "eval_batches": 1})
+                           "budget": "params", "measure": {"eval_batches": 1, "bn_batches": 1}})
     _, rewards, _, infos, _ = run_episode(env, lambda a: 0.5)
     info = infos["group_00"]
     assert info["sample"]["acc_drop"] == pytest.approx(info["acc_drop"])

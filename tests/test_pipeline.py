@@ -1,8 +1,9 @@
 """`rlprune run` end to end, as a user runs it: killed half-way, rerun, and every output checked.
 
-One tiny run (``--budget tiny``: 24 samples, a 2-iteration sweep, 7 validation trials) is SIGKILLed, with
-its whole process group (the local Ray cluster included), once the reward sweep has checkpointed; the same
-command then finishes the job. The module's other tests read that run's outputs.
+One tiny run (``--preset tiny``: 24 samples, a 2-iteration sweep, 7 validation trials) with a non-default
+measurement spec (``MEASURE``) is SIGKILLed, with its whole process group (the local Ray cluster included),
+once the reward sweep has checkpointed; the same command then finishes the job. The module's other tests
+read that run's outputs (and rerun it with the same spec).
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ from rlprune.samples.store import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ["base", "samples", "spn", "sweep", "validate", "report"]
+# Not the defaults (l1, every calibration batch): every number of the run must be measured this way.
+MEASURE = ["--importance", "l2", "--eval-batches", "2"]
 
 
 def rlprune_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "rlprune.cli", *args]
+
+
+def run_cmd(*args) -> list[str]:
+    """``rlprune run`` with the module's measurement spec."""
+    return rlprune_cmd("run", *MEASURE, *args)
 
 
 def env() -> dict:
@@ -48,7 +56,7 @@ def wait_for(predicate, proc, timeout: float, what: str) -> None:
 def killed_and_resumed(tmp_path_factory, digits_task):
     """(out folder, state at the kill, summary of the resumed run, stderr of the resumed run)."""
     out = tmp_path_factory.mktemp("run") / "demo"
-    cmd = rlprune_cmd("run", "--task", "digits", "--target-macs", "0.5", "--budget", "tiny", "--out", str(out))
+    cmd = run_cmd("--task", "digits", "--target-macs", "0.5", "--preset", "tiny", "--out", str(out))
     log = open(out.parent / "first.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True)
     try:
@@ -81,6 +89,21 @@ def test_resume_reuses_finished_stages_and_keeps_every_sample(killed_and_resumed
     # The killed search continued from its checkpoint instead of starting over.
     result = json.loads(next(out.glob("sweep/*/*/result.json")).read_text())
     assert result["iterations"] == 2
+
+
+def test_every_number_is_measured_under_the_runs_spec(killed_and_resumed):
+    out, _, summary, _ = killed_and_resumed
+    df = read_samples(out / "samples")
+    specs = [json.loads(m) for m in df["measure"]]
+    assert all(s["importance"] == "l2" and s["eval_batches"] == 2 for s in specs)
+    assert df["measure_id"].nunique() == 1
+    # The online rounds' real evaluations were labelled exactly like the sampling stage's rows.
+    assert (df["sampler"] == "online").sum() >= 1
+    record = next((out / "samples" / "spaces").glob("*.json"))
+    assert json.loads(record.read_text())["measure"]["importance"] == "l2"
+    manifests = [json.loads(p.read_text()) for p in out.glob("validate/*/models/*.json")]
+    assert manifests and all(m["importance"] == "l2" for m in manifests)
+    assert json.loads((out / "run_config.json").read_text())["measure"]["eval_batches"] == 2
 
 
 def test_summary_has_every_method_measured_the_same_way(killed_and_resumed):
@@ -149,7 +172,7 @@ def test_tune_experiments_are_on_disk(killed_and_resumed):
 
 def test_a_finished_run_reruns_as_a_no_op(killed_and_resumed):
     out, _, summary, _ = killed_and_resumed
-    cmd = rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--json")
+    cmd = run_cmd("--preset", "tiny", "--out", str(out), "--json")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(r.stdout)
@@ -159,8 +182,7 @@ def test_a_finished_run_reruns_as_a_no_op(killed_and_resumed):
 
 def test_a_new_target_reuses_samples_and_spn(killed_and_resumed):
     out, _, _, _ = killed_and_resumed
-    cmd = rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--target-macs", "0.7", "--until", "sweep",
-                      "--json")
+    cmd = run_cmd("--preset", "tiny", "--out", str(out), "--target-macs", "0.7", "--until", "sweep", "--json")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
@@ -194,7 +216,8 @@ def test_tune_yaml_runs_the_stages_it_names(killed_and_resumed, tmp_path):
     out, _, _, _ = killed_and_resumed
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(f"extends: {ROOT / 'tune_configs' / 'sample.yaml'}\npreset: tiny\nuntil: spn\n"
-                   f"samples: {out / 'samples'}\nsample:\n  n: 24\n")
+                   f"samples: {out / 'samples'}\nsample:\n  n: 24\nmeasure:\n  importance: l2\n"
+                   f"  eval_batches: 2\n")
     r = subprocess.run(rlprune_cmd("tune", str(cfg), "--out", str(tmp_path / "o"), "--json"), capture_output=True,
                        text=True, env=env(), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -212,7 +235,7 @@ def test_a_lost_validation_row_is_measured_again_alone(killed_and_resumed):
     before = {p.name: p.stat().st_mtime_ns for p in rows.glob("*.json") if p != lost}
     old = json.loads(lost.read_text())
     lost.unlink()
-    r = subprocess.run(rlprune_cmd("run", "--budget", "tiny", "--out", str(out), "--json"), capture_output=True,
+    r = subprocess.run(run_cmd("--preset", "tiny", "--out", str(out), "--json"), capture_output=True,
                        text=True, env=env(), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rlprune.errors import SampleStoreError
+from rlprune.measure.spec import MeasureSpec
 from rlprune.models import digits_resnet
 from rlprune.samples.store import (
     SAMPLE_COLUMNS,
@@ -25,11 +26,13 @@ from rlprune.samples.store import (
 )
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 
+SPEC = MeasureSpec()
 
-def make_row(i: int, fp: str = "f" * 16, task: str = "digits", **over) -> dict:
+
+def make_row(i: int, fp: str = "f" * 16, task: str = "digits", spec: MeasureSpec = SPEC, **over) -> dict:
     ratios = [0.1 * (i % 9), 0.05 * (i % 7), 0.3]
     row = {
-        "sample_id": sample_id(task, fp, "l1", ratios, True),
+        "sample_id": sample_id(task, fp, spec.label_id(), ratios),
         "ratios": ratios,
         "requested_ratios": [r + 0.001 for r in ratios],
         "params_ratio": 0.5,
@@ -41,8 +44,8 @@ def make_row(i: int, fp: str = "f" * 16, task: str = "digits", **over) -> dict:
         "eval_s": 0.2,
         "task": task,
         "model_fingerprint": fp,
-        "importance": "l1",
-        "bn_recalibrated": True,
+        "measure_id": spec.label_id(),
+        "measure": spec.label_json(),
         "sampler": "uniform",
         "worker": "w0",
         "created_at": now_iso(),
@@ -67,7 +70,7 @@ def test_round_trip(tmp_path):
     assert df["sample_id"].tolist() == [r["sample_id"] for r in rows]
     np.testing.assert_allclose(np.stack(df["ratios"]), np.array([r["ratios"] for r in rows]))
     np.testing.assert_allclose(df["acc"], [r["acc"] for r in rows])
-    assert df["bn_recalibrated"].dtype == bool
+    assert set(df["measure_id"]) == {SPEC.label_id()} and json.loads(df.loc[0, "measure"]) == SPEC.label()
     assert df.loc[2, "task"] == "digits" and df.loc[2, "worker"] == "w0"
 
 
@@ -82,15 +85,30 @@ def test_dedup_within_and_across_appends(tmp_path):
 
 
 def test_sample_id_uses_achieved_ratios_rounded_and_settings():
-    base = sample_id("digits", "fp", "l1", [0.25, 0.5], True)
+    mid = SPEC.label_id()
+    base = sample_id("digits", "fp", mid, [0.25, 0.5])
     assert len(base) == 16
-    assert sample_id("digits", "fp", "l1", np.array([0.25 + 1e-9, 0.5]), True) == base
-    for other in (sample_id("cifar10", "fp", "l1", [0.25, 0.5], True),
-                  sample_id("digits", "fq", "l1", [0.25, 0.5], True),
-                  sample_id("digits", "fp", "l2", [0.25, 0.5], True),
-                  sample_id("digits", "fp", "l1", [0.25, 0.51], True),
-                  sample_id("digits", "fp", "l1", [0.25, 0.5], False)):
+    assert sample_id("digits", "fp", mid, np.array([0.25 + 1e-9, 0.5])) == base
+    others = [MeasureSpec(importance="l2"), MeasureSpec(recalibrate=False), MeasureSpec(bn_batches=8),
+              MeasureSpec(eval_batches=2), MeasureSpec(round_to=4)]
+    for other in (sample_id("cifar10", "fp", mid, [0.25, 0.5]),
+                  sample_id("digits", "fq", mid, [0.25, 0.5]),
+                  sample_id("digits", "fp", mid, [0.25, 0.51]),
+                  *(sample_id("digits", "fp", s.label_id(), [0.25, 0.5]) for s in others)):
         assert other != base
+    # Settings that only change validation (fine-tune, latency) do not make a label a different sample.
+    assert MeasureSpec(finetune_steps=7, finetune_lr=0.1, latency_runs=3, max_ratio=0.8).label_id() == mid
+
+
+def test_rows_of_another_spec_are_set_aside_with_a_reason(tmp_path):
+    other = MeasureSpec(importance="l2", eval_batches=2)
+    append_samples(tmp_path, [make_row(i) for i in range(3)] + [make_row(i, spec=other) for i in range(2)])
+    assert len(read_samples(tmp_path)) == 5  # no spec asked: everything, as stored
+    with pytest.warns(RuntimeWarning, match=r"2 sample\(s\) measured under other specs.*l2.*only the 3"):
+        df = read_samples(tmp_path, measure=SPEC)
+    assert len(df) == 3 and set(df["measure_id"]) == {SPEC.label_id()}
+    with pytest.warns(RuntimeWarning, match="3 sample"):
+        assert len(read_samples(tmp_path, measure=other)) == 2
 
 
 def test_filters_by_fingerprint_and_task(tmp_path):
@@ -186,7 +204,8 @@ def test_other_schema_and_non_stores_are_rejected_untouched(tmp_path):
 
 def test_space_records_round_trip(tmp_path):
     space = PruningSpace.from_model(digits_resnet(), torch.zeros(1, 1, 32, 32))
-    rec = space_record("digits", space, 99.0, 0.05, "c" * 16, importance="l2")
+    spec = MeasureSpec(importance="l2")
+    rec = space_record("digits", space, 99.0, 0.05, "c" * 16, spec)
     assert rec["n_groups"] == space.n_groups == len(rec["features"]) == len(rec["group_ids"])
     assert rec["feature_names"] == list(FEATURE_NAMES)
     path = write_space(tmp_path, rec)
@@ -195,7 +214,10 @@ def test_space_records_round_trip(tmp_path):
     assert path.stat().st_mtime_ns == mtime
     got = read_spaces(tmp_path)
     assert list(got) == ["c" * 16]
-    assert got["c" * 16]["importance"] == "l2" and got["c" * 16]["base_acc"] == 99.0
+    assert got["c" * 16]["measure"]["importance"] == "l2" and got["c" * 16]["base_acc"] == 99.0
+    assert path.name == f"{'c' * 16}-{spec.label_id()}.json"
+    assert list(read_spaces(tmp_path, measure=spec)) == ["c" * 16]
+    assert read_spaces(tmp_path, measure=MeasureSpec()) == {}  # recorded under another spec only
     from rlprune.space.costmodel import CostModel
 
     cm = CostModel.from_dict(got["c" * 16]["cost_model"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,34 +15,36 @@ import pytest
 
 from rlprune.cli import main
 from rlprune.measure.recipe import evaluate_ratios, measure_baseline
+from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.generator import SampleGenerator
 from rlprune.samples.store import SAMPLE_COLUMNS, read_samples, read_spaces
 from rlprune.space.pruning import PruningSpace
 
-FAST = {"eval_batches": 1, "calib_batches": 2}  # one 128-image batch scored: enough for direction checks
+FAST = MeasureSpec(eval_batches=1, bn_batches=2)  # one 128-image batch scored: enough for direction checks
 
 
 @pytest.fixture(scope="module")
 def digits_space(digits_task):
     model = digits_task.base_model()
-    return PruningSpace.from_model(model, digits_task.example_input()), measure_baseline(digits_task, model, 1)
+    return PruningSpace.from_model(model, digits_task.example_input()), measure_baseline(digits_task, model, FAST)
 
 
 def test_bn_recalibration_recovers_accuracy(digits_task, digits_space):
     space, base = digits_space
     ratios = [0.4] * space.n_groups
-    plain = evaluate_ratios(digits_task, space, ratios, base, recalibrate=False, **FAST)
-    recal = evaluate_ratios(digits_task, space, ratios, base, recalibrate=True, **FAST)
+    plain = evaluate_ratios(digits_task, space, ratios, base, dataclasses.replace(FAST, recalibrate=False))
+    recal = evaluate_ratios(digits_task, space, ratios, base, FAST)
     # stale BN statistics after pruning wreck accuracy; re-estimating them recovers much of it
     assert recal["acc"] > plain["acc"] + 10
     assert recal["acc_drop"] < plain["acc_drop"]
     assert recal["sample_id"] != plain["sample_id"]
-    assert (recal["bn_recalibrated"], plain["bn_recalibrated"]) == (True, False)
+    assert (json.loads(recal["measure"])["recalibrate"], json.loads(plain["measure"])["recalibrate"]) == (True, False)
+    assert recal["measure_id"] == FAST.label_id() != plain["measure_id"]
 
 
 def test_evaluate_ratios_row(digits_task, digits_space):
     space, base = digits_space
-    row = evaluate_ratios(digits_task, space, [0.0] * space.n_groups, base, sampler="x", worker="y", **FAST)
+    row = evaluate_ratios(digits_task, space, [0.0] * space.n_groups, base, FAST, sampler="x", worker="y")
     assert set(row) == set(SAMPLE_COLUMNS)
     assert row["params_ratio"] == pytest.approx(1.0) and row["macs_ratio"] == pytest.approx(1.0)
     assert abs(row["acc_drop"]) < 5  # unpruned + recalibrated stays close to the base model
@@ -50,13 +53,13 @@ def test_evaluate_ratios_row(digits_task, digits_space):
 
 
 def test_generator_flushes_and_never_reevaluates_stored_vectors(digits_task, tmp_path):
-    gen = SampleGenerator(digits_task, tmp_path, seed=3, flush_every=2, **FAST)
+    gen = SampleGenerator(digits_task, tmp_path, FAST, seed=3, flush_every=2)
     progress = list(gen.run(3))
     assert [p["n_new"] for p in progress] == [2, 3]
     assert len(list((tmp_path / "shards").glob("*.parquet"))) == 2
     assert progress[-1]["samples_per_s"] > 0 and 0 <= progress[-1]["acc_min"] <= progress[-1]["acc_max"] <= 100
     # Same seed again: its first proposals are already stored, so they are skipped before evaluation.
-    again = SampleGenerator(digits_task, tmp_path, seed=3, flush_every=2, **FAST)
+    again = SampleGenerator(digits_task, tmp_path, FAST, seed=3, flush_every=2)
     last = list(again.run(3))[-1]
     assert last["n_new"] == 3 and last["n_evaluated"] == 3
     df = read_samples(tmp_path)
@@ -67,7 +70,7 @@ def test_generator_flushes_and_never_reevaluates_stored_vectors(digits_task, tmp
 def test_tune_run_under_a_shared_cluster(digits_task, ray_cluster, tmp_path):
     from rlprune.samples.tune import run_sampling
 
-    res = run_sampling("digits", 4, 2, tmp_path / "s", flush_every=2, progress=False, **FAST)
+    res = run_sampling("digits", 4, 2, tmp_path / "s", FAST, flush_every=2, progress=False)
     assert res["n_total"] == 4 and res["n_new"] == 4 and res["samples_per_s"] > 0
     df = read_samples(tmp_path / "s")
     assert len(df) == 4 and df["worker"].nunique() == 2
@@ -77,7 +80,7 @@ def test_tune_run_under_a_shared_cluster(digits_task, ray_cluster, tmp_path):
     last = json.loads(results[0].read_text().splitlines()[-1])
     assert {"samples_per_s", "acc_mean", "n_new"} <= set(last)
     # already complete: nothing to generate, no trials started
-    again = run_sampling("digits", 4, 2, tmp_path / "s", progress=False, **FAST)
+    again = run_sampling("digits", 4, 2, tmp_path / "s", FAST, progress=False)
     assert (again["n_total"], again["n_new"]) == (4, 0)
 
 

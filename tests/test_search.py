@@ -81,7 +81,7 @@ def test_search_cli_missing_spn_is_one_line(tmp_path):
 
 def test_amc_style_search_with_real_reward(ray_cluster, digits_task, tmp_path):
     r = run_search(SearchConfig(spn=None, reward="real", online=False, out=str(tmp_path / "amc"), iters=1,
-                                train_batch=8, eval_batches=1), progress=False)
+                                train_batch=8, measure={"eval_batches": 1}), progress=False)
     assert r["macs_ratio"] <= 0.5 + 1e-9 and r["predicted_acc_drop_std"] is None
     assert r["spn_versions"] == []
     with pytest.raises(ConfigError, match="online"):

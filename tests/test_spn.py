@@ -15,7 +15,8 @@ from rlprune.errors import CheckpointError, ConfigError
 from rlprune.models import vgg_small
 from rlprune.samples.store import read_samples, read_spaces
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
-from rlprune.spn.predictor import SPN, LocalSPN, SPNConfig, load_spn, save_spn
+from rlprune.spn.local import LocalSPN
+from rlprune.spn.predictor import SPN, SPNConfig, load_spn, save_spn
 from rlprune.spn.train import FitConfig, evaluate, finetune, fit, metrics, predict_frame, split_samples
 from tests.spn_helpers import N_SAMPLES, real_samples_store
 
@@ -223,3 +224,30 @@ def test_split_is_per_model_and_disjoint(samples):
     df, _, _ = samples
     train, test = split_samples(df, 0.2, seed=1)
     assert len(test) == round(len(df) * 0.2) and not set(train["sample_id"]) & set(test["sample_id"])
+
+
+def test_linear_net_fit_is_weighted_ridge_with_a_free_intercept():
+    from rlprune.spn.nets import LinearNet
+
+    g = torch.Generator().manual_seed(0)
+    R, Y = torch.rand(40, 3, generator=g) * 0.9, torch.randn(40, 2, generator=g)
+    w = torch.from_numpy(np.random.default_rng(0).poisson(1.0, size=(3, 40)).astype(np.float32))
+    w[2] = 0  # a bootstrap member that drew no row
+    net = LinearNet(SPNConfig(arch="linear", n_groups=3, members=3))
+    net.fit(R, Y, w, ridge=1e-2)
+    # The normal equations of the weighted, centred problem (the hand-written solve Ridge replaced).
+    X, Yd, sw = LinearNet.design(R).double(), Y.double(), w[0].double() / w[0].sum()
+    mx, my = sw @ X, sw @ Yd
+    A = (X - mx).T @ ((X - mx) * sw[:, None]) + 1e-2 * torch.eye(6, dtype=torch.float64)
+    beta = torch.linalg.solve(A, (X - mx).T @ ((Yd - my) * sw[:, None]))
+    assert torch.allclose(net.weight[0].double(), beta, atol=1e-5)
+    assert torch.allclose(net.bias[0, 0].double(), my - mx @ beta, atol=1e-5)
+    # Integer weights are repeated rows, and scaling every weight leaves the fit alone (penalty per unit weight).
+    rows = torch.repeat_interleave(torch.arange(40), w[1].long())
+    dup = LinearNet(SPNConfig(arch="linear", n_groups=3, members=1))
+    dup.fit(R[rows], Y[rows], torch.ones(1, len(rows)), ridge=1e-2)
+    assert torch.allclose(dup.weight[0], net.weight[1], atol=1e-5)
+    scaled = LinearNet(SPNConfig(arch="linear", n_groups=3, members=3))
+    scaled.fit(R, Y, 7 * w, ridge=1e-2)
+    assert torch.allclose(scaled.weight, net.weight, atol=1e-5)
+    assert not net.weight[2].any() and not net.bias[2].any()  # the empty member predicts the mean target

@@ -380,3 +380,101 @@ def test_concurrent_first_runs_train_once(tmp_path: Path) -> None:
     sources = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
     assert all(p.returncode == 0 for p in procs)
     assert sources == ["cache", "trained"]
+
+
+# ----- library pieces: BN recalibration, lr schedules, the cache lock, spec resolution -----------------
+
+
+def test_recalibrate_bn_averages_the_statistics_of_the_first_batches() -> None:
+    task = DigitsTask()
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3)
+    bn = nn.BatchNorm2d(4, momentum=0.3)
+    model = nn.Sequential(conv, bn, nn.Flatten())
+    with torch.no_grad():
+        feats = [conv(x) for x, _ in task.loader("calibration", 100)][:2]
+    assert task.recalibrate_bn(model, batches=2, batch_size=100) is model
+    # momentum=None: the cumulative average of the per-batch mean and (unbiased) variance.
+    assert torch.allclose(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0), rtol=1e-5)
+    assert int(bn.num_batches_tracked) == 2 and bn.momentum == 0.3
+    assert not model.training and conv.weight.grad is None
+    task.recalibrate_bn(model.train(), batches=50, batch_size=100)  # the 360 examples make 4 batches
+    assert int(bn.num_batches_tracked) == 4 and not model.training
+    assert not task.recalibrate_bn(nn.Sequential(nn.Conv2d(1, 2, 3)).train()).training  # no BN: only eval()
+
+
+def _lrs_of_every_step(run) -> list[float]:
+    """The learning rate each optimiser step of ``run()`` used (read by a global step pre-hook)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen: list[float] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_training_and_finetuning_follow_the_closed_form_lr_schedules(
+    plugins_on_path: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import math
+
+    from user_plugins import TinyTask
+
+    from rlprune.tasks import TrainConfig
+
+    class WarmTinyTask(TinyTask):
+        @property
+        def train_config(self) -> TrainConfig:
+            return TrainConfig(epochs=3, batch_size=8, lr=0.05, warmup_epochs=1.5)
+
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path))
+    task = WarmTinyTask()
+    lrs = _lrs_of_every_step(task.base_model)
+    # The formulas the schedules replaced: 32 train examples in batches of 8 -> 12 steps, 6 of them warmup.
+    total, warmup, lr = 12, 6, 0.05
+    old = [lr * (s + 1) / warmup if s < warmup else 0.5 * lr * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+           for s in range(total)]
+    assert lrs == pytest.approx(old, rel=1e-14, abs=0)
+    assert np.array_equal(np.float32(lrs), np.float32(old))  # SGD applies the rate as float32: same weights
+    steps, ft_lr = 7, 0.02
+    lrs = _lrs_of_every_step(lambda: task.finetune(task.base_model(), steps, lr=ft_lr))
+    assert lrs == [0.5 * ft_lr * (1 + math.cos(math.pi * s / steps)) for s in range(steps)]  # bit for bit
+
+
+def test_base_model_waits_while_another_holder_has_the_cache_lock(
+    plugins_on_path: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from filelock import FileLock
+    from user_plugins import TinyTask
+
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path))
+    task = TinyTask()
+    path = task.cache_path()
+    path.parent.mkdir(parents=True)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (task.base_model(), done.set()))
+    with FileLock(path.with_name(path.name + ".lock")):  # e.g. another worker training the same model
+        worker.start()
+        assert not done.wait(1.0) and not path.exists()
+    worker.join(timeout=120)
+    assert done.is_set() and path.exists() and task.base_model_source == "trained"
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ("user_plugins:TinyTask.TinyTask", "'user_plugins.TinyTask' has no attribute 'TinyTask'"),
+        ("user_plugins:TinyTask.build_model.nope.more", "'user_plugins.TinyTask.build_model' has no attribute 'nope'"),
+        ("user_plugins:make-task", "not a 'package.module:callable' spec"),
+        ("user_plugins.:make", "cannot import module 'user_plugins.'"),
+    ],
+)
+def test_load_callable_names_the_step_that_fails(plugins_on_path: None, spec: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(pattern)):
+        load_callable(spec)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rlprune.measure.recipe import measure_base, measure_candidate
+from rlprune.measure.spec import MeasureSpec
 from rlprune.search.baselines import measure_baselines
 from rlprune.space.pruning import PruningSpace
 
@@ -22,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def digits(digits_task):
     model = digits_task.base_model()
     space = PruningSpace.from_model(model, digits_task.example_input())
-    return digits_task, space, measure_base(digits_task, model)
+    return digits_task, space, measure_base(digits_task, model, MeasureSpec())
 
 
 def test_unpruned_candidate_matches_the_base(digits):
     task, space, base = digits
-    row, _ = measure_candidate(task, space, np.zeros(space.n_groups), base, recalibrate=False)
+    row, _ = measure_candidate(task, space, np.zeros(space.n_groups), base,
+                               MeasureSpec(recalibrate=False, finetune_steps=0))
     assert row["acc"] == pytest.approx(base["acc"]) and row["acc_drop"] == pytest.approx(0.0)
     assert row["macs_ratio"] == 1.0 and row["params_ratio"] == 1.0
 
@@ -35,8 +37,8 @@ def test_unpruned_candidate_matches_the_base(digits):
 def test_finetuning_recovers_accuracy(digits):
     task, space, base = digits
     ratios = np.full(space.n_groups, 0.6)
-    plain, _ = measure_candidate(task, space, ratios, base)
-    tuned, pruned = measure_candidate(task, space, ratios, base, finetune_steps=60)
+    plain, _ = measure_candidate(task, space, ratios, base, MeasureSpec(finetune_steps=0))
+    tuned, pruned = measure_candidate(task, space, ratios, base, MeasureSpec(finetune_steps=60))
     assert tuned["acc"] > plain["acc"]
     assert tuned["macs_ratio"] == plain["macs_ratio"] < 0.4
     assert sum(p.numel() for p in pruned.parameters()) == pytest.approx(tuned["params_ratio"] * space.base_params)
@@ -44,7 +46,7 @@ def test_finetuning_recovers_accuracy(digits):
 
 def test_baselines_share_one_budget_and_are_measured(digits):
     task, space, _ = digits
-    rows = measure_baselines(task, space, 0.5)
+    rows = measure_baselines(task, space, 0.5, MeasureSpec(finetune_steps=0))
     assert {r["method"] for r in rows} == {"uniform", "larger_group", "depth", "global_l1"}
     for r in rows:
         assert r["macs_ratio"] <= 0.5 and 0 <= r["acc"] <= 100 and r["base_acc"] >= 97

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from rlprune.errors import ConfigError
 
@@ -163,8 +164,9 @@ def measure_spec(args, **defaults):
 
     try:
         return MeasureSpec(**{**defaults, **measure_overrides(args)})
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("measure.", "--").replace("_", "-")) from e
+    except ConfigError as e:  # name the flag the user typed, not the spec's field
+        m = re.match(r"measure\.(\w+)=(.*?) is invalid; (.*)", str(e))
+        raise (ConfigError(f"--{m[1].replace('_', '-')} {m[2]} is invalid; {m[3]}") if m else e) from e
 
 
 # ---------------------------------------------------------------------------------------- output

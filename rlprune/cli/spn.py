@@ -66,6 +66,8 @@ def _add_samples_args(p) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--task", help="use only this task's samples")
     which.add_argument("--fingerprint", action="append", help="use only this model's samples (repeatable)")
+    p.add_argument("--measure-id", help="use only samples measured under this spec (the store's measure_id); "
+                                        "needed when the store holds several")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -79,14 +81,18 @@ def _load(args):
     """(samples frame, space records) of the store, filtered by --task / --fingerprint."""
     from rlprune.samples.store import read_samples, read_spaces
 
-    df = read_samples(args.samples, task=args.task)
+    df = read_samples(args.samples, task=args.task, measure=args.measure_id)
     if args.fingerprint:
         df = df[df["model_fingerprint"].isin(args.fingerprint)].reset_index(drop=True)
     if df.empty:
         which = f" for task {args.task}" if args.task else f" for {args.fingerprint}" if args.fingerprint else ""
         raise SampleStoreError(f"no samples{which} in {args.samples}; generate some with "
                                f"`rlprune sample --task digits --n 640 --out {args.samples}`")
-    return df, read_spaces(args.samples)
+    ids = df["measure_id"].value_counts()
+    if len(ids) > 1:  # labels measured differently are different targets: never learn them as one
+        raise ConfigError(f"{args.samples} holds samples of {len(ids)} measurement specs "
+                          f"({', '.join(f'{i}: {n} rows' for i, n in ids.items())}); pick one with --measure-id")
+    return df, read_spaces(args.samples, args.measure_id)
 
 
 def _check_out(out: str) -> Path:

@@ -213,7 +213,7 @@ def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict) -> list[tup
          ("p", f"Unpruned model: {base['params']:,} params, {base['macs']:,} MACs, test accuracy "
                f"{base['acc']:.2f}%, batch-1 CPU latency {base['latency_ms']:.2f} ms. Preset `{cfg.preset}`; "
                f"every candidate below was pruned for real, BatchNorm-recalibrated, fine-tuned "
-               f"{cfg.validate.finetune_steps} steps and scored on the test split.")]
+               f"{cfg.measure.finetune_steps} steps and scored on the test split.")]
     b.append(("p", f"**Output model: `{winner['method']}`** ({winner['acc']:.2f}% test accuracy, "
                    f"{winner['params_ratio']:.3f} of the params, {winner['macs_ratio']:.3f} of the MACs), "
                    f"saved as `pruned_model.pt` (load with `rlprune.load_pruned`)."))

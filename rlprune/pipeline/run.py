@@ -180,7 +180,7 @@ def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
 def _stage_validate(run: _Run) -> dict:
     from rlprune.pipeline.stages import run_validation
     from rlprune.search.baselines import run_baselines
-    from rlprune.spn.predictor import spn_predictor
+    from rlprune.spn.local import spn_predictor
 
     cfg, v = run.cfg, run.cfg.validate
     trials = run.done["sweep"]["trials"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.space.costmodel import CostModel
+from rlprune.space.costmodel import CostModel, bisect_first
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
 
@@ -100,17 +100,15 @@ def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: flo
         removed = np.array([np.searchsorted(s, t, side="right") for s in sorted_scores], dtype=np.float64)
         return np.minimum(removed, cap) / C
 
-    lo, hi = 0, len(candidates) - 1  # smallest threshold index whose ratios meet the target
-    if cm.budget_ratio(ratios_at(candidates[hi]), budget)[0] > target:
+    def fits(i):
+        return cm.budget_ratio(ratios_at(candidates[i]), budget)[0] <= target
+
+    last = len(candidates) - 1
+    if not fits(last):
         raise ConfigError(f"global pruning cannot reach {budget} ratio {target:g} within max_ratio="
                           f"{cm.max_ratio:g}; raise the target")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cm.budget_ratio(ratios_at(candidates[mid]), budget)[0] <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return cm.achieved(ratios_at(candidates[lo]))
+    # The smallest threshold whose ratios meet the target.
+    return cm.achieved(ratios_at(candidates[bisect_first(fits, 0, last)]))
 
 
 def random_search(predict: Predictor, cm: CostModel, target: float, budget: str = "macs",
@@ -215,7 +213,7 @@ def measure_baselines(task, space, target: float, spec, budget: str = "macs", sp
     """
     from rlprune.io import model_fingerprint
     from rlprune.measure.recipe import measure_base, measure_candidate
-    from rlprune.spn.predictor import spn_predictor
+    from rlprune.spn.local import spn_predictor
 
     predict = spn_predictor(spn_path, space, model_fingerprint(space.model)) if spn_path else None
     found = run_baselines(space.cost_model, target, budget, scores=space.channel_scores(spec.importance),

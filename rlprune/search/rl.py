@@ -281,7 +281,7 @@ class Search:
         """Evaluate the most promising unevaluated candidates for real and fine-tune the SPN on them."""
         import ray
 
-        from rlprune.spn.predictor import LocalSPN
+        from rlprune.spn.local import LocalSPN
 
         c = self.cfg
         chosen = self.pool.most_promising(c.online_top, c.ucb_beta, c.w_acc)

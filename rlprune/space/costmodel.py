@@ -16,8 +16,10 @@ pools. So a whole batch of ratio vectors costs two small matrix products.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,23 @@ from rlprune.errors import ConfigError
 _FIT_TOL = 1e-12  # float slack when comparing a cost ratio with its target
 _CHUNK = 2048  # rows per block in cost_batch
 _GRID = 33  # scales scored per row and round in project_to_budget
+
+
+def bisect_first(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Smallest integer in ``[lo, hi)`` where a monotone predicate holds (False ... False, True ... True).
+
+    The one scalar bisection of the package (``scale_to_target``, ``global_threshold_ratios``); it uses
+    ``bisect`` from the standard library, so ``fits`` runs about ``log2(hi - lo)`` times.
+
+    Args:
+        fits: the predicate; once it holds it must hold for every larger integer.
+        lo: first candidate.
+        hi: end of the range (not evaluated: callers check it themselves).
+
+    Returns:
+        The first integer ``i`` with ``fits(i)``, or ``hi`` when none in ``[lo, hi)`` fits.
+    """
+    return lo + bisect.bisect_left(range(lo, hi), True, key=fits)
 
 
 def validate_ratios(ratios, n_groups: int, max_ratio: float) -> np.ndarray:
@@ -271,14 +290,10 @@ class CostModel:
                 f"target {budget} ratio {target:g} is unreachable: even max_ratio={self.max_ratio:g} "
                 f"keeps {frac(hi):.3f}; raise the target or max_ratio"
             )
-        lo = 0.0
-        for _ in range(max(8, int(math.log2(hi / tol)) + 1)):
-            mid = 0.5 * (lo + hi)
-            if frac(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        # Bisect on a grid of 2**n steps of hi / 2**n (at most ``tol`` apart); s = 0 is never returned.
+        n = max(8, int(math.log2(hi / tol)) + 1)
+        step = hi / 2**n
+        return bisect_first(lambda k: frac(k * step) <= target, 1, 2**n) * step
 
     @functools.cached_property
     def _floor(self) -> np.ndarray:

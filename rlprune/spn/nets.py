@@ -8,7 +8,7 @@ that normalises, registers models and saves checkpoints)::
                  -> n_layers x pre-LN encoder block; padding mask: any number of groups, mixed in a batch
                  -> masked mean over groups -> LN -> MLP -> (acc_drop, loss)            shape (E, N, T)
     mlp          [r_1 .. r_G] -> MLP -> (acc_drop, loss)          the published SPN: one model's G only
-    linear       ridge on [r, r^2] (closed form)                   the floor any SPN must beat
+    linear       ridge on [r, r^2] (scikit-learn, closed form)     the floor any SPN must beat
 """
 
 from __future__ import annotations
@@ -223,22 +223,24 @@ class LinearNet(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
     def fit(self, R, Y, sample_weight, ridge: float) -> None:
-        """Weighted ridge per member (float64 normal equations; 2G unknowns, so this is instant).
+        """Weighted ridge per member (scikit-learn's ``Ridge`` in float64; 2G unknowns, so this is instant).
 
         Args:
             R: ``(N, G)`` ratios. Y: ``(N, T)`` normalised targets.
             sample_weight: ``(E, N)`` bootstrap weights, one row per member.
             ridge: penalty per unit of total weight.
         """
-        X, Y = self.design(R).double(), Y.double()
-        for e, w in enumerate(sample_weight.double()):
-            sw = w / w.sum().clamp_min(1e-12)
-            mx, my = sw @ X, sw @ Y
-            Xc, Yc = X - mx, Y - my
-            A = Xc.T @ (Xc * sw[:, None]) + ridge * torch.eye(X.shape[1], dtype=X.dtype)
-            beta = torch.linalg.solve(A, Xc.T @ (Yc * sw[:, None]))
-            self.weight[e] = beta.float()
-            self.bias[e, 0] = (my - mx @ beta).float()
+        from sklearn.linear_model import Ridge  # deferred: scikit-learn costs ~1 s to import, inference never needs it
+
+        X, Y = self.design(R).double().numpy(), Y.double().numpy()
+        for e, w in enumerate(sample_weight.double().numpy()):
+            if w.sum() <= 0:  # a bootstrap that drew no row (Ridge refuses it): predict the mean target
+                self.weight[e], self.bias[e] = 0.0, 0.0
+                continue
+            # Weights summing to 1 make ``alpha`` a penalty per unit of total weight.
+            fitted = Ridge(alpha=ridge).fit(X, Y, sample_weight=w / w.sum())
+            self.weight[e] = torch.from_numpy(fitted.coef_.T)
+            self.bias[e, 0] = torch.from_numpy(fitted.intercept_)
 
 
 _NETS = {"transformer": TransformerNet, "mlp": MLPNet, "linear": LinearNet}

@@ -15,7 +15,7 @@ initialised nets whose spread is the prediction's ``std``.
 Targets are standardised with the training mean/std; group features are centred and scaled with the
 training statistics (std floored, so a feature constant in training cannot blow up on a new model).
 Both are stored with the weights. This module imports torch and numpy only (no Ray, no torch-pruning), so
-env workers can hold a :class:`LocalSPN`.
+env workers can hold a copy (``rlprune.spn.local.LocalSPN``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import copy
 import io
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -329,100 +327,15 @@ def load_spn(path: str | os.PathLike) -> SPN:
     return SPN.from_state(state, source=str(path))
 
 
-# ====================================================================== env-side copy
-class LocalSPN:
-    """The SPN copy an env holds: predictions stay in-process, weights follow the world model.
-
-    New weights arrive either pushed (``set_weights``, e.g. from ``foreach_env_runner``) or pulled: with a
-    ``fetch`` callable, :meth:`predict` asks at most every ``check_every_s`` seconds whether a newer
-    version exists (one round trip every few seconds, never one per env step).
-
-    Args:
-        spn: an ``SPN``, a checkpoint path, or an ``SPN.state()`` dict.
-        version: the version of those weights.
-        fetch: ``fetch(version) -> None | (new_version, state)``; ``rlprune.spn.world_model.actor_fetch(handle)``
-            builds one for the world-model actor.
-        check_every_s: minimum seconds between two ``fetch`` calls.
-    """
-
-    def __init__(self, spn, version: int = 0, fetch: Callable | None = None, check_every_s: float = 2.0):
-        if isinstance(spn, SPN):
-            self.spn = spn
-        elif isinstance(spn, dict):
-            self.spn = SPN.from_state(spn)
-        else:
-            self.spn = load_spn(spn)
-        self.version = int(version)
-        self.fetch = fetch
-        self.check_every_s = float(check_every_s)
-        self._last_check = time.monotonic()
-        self.reloads = 0
-
-    def set_weights(self, state: dict, version: int) -> bool:
-        """Adopt pushed weights if they are newer than ours.
-
-        Returns:
-            True if the SPN was replaced.
-        """
-        if int(version) <= self.version:
-            return False
-        self.spn = SPN.from_state(state)
-        self.version = int(version)
-        self.reloads += 1
-        return True
-
-    def maybe_sync(self, force: bool = False) -> bool:
-        """Pull newer weights through ``fetch`` if the check interval has passed (or ``force``).
-
-        Returns:
-            True if the SPN was replaced.
-        """
-        now = time.monotonic()
-        if self.fetch is None or (not force and now - self._last_check < self.check_every_s):
-            return False
-        self._last_check = now
-        got = self.fetch(self.version)
-        return got is not None and self.set_weights(got[1], got[0])
-
-    def predict(self, R, fingerprint: str, target: str = "acc_drop"):
-        """:meth:`SPN.predict` after a (rate-limited) version check.
-
-        Returns:
-            ``(mean, std)`` arrays of shape ``(N,)``.
-
-        Raises:
-            ConfigError: unknown model or a ratio matrix of the wrong shape.
-        """
-        self.maybe_sync()
-        return self.spn.predict(R, fingerprint, target)
-
-
-
-
-def spn_predictor(spn_path, space, fingerprint: str):
-    """An ``(N, G) -> (N,)`` accuracy-drop predictor from an SPN checkpoint, for the SPN-based baselines.
-
-    The model is registered with the SPN from its group features if the SPN has not seen it (zero-shot).
-
-    Raises:
-        CheckpointError: unreadable checkpoint.
-    """
-    spn = load_spn(spn_path)
-    if fingerprint not in spn.known:
-        spn.add_model(fingerprint, space.features())
-    return lambda R: spn.predict(R, fingerprint)[0]
-
 __all__ = [
     "ARCHS",
     "TARGETS",
     "LinearNet",
-    "LocalSPN",
     "MLPNet",
     "SPN",
     "SPNConfig",
     "TransformerNet",
     "build_net",
-    "spn_predictor",
     "load_spn",
     "one_thread",
     "save_spn",

@@ -24,7 +24,8 @@ import ray
 
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_json
-from rlprune.spn.predictor import SPN, LocalSPN, load_spn, one_thread, save_spn
+from rlprune.spn.local import LocalSPN
+from rlprune.spn.predictor import SPN, load_spn, one_thread, save_spn
 
 CHECKPOINT = "world_model.pt"
 PENDING = "pending.json"
@@ -150,6 +151,7 @@ class WorldModel:
     def _replay(self, new: pd.DataFrame) -> pd.DataFrame:
         """Up to ``replay_max`` older rows of the models in ``new``, read back from the store.
 
+        Only rows of the new rows' measurement spec qualify.
         Rows the SPN is known to have trained on come first; a checkpoint that does not list them (one
         from ``rlprune spn train``) replays the store's other rows of the same models, so a fine-tune on a
         handful of new rows never forgets what the SPN learnt before.
@@ -160,6 +162,8 @@ class WorldModel:
             return new.iloc[:0]
         old = read_samples(self.store)
         old = old[~old["sample_id"].astype(str).isin(set(new["sample_id"].astype(str)))]
+        # Only labels measured like the new rows: a store shared by runs of other specs must not leak in.
+        old = old[old["measure_id"].isin(set(new["measure_id"]))]
         trained = set(self.spn.meta.get("train_ids", []))
         if trained:
             old = old[old["sample_id"].astype(str).isin(trained)]
@@ -208,7 +212,7 @@ def start_world_model(spn: str | os.PathLike, store: str | os.PathLike, workdir:
 
 
 def actor_fetch(actor):
-    """A ``fetch(version)`` callable for :class:`rlprune.spn.LocalSPN`: one ``weights_since`` round trip.
+    """A ``fetch(version)`` callable for :class:`rlprune.spn.local.LocalSPN`: one ``weights_since`` round trip.
 
     Args:
         actor: the world-model handle, or its registered name (looked up on each call, so a restarted

@@ -13,6 +13,7 @@ spec whose callable returns a ``Task`` instance::
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -56,28 +57,45 @@ def load_callable(spec: str) -> Callable[..., Any]:
     """
     module_name, sep, attr_path = str(spec).partition(":")
     if not sep or not module_name or not attr_path:
-        raise ConfigError(
-            f"{spec!r} is not a 'package.module:callable' spec; write the importable module, a colon, "
-            "and the callable's name, e.g. 'my_project.tasks:make_task'"
-        )
+        raise _malformed_spec(spec)
+    # Imported first, on its own, so that a failing import is told apart from a missing attribute.
     try:
-        obj: Any = importlib.import_module(module_name)
+        importlib.import_module(module_name)
     except Exception as e:
         raise ConfigError(
             f"cannot import module {module_name!r} of {spec!r} ({type(e).__name__}: {e}); install it or add "
             "its directory to PYTHONPATH"
         ) from e
-    for i, part in enumerate(attr_path.split(".")):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            owner = ".".join([module_name, *attr_path.split(".")[:i]])
-            raise ConfigError(
-                f"{owner!r} has no attribute {part!r} (from {spec!r}); check the name after the colon"
-            ) from e
+    try:
+        obj = pkgutil.resolve_name(str(spec))
+    except ValueError as e:  # not dotted identifiers on both sides of the colon
+        raise _malformed_spec(spec) from e
+    except AttributeError as e:
+        # resolve_name does not say which step failed: the owner is the longest prefix that still resolves.
+        parts = attr_path.split(".")
+        depth = next(i for i in range(len(parts) - 1, -1, -1) if _resolves(module_name, parts[:i]))
+        owner = ".".join([module_name, *parts[:depth]])
+        raise ConfigError(
+            f"{owner!r} has no attribute {parts[depth]!r} (from {spec!r}); check the name after the colon"
+        ) from e
     if not callable(obj):
         raise ConfigError(f"{spec!r} names a {type(obj).__name__}, not a callable; point it at a function or class")
     return obj
+
+
+def _malformed_spec(spec: str) -> ConfigError:
+    return ConfigError(
+        f"{spec!r} is not a 'package.module:callable' spec; write the importable module, a colon, "
+        "and the callable's name, e.g. 'my_project.tasks:make_task'"
+    )
+
+
+def _resolves(module_name: str, parts: list[str]) -> bool:
+    try:
+        pkgutil.resolve_name(f"{module_name}:{'.'.join(parts)}")
+    except AttributeError:
+        return False
+    return True
 
 
 def get_task(spec: str, **kwargs: Any) -> Task:

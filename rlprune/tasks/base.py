@@ -19,11 +19,11 @@ architecture name), the split sizes and labels, and ``CACHE_VERSION``; editing a
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import hashlib
 import inspect
 import io
+import itertools
 import json
 import logging
 import math
@@ -37,7 +37,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from rlprune.io import atomic_write_bytes, model_fingerprint
@@ -278,7 +281,7 @@ class Task(abc.ABC):
             if state is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Parallel workers asking for the same model wait for the first one to train it, then load.
-                with _file_lock(path.with_name(path.name + ".lock")):
+                with FileLock(path.with_name(path.name + ".lock")):
                     state = self._load_cached(path, warn=False)
                     if state is None:
                         state = self._train_and_save(path)
@@ -350,16 +353,18 @@ class Task(abc.ABC):
         total = cfg.epochs * len(loader)
         warmup = round(cfg.warmup_epochs * len(loader))
 
-        def lr_at(step: int) -> float:
+        def lr_factor(step: int) -> float:
             if step < warmup:
-                return cfg.lr * (step + 1) / warmup
-            return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+                return (step + 1) / warmup
+            return _cosine_factor(step - warmup, total - warmup)
 
         # fork_rng keeps the caller's global RNG untouched while seeding anything the model draws
         # (e.g. dropout in a user's model).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._sgd_steps(model, loader, total, lr_at, cfg.momentum, cfg.weight_decay, f"train {self.name}")
+            self._sgd_steps(
+                model, loader, total, cfg.lr, lr_factor, cfg.momentum, cfg.weight_decay, f"train {self.name}"
+            )
         return model.eval()
 
     def _sgd_steps(
@@ -367,14 +372,18 @@ class Task(abc.ABC):
         model: nn.Module,
         loader: BatchLoader,
         steps: int,
-        lr_at: Callable[[int], float],
+        lr: float,
+        lr_factor: Callable[[int], float],
         momentum: float,
         weight_decay: float,
         desc: str,
     ) -> None:
         device = _device_of(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr_at(0), momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        # LambdaLR with the closed-form factor, not LinearLR/CosineAnnealingLR: those update the rate
+        # recursively, which drifts from the closed form by float ulps and changes the trained weights.
+        schedule = LambdaLR(opt, lr_factor)
         model.train()
         batches = iter(loader)
         with tqdm(total=steps, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False) as bar:
@@ -384,12 +393,11 @@ class Task(abc.ABC):
                 except StopIteration:  # cycle through the split, reshuffling on every pass
                     batches = iter(loader)
                     x, y = next(batches)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
                 loss = F.cross_entropy(model(x.to(device)), y.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                schedule.step()
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -420,13 +428,11 @@ class Task(abc.ABC):
         if steps == 0:
             return model.eval()
         loader = self.loader("train", self.train_config.batch_size, shuffle=True, augment=True)
-
-        def lr_at(step: int) -> float:
-            return 0.5 * lr * (1 + math.cos(math.pi * step / steps))
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._sgd_steps(model, loader, steps, lr_at, 0.9, 5e-4, f"finetune {self.name}")
+            self._sgd_steps(
+                model, loader, steps, lr, lambda step: _cosine_factor(step, steps), 0.9, 5e-4, f"finetune {self.name}"
+            )
         return model.eval()
 
     def evaluate(self, model: nn.Module, split: str, max_batches: int | None = None) -> dict[str, float]:
@@ -483,24 +489,8 @@ class Task(abc.ABC):
         """
         if batches < 1:
             raise ValueError(f"batches must be >= 1, got {batches}")
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return model.eval()
-        momenta = [bn.momentum for bn in bns]
-        device = _device_of(model)
-        try:
-            for bn in bns:
-                bn.reset_running_stats()
-                bn.momentum = None
-            model.train()
-            with torch.no_grad():
-                for i, (x, _) in enumerate(self.loader("calibration", batch_size)):
-                    if i >= batches:
-                        break
-                    model(x.to(device))
-        finally:
-            for bn, momentum in zip(bns, momenta, strict=True):
-                bn.momentum = momentum
+        # update_bn feeds the first element of each (x, y) batch to the model.
+        update_bn(itertools.islice(self.loader("calibration", batch_size), batches), model, _device_of(model))
         return model.eval()
 
     def __repr__(self) -> str:
@@ -535,20 +525,9 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator, fill: fl
     return torch.empty(shifted.shape, dtype=shifted.dtype).copy_(shifted)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (a no-op where ``fcntl`` does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent first runs may both train; the atomic write keeps it safe
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _cosine_factor(step: int, steps: int) -> float:
+    """Cosine decay from 1 at ``step`` 0 to 0 at ``steps`` (a span below 1 counts as 1)."""
+    return 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
 
 
 def _device_of(model: nn.Module) -> torch.device:
