@@ -44,7 +44,8 @@ from rlprune.measure.spec import MeasureSpec
 from rlprune.models import vgg_small
 from rlprune.samples.generator import SampleGenerator
 from rlprune.samples.store import read_samples, read_spaces
-from rlprune.spn.train import FitConfig, finetune, fit, metrics, predict_frame
+from rlprune.spn.frames import metrics, predict_frame
+from rlprune.spn.train import FitConfig, finetune, fit
 from rlprune.tasks import DigitsTask, cache_dir
 
 ARCHS = ("transformer", "mlp", "linear")
@@ -95,7 +96,7 @@ def row(section: str, arch: str, n_train: int, seed: int, m: dict, **extra) -> d
 
 
 def score(spn, test, spaces=None) -> dict:
-    """Held-out metrics of ``spn`` on ``test`` (see ``rlprune.spn.train.metrics``) plus ``mean_std``, ``mae_low``."""
+    """Held-out metrics of ``spn`` on ``test`` (see ``rlprune.spn.frames.metrics``) plus ``mean_std``, ``mae_low``."""
     mean, std = predict_frame(spn, test, spaces)
     y = test["acc_drop"].to_numpy()
     low = y <= LOW_DROP

@@ -15,9 +15,10 @@ from rlprune.errors import CheckpointError, ConfigError
 from rlprune.models import vgg_small
 from rlprune.samples.store import read_samples, read_spaces
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
+from rlprune.spn.frames import evaluate, metrics, predict_frame, split_samples
 from rlprune.spn.local import LocalSPN
 from rlprune.spn.predictor import SPN, SPNConfig, load_spn, save_spn
-from rlprune.spn.train import FitConfig, evaluate, finetune, fit, metrics, predict_frame, split_samples
+from rlprune.spn.train import FitConfig, finetune, fit
 from tests.spn_helpers import N_SAMPLES, real_samples_store
 
 QUICK = FitConfig(max_steps=60, eval_every=20)

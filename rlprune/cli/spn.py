@@ -128,8 +128,9 @@ def _metrics(m: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------- sub-verbs
 def _train(args) -> int:
+    from rlprune.spn.frames import evaluate
     from rlprune.spn.predictor import save_spn
-    from rlprune.spn.train import FitConfig, evaluate, fit, train_heldout
+    from rlprune.spn.train import FitConfig, fit, train_heldout
 
     out = _check_out(args.out)
     df, spaces = _load(args)
@@ -159,8 +160,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from rlprune.spn.frames import evaluate
     from rlprune.spn.predictor import load_spn
-    from rlprune.spn.train import evaluate
 
     spn = load_spn(args.spn)
     df, spaces = _load(args)
@@ -184,8 +185,9 @@ def _eval(args) -> int:
 
 
 def _finetune(args) -> int:
+    from rlprune.spn.frames import evaluate
     from rlprune.spn.predictor import load_spn, save_spn
-    from rlprune.spn.train import evaluate, finetune
+    from rlprune.spn.train import finetune
 
     if args.n < 1 or args.steps < 0:
         raise ConfigError(f"--n {args.n} must be >= 1 and --steps {args.steps} >= 0")

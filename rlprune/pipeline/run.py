@@ -117,8 +117,9 @@ def _samples(run: _Run):
 
 def _stage_spn(run: _Run) -> dict:
     from rlprune.samples.store import read_spaces
+    from rlprune.spn.frames import predict_frame
     from rlprune.spn.predictor import save_spn
-    from rlprune.spn.train import predict_frame, train_heldout
+    from rlprune.spn.train import train_heldout
 
     c = run.cfg.spn
     df = _samples(run)

@@ -56,7 +56,7 @@ class SPNConfig:
     dropout: float = 0.0
     """Dropout inside transformer blocks during training."""
     ridge: float = 1e-3
-    """L2 penalty of ``linear`` (per sample; ``spn_train`` picks it on the validation split)."""
+    """L2 penalty of ``linear`` (per sample; ``rlprune.spn.train`` picks it on the validation split)."""
 
     def __post_init__(self):
         if self.arch not in ARCHS:

@@ -3,7 +3,7 @@
 The SPN replaces real evaluation during the search. Params and MACs are never predicted (the cost model
 gives them exactly); the SPN predicts ``acc_drop`` (points) and ``loss`` after pruning + BN recalibration.
 
-    spn = rlprune.spn.train.fit("transformer", df, spaces)   # train (see spn_train)
+    spn = rlprune.spn.train.fit("transformer", df, spaces)   # train
     mean, std = spn.predict(R, fingerprint)                  # R: (N, n_groups) numpy -> acc_drop, points
     save_spn(spn, "spn.pt"); spn = load_spn("spn.pt")
 

@@ -120,7 +120,8 @@ class WorldModel:
             and how much it moved. ``changed`` is False (and nothing else happens) when nothing is queued.
         """
         from rlprune.samples.store import read_spaces
-        from rlprune.spn.train import finetune, predict_frame
+        from rlprune.spn.frames import predict_frame
+        from rlprune.spn.train import finetune
 
         if not self.pending:
             return {"version": self._version, "changed": False, "n_new": 0, "n_replay": 0, "steps": 0}
