@@ -17,7 +17,8 @@ Part 2, end to end at 50% MACs:
   calibration split and scored on the TEST split without fine-tuning (``rlprune.measure.recipe.measure_candidate``,
   ``finetune_steps=0``). A short fine-tune lifts nearly every sensible vector to ~98-99% on digits, which would
   make any bar trivially reachable.
-- The bar: the SPN pipeline's validated accuracy minus ``--tolerance`` points (default 0.5, two test images).
+- The bar: the SPN pipeline's VALIDATION-split accuracy minus ``--tolerance`` points (default 0.5); the stop rule
+  reads the validation split too, never the test split.
 - AMC-style: the same PPO search with the real-evaluation reward and no SPN
   (``SearchConfig(reward="real", online=False)``), resumed chunk by chunk (``--amc-chunk`` iterations of
   ``--amc-batch`` episodes); after each chunk its best vector (by real calibration reward) is validated the same
@@ -91,10 +92,10 @@ def amc_until(task: str, out: Path, bar: float, validate, batch: int, chunk: int
         rows.append({"section": "amc", "method": "amc_real", "episodes": iters * batch, "iterations": iters,
                      "real_evals": iters * batch, "wall_s": round(wall, 1), "acc": round(v["acc"], 2),
                      "macs_ratio": round(v["macs_ratio"], 4), "params_ratio": round(v["params_ratio"], 4),
-                     "note": "reached" if v["acc"] >= bar else ("cap" if wall >= cap_s else "")})
-        print(f"amc: {iters} iterations, {wall:.0f} s, validated {v['acc']:.2f} (bar {bar:.2f})",
+                     "note": "reached" if v["val_acc"] >= bar else ("cap" if wall >= cap_s else "")})
+        print(f"amc: {iters} iterations, {wall:.0f} s, validation {v['val_acc']:.2f} (bar {bar:.2f})",
               file=sys.stderr, flush=True)
-        if v["acc"] >= bar or wall >= cap_s:
+        if v["val_acc"] >= bar or wall >= cap_s:
             return rows
 
 
@@ -129,7 +130,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spn = spn_pipeline(args.task, Path(tmp), n_samples, iters, batch, args.seed)
         v = validate(spn["result"]["ratios"])
-        bar = v["acc"] - args.tolerance
+        bar = v["val_acc"] - args.tolerance  # the bar and the stop rule use validation, never test
         rows = step_speed(args.task, spn["spn"], n_spn, n_real)
         rows += [{"section": "pipeline", "method": f"spn_{k}", "wall_s": round(spn[f"{k}_s"], 1),
                   "note": note} for k, note in (("sample", f"{n_samples} real samples, 2 workers"),

@@ -31,10 +31,13 @@ class LayerPruningEnvConfig:
     """Settings of one :class:`~rlprune.envs.LayerPruningEnv`.
 
     The team reward of an episode is
-    ``w_acc * (-acc_drop) + w_cost * (1 - budget_ratio) - w_violation * max(0, budget_ratio - target)``
+    ``w_acc * (-acc_drop) + w_cost * (1 - max(budget_ratio, target)) - w_violation * max(0, budget_ratio - target)``
     with ``acc_drop`` in percentage points and ``budget_ratio`` = pruned / original MACs (or params).
-    With the defaults, 1 point of accuracy is worth 10% of MACs, and missing the target by 1% costs as
-    much as 1 point (only reachable with ``enforce="penalty"``; the wall never misses).
+    Compression past the target earns nothing: the cost terms are flat below the target (a vector pruned
+    further competes on accuracy alone with one on the target) and fall by ``w_cost + w_violation`` per
+    unit above it. So under the wall, which never misses, they are the constant ``w_cost * (1 - target)``;
+    with ``enforce="penalty"`` and the defaults, missing the target by 0.01 costs 1.1 points of accuracy.
+    ``target=1`` asks for no compression: the cost terms are 0 for every vector, only accuracy counts.
     """
 
     task: Any = None
@@ -70,7 +73,8 @@ class LayerPruningEnvConfig:
     w_acc: float = 1.0
     """Reward per point of accuracy lost (negated)."""
     w_cost: float = 10.0
-    """Reward per unit of compression ``1 - budget_ratio``."""
+    """Reward per unit of compression ``1 - max(budget_ratio, target)``: nothing past the target, so under the
+    wall (which never exceeds the target) the term is a constant and only penalty mode feels it."""
     w_violation: float = 100.0
     """Penalty per unit of ``budget_ratio`` above ``target``."""
     seed: int = 0

@@ -84,7 +84,8 @@ class LayerPruningEnv(MultiAgentEnv):
     out-of-box values are clipped.
 
     Reward: one team reward for every agent when the episode ends,
-    ``w_acc * (-acc_drop) + w_cost * (1 - budget_ratio) - w_violation * max(0, budget_ratio - target)``,
+    ``w_acc * (-acc_drop) + w_cost * (1 - max(budget_ratio, target)) - w_violation * max(0, budget_ratio -
+    target)``: compression past the target earns nothing,
     ``acc_drop`` (points) from the reward source on the achieved ratios; 0 for intermediate steps.
 
     Termination: ``simultaneous``: after the single step in which all agents act; ``sequential``: after

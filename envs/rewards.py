@@ -27,7 +27,10 @@ from rlprune.errors import ConfigError
 
 
 def team_reward(acc_drop: float, budget_ratio: float, cfg: LayerPruningEnvConfig) -> tuple[float, float]:
-    """The shared reward of one finished episode.
+    """The shared reward of one finished episode (formula in :class:`LayerPruningEnvConfig`).
+
+    ``w_acc * (-acc_drop) + w_cost * (1 - max(budget_ratio, target)) - w_violation * violation``: flat in
+    ``budget_ratio`` below the target, falling above it.
 
     Args:
         acc_drop: accuracy lost, in percentage points (negative if pruning helped).
@@ -38,7 +41,11 @@ def team_reward(acc_drop: float, budget_ratio: float, cfg: LayerPruningEnvConfig
         ``(reward, violation)`` where ``violation = max(0, budget_ratio - target)``.
     """
     violation = max(0.0, budget_ratio - cfg.target)
-    reward = cfg.w_acc * (-acc_drop) + cfg.w_cost * (1.0 - budget_ratio) - cfg.w_violation * violation
+    # Compression counts up to the target and no further: a vector pruned past it scores as if it sat on
+    # the target, so the only thing extra pruning changes is the accuracy term (it can only lose). Flat
+    # below, ``w_cost + w_violation`` per unit above; ``target=1`` leaves no pruning pressure at all.
+    cost = cfg.w_cost * (1.0 - max(budget_ratio, cfg.target))
+    reward = cfg.w_acc * (-acc_drop) + cost - cfg.w_violation * violation
     return float(reward), float(violation)
 
 

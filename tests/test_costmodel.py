@@ -154,3 +154,54 @@ def test_scale_to_target_is_the_least_scale_that_meets_target(cm, budget):
                 return cm.cost_batch(np.clip(x * d, 0, cm.max_ratio)[None, :])[col][0] / cm.base[col]
 
             assert frac(s) <= target and frac(s - 1e-4) > target
+
+
+def test_meets_target_is_the_slack_band_just_below_the_target():
+    from rlprune.space.costmodel import TARGET_SLACK, meets_target
+
+    assert TARGET_SLACK == 0.01
+    assert meets_target(0.5, 0.5) is True and meets_target(0.495, 0.5) and meets_target(0.3 * 0.99, 0.3)
+    assert not meets_target(0.4949, 0.5) and not meets_target(0.5 + 1e-9, 0.5)
+    np.testing.assert_array_equal(meets_target(np.array([0.69, 0.6931, 0.7, 0.7001]), 0.7),
+                                  [False, True, True, False])
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_relaxed_projection_brings_every_row_up_to_the_target_from_below(cm, budget):
+    rng = np.random.default_rng(11)
+    R = rng.uniform(0, cm.max_ratio, (40, cm.n_groups)) * rng.uniform(0.2, 1.0, (40, 1))
+    target = 0.6
+    before = cm.budget_ratio(R, budget)
+    assert (before < 0.99 * target).sum() >= 10 and (before > target).sum() >= 10  # both ways exercised
+    P = cm.project_to_budget(R, target, budget, relax=True)
+    assert P.shape == R.shape and np.all((0 <= P) & (P <= cm.max_ratio))
+    assert np.all(cm.budget_ratio(P, budget) <= target + 1e-12)
+    # As close as single channels allow: no pruned group could keep one more channel.
+    for p in P:
+        for g in np.flatnonzero(np.floor(p * cm.channels + 1e-9) > 0):
+            more = p.copy()
+            more[g] = (np.floor(p[g] * cm.channels[g] + 1e-9) - 1) / cm.channels[g]
+            assert cm.budget_ratio(more, budget)[0] > target
+    # Target 1 asks for nothing: every row comes back unpruned.
+    np.testing.assert_array_equal(cm.project_to_budget(R, 1.0, budget, relax=True), 0.0)
+
+
+def test_give_back_bisection_matches_a_full_scan_of_breakpoints(cm):
+    """The give-back bisects on channel breakpoints; a brute-force scan of every breakpoint agrees."""
+    rng = np.random.default_rng(13)
+    R = rng.uniform(0, 0.5, (30, cm.n_groups))
+    target = 0.4
+    raised = np.full_like(R, cm.max_ratio)  # everything raised to max_ratio, then given back in forward order
+    out = cm._give_back(R, raised, target, "macs")
+    brute = raised.copy()
+    for i in range(len(R)):
+        for g in range(cm.n_groups):
+            C = cm.channels[g]
+            for cand in [R[i, g], *(np.arange(int(np.floor(cm.max_ratio * C + 1e-9)) + 1) / C)]:
+                if R[i, g] <= cand < brute[i, g]:
+                    trial = brute[i].copy()
+                    trial[g] = cand
+                    if cm.budget_ratio(trial)[0] <= target + 1e-12:
+                        brute[i, g] = cand
+                        break
+    np.testing.assert_array_equal(out, brute)

@@ -11,6 +11,7 @@ import torch
 from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
 from rlprune.envs import CONTEXT_NAMES, ENV_NAME, LayerPruningEnv, LayerPruningEnvConfig, register_envs
+from rlprune.envs.rewards import team_reward
 from rlprune.errors import ConfigError
 from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.store import space_record
@@ -89,7 +90,7 @@ def test_simultaneous_episode(record):
     assert all(terms[a] for a in env.possible_agents)
     assert info["requested"] == pytest.approx([0.6] * env.n_groups)
     assert info["achieved"] == pytest.approx(list(env.cost_model.achieved(info["ratios"])))
-    expected = -quadratic_drop(info["achieved"], {}) + 10.0 * (1 - info["macs_ratio"])
+    expected = -quadratic_drop(info["achieved"], {}) + 10.0 * (1 - max(info["macs_ratio"], 0.5))  # flat below
     assert rewards["group_00"] == pytest.approx(expected)
     for a, o in obs.items():  # terminal observations are valid too
         assert env.observation_spaces[a].contains(o) and o.dtype == np.float32
@@ -113,7 +114,10 @@ def test_sequential_episode_acts_in_forward_order_and_rewards_at_the_end(record)
         assert seen[ctx + 3] > 0.0  # ... and the predicted accuracy drop
     obs, rewards, terms, truncs, infos = env.step({env.possible_agents[-1]: np.array([0.5], np.float32)})
     assert terms["__all__"] and set(rewards) == set(env.possible_agents)
-    assert len(set(rewards.values())) == 1 and rewards["group_00"] != 0.0
+    assert len(set(rewards.values())) == 1
+    info = infos["group_03"]  # pruned past the target: the cost term counts the target, not the MACs
+    assert info["macs_ratio"] < 0.5 and info["acc_drop"] > 0
+    assert rewards["group_00"] == pytest.approx(-info["acc_drop"] + 10.0 * (1 - 0.5))
     assert infos["group_03"]["ratios"] == pytest.approx([0.5] * env.n_groups)
 
 
@@ -183,6 +187,29 @@ def test_penalty_mode_penalises_violations(record):
     assert rewards["group_00"] == pytest.approx(expected)
     *_, rewards_ok, _, infos_ok, _ = run_episode(env, lambda a: 0.8)
     assert infos_ok["group_00"]["violation"] == 0.0 and rewards_ok["group_00"] > rewards["group_00"]
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 1.0])
+def test_team_reward_pays_nothing_for_compression_past_the_target(record, target):
+    cfg = LayerPruningEnvConfig.from_dict({"space": record, "reward": quadratic_drop, "target": target})
+    below = np.array([team_reward(2.0, b, cfg) for b in np.linspace(0.05, target, 12)])
+    # Flat below the target, no violation (target 1: no pruning pressure at all, only accuracy counts).
+    np.testing.assert_allclose(below, [[-2.0 + cfg.w_cost * (1 - target), 0.0]] * 12)
+    above = [team_reward(2.0, b, cfg)[0] for b in np.linspace(target, 1.0, 12)]
+    if target < 1.0:  # falling past it, by w_cost + w_violation per unit
+        assert np.all(np.diff(above) < 0)
+        assert above[-1] == pytest.approx(above[0] - (cfg.w_cost + cfg.w_violation) * (1.0 - target))
+
+
+def test_wall_episode_with_the_flat_reward_ends_at_the_target_and_over_pruning_earns_nothing(record):
+    env = make(record, target=0.5)
+    _, rewards_lo, _, infos_lo, _ = run_episode(env, lambda a: 0.05)  # too little: the wall raises it
+    _, rewards_hi, _, infos_hi, _ = run_episode(env, lambda a: 0.85)  # pruned far past the target
+    lo, hi = infos_lo["group_00"], infos_hi["group_00"]
+    assert lo["budget_ratio"] <= 0.5 + 1e-12 and hi["budget_ratio"] < lo["budget_ratio"]
+    for info, rewards in ((lo, rewards_lo), (hi, rewards_hi)):
+        assert rewards["group_00"] == pytest.approx(-info["acc_drop"] + 10.0 * (1 - 0.5))
+    assert rewards_hi["group_00"] < rewards_lo["group_00"]  # the extra compression only costs accuracy
 
 
 def test_observation_bounds_match_the_wall(record):
@@ -273,7 +300,7 @@ def test_callable_reward_sees_achieved_ratios_and_context(record):
     np.testing.assert_allclose(ratios, infos["group_00"]["achieved"])
     assert info["budget"] == "macs" and info["target"] == 0.5
     assert infos["group_00"]["acc_drop"] == 1.5
-    assert rewards["group_00"] == pytest.approx(-1.5 + 10 * (1 - infos["group_00"]["macs_ratio"]))
+    assert rewards["group_00"] == pytest.approx(-1.5 + 10 * (1 - max(infos["group_00"]["macs_ratio"], 0.5)))
 
 
 def test_reward_callable_by_spec(record):

@@ -110,19 +110,29 @@ def test_summary_has_every_method_measured_the_same_way(killed_and_resumed):
     out, _, summary, _ = killed_and_resumed
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary and list(on_disk["stages"]) == STAGE_NAMES
-    assert summary["target"] == 0.5 and summary["budget"] == "macs"
+    assert summary["target"] == 0.5 and summary["budget"] == "macs" and summary["selection_split"] == "validation"
     for stage in STAGE_NAMES:
         assert summary["stages"][stage]["wall_s"] >= 0
     methods = {m["method"]: m for m in summary["methods"]}
     assert any(name.startswith("rl") for name in methods)
     assert {"uniform", "larger_group", "depth", "global_l1", "random_search", "cem"} <= set(methods)
     for m in summary["methods"]:
-        assert set(m) >= {"method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms"}
+        assert set(m) >= {"method", "ratios", "params_ratio", "macs_ratio", "val_acc", "acc", "acc_ci", "acc_drop",
+                          "latency_ms", "meets_target"}
+        assert m["acc_ci"][0] <= m["acc"] <= m["acc_ci"][1] and m["acc_ci"][1] - m["acc_ci"][0] > 0.5
         assert m["macs_ratio"] <= 0.51 and 0 < m["params_ratio"] < 1 and m["latency_ms"] > 0
         assert len(m["ratios"]) == 6 and m["finetune_steps"] == 10
         assert m["acc_drop"] == pytest.approx(summary["base"]["acc"] - m["acc"])
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["method"]) == sorted(methods)
+    # RL against the best baseline: both chosen on validation, compared pairwise on the same test images.
+    comp = summary["comparison"]
+    val = {name: m["val_acc"] for name, m in methods.items()}
+    assert comp["rl"].startswith("rl") and val[comp["rl"]] == max(v for k, v in val.items() if k.startswith("rl"))
+    assert val[comp["best_baseline"]] == max(v for k, v in val.items() if not k.startswith("rl"))
+    assert comp["diff"] == pytest.approx(methods[comp["rl"]]["acc"] - methods[comp["best_baseline"]]["acc"])
+    assert comp["diff_ci"][0] <= comp["diff"] <= comp["diff_ci"][1] and 0 <= comp["p_value"] <= 1
+    assert comp["real"] == (comp["diff_ci"][0] > 0 or comp["diff_ci"][1] < 0)
 
 
 def test_winner_is_saved_and_loads(killed_and_resumed, digits_task):
@@ -130,8 +140,8 @@ def test_winner_is_saved_and_loads(killed_and_resumed, digits_task):
     model, manifest = load_pruned(out / "pruned_model.pt")
     winner = next(m for m in summary["methods"] if m["method"] == summary["winner"])
     assert manifest["method"] == summary["winner"] and manifest["ratios"] == winner["ratios"]
-    best_ok = max(m["acc"] for m in summary["methods"] if m["macs_ratio"] <= 0.51)
-    assert winner["acc"] == best_ok
+    # Chosen on the validation split, never on the test split it is reported on.
+    assert winner["val_acc"] == max(m["val_acc"] for m in summary["methods"] if m["macs_ratio"] <= 0.5 + 1e-9)
     assert sum(p.numel() for p in model.parameters()) == manifest["params"]
     with torch.no_grad():
         assert model(digits_task.example_input()).shape[-1] == 10
@@ -148,9 +158,9 @@ def test_report_renders_tables_and_figures(killed_and_resumed):
         assert f"figures/{name}" in md
     assert page.count("data:image/png;base64,") == 4
     for m in summary["methods"]:
-        assert f"| {m['method']} | {m['acc']:.2f} |" in md
+        assert f"| {m['method']} | {m['val_acc']:.2f} | {m['acc']:.2f} |" in md
         assert f"<td>{m['method']}</td>" in page
-    assert "AMC-style" in md and "Pareto" in md
+    assert "AMC-style" in md and "Pareto" in md and "both chosen on the validation split" in md
 
 
 def test_tune_experiments_are_on_disk(killed_and_resumed):
@@ -244,3 +254,19 @@ def test_a_lost_validation_row_is_measured_again_alone(killed_and_resumed):
     again = json.loads(lost.read_text())
     assert again["ratios"] == old["ratios"] and again["macs_ratio"] == old["macs_ratio"]
     assert [m["method"] for m in s["methods"]] == [m["method"] for m in summary["methods"]]
+
+
+def test_a_stage_marker_of_other_code_is_rerun_and_the_log_says_why(killed_and_resumed):
+    out, _, _, _ = killed_and_resumed
+    marker = out / "stages" / "report.json"
+    old = json.loads(marker.read_text())
+    assert len(old["code"]) == 12
+    marker.write_text(json.dumps({**old, "key": "written-by-old-code", "code": "0" * 12}))
+    r = subprocess.run(run_cmd("--preset", "tiny", "--out", str(out), "--json"), capture_output=True,
+                       text=True, env=env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert s["stages"]["report"]["status"] == "ran" and s["stages"]["validate"]["status"] == "reused"
+    assert "report: the code changed since it ran" in r.stderr
+    assert json.loads(marker.read_text())["code"] == old["code"]
+

@@ -103,10 +103,13 @@ def test_keys_change_only_with_the_settings_they_hash():
     assert a.key("sweep", "target") != b.key("sweep", "target")
 
 
-def test_sweep_grid_is_the_cross_product():
+def test_sweep_grid_is_the_cross_product_with_one_weight_under_the_wall():
     s = SweepStage(w_cost=(5.0, 10.0), mode=("simultaneous", "sequential"), enforce=("wall", "penalty"))
     grid = s.grid()
-    assert len(grid) == 8 and len({g["tag"] for g in grid}) == 8
+    # Under the wall the cost term is flat (nothing is paid past the target), so w_cost cannot matter there.
+    assert len(grid) == 6 and len({g["tag"] for g in grid}) == 6
+    assert sorted(g["w_cost"] for g in grid if g["enforce"] == "wall") == [5.0, 5.0]
+    assert sorted(g["w_cost"] for g in grid if g["enforce"] == "penalty") == [5.0, 5.0, 10.0, 10.0]
 
 
 def test_pareto_front_keeps_only_undominated_points():

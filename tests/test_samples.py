@@ -226,3 +226,14 @@ def test_space_records_round_trip(tmp_path):
     (tmp_path / "spaces" / "broken.json").write_text("{")
     with pytest.warns(RuntimeWarning, match="broken.json"):
         assert list(read_spaces(tmp_path)) == ["c" * 16]
+
+
+def test_labels_carry_the_measuring_code_version(tmp_path):
+    from rlprune.measure.spec import MEASURE_CODE, source_hash
+
+    assert SPEC.label()["code"] == source_hash(*MEASURE_CODE) and len(SPEC.label()["code"]) == 12
+    for name, text in (("a", "x = 1\n"), ("b", "x = 1\n"), ("c", "x = 2\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.py").write_text(text)
+    assert source_hash(tmp_path / "a") == source_hash(tmp_path / "b") != source_hash(tmp_path / "c")
+

@@ -30,11 +30,13 @@ def test_digits_splits_are_disjoint_stratified_and_cover_the_data() -> None:
     idx = task.split_indices()
     target = load_digits().target
     sets = {k: set(v.tolist()) for k, v in idx.items()}
-    assert not sets["train"] & sets["calibration"]
-    assert not sets["train"] & sets["test"]
-    assert not sets["calibration"] & sets["test"]
-    assert sets["train"] | sets["calibration"] | sets["test"] == set(range(len(target)))
-    assert {k: len(v) for k, v in idx.items()} == {"train": 1077, "calibration": 360, "test": 360}
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not sets[a] & sets[b], (a, b)
+    assert set().union(*sets.values()) == set(range(len(target)))
+    assert {k: len(v) for k, v in idx.items()} == {"train": 897, "calibration": 270, "validation": 270,
+                                                   "test": 360}
     for split, members in idx.items():
         counts = np.bincount(target[members], minlength=10) / len(members)
         assert np.allclose(counts, np.bincount(target) / len(target), atol=0.01), split
@@ -46,7 +48,7 @@ def test_digits_splits_are_disjoint_stratified_and_cover_the_data() -> None:
 def test_loader_shapes_shuffling_and_augmentation() -> None:
     task = DigitsTask()
     loader = task.loader("train", batch_size=100)
-    assert len(loader) == 11 and loader.num_examples == 1077
+    assert len(loader) == 9 and loader.num_examples == 897
     x, y = next(iter(loader))
     assert x.shape == (100, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2  # normalised with train statistics
@@ -70,10 +72,10 @@ def test_random_shift_crops_from_the_padded_image() -> None:
 
 def test_unknown_split_names_valid_ones() -> None:
     task = DigitsTask()
-    with pytest.raises(ValueError, match="'val'.*train, calibration, test"):
+    with pytest.raises(ValueError, match="'val'.*train, calibration, validation, test"):
         task.loader("val")
-    with pytest.raises(ValueError, match="'validation'"):
-        task.evaluate(nn.Linear(1, 1), "validation")
+    with pytest.raises(ValueError, match="'valid'"):
+        task.evaluate(nn.Linear(1, 1), "valid")
 
 
 def test_example_input() -> None:
@@ -248,15 +250,16 @@ def fake_cifar(tmp_path: Path) -> Path:
 
 def test_fake_cifar_loads(fake_cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     task = Cifar10Task(data_dir=fake_cifar)
-    sizes = {split: task.loader(split).num_examples for split in ("train", "calibration", "test")}
-    assert sizes == {"train": 180, "calibration": 20, "test": 50}
+    sizes = {split: task.loader(split).num_examples for split in ("train", "calibration", "validation", "test")}
+    assert sizes == {"train": 160, "calibration": 20, "validation": 20, "test": 50}
     x, y = next(iter(task.loader("train", batch_size=16, augment=True)))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    # The calibration split is the tail of data_batch_5, in file order.
+    # The validation split is the tail of data_batch_5, the calibration split the 20 images before it.
     with open(fake_cifar / "cifar-10-batches-py" / "data_batch_5", "rb") as f:
         last = pickle.load(f, encoding="bytes")
     calib_y = torch.cat([y for _, y in task.loader("calibration")])
-    assert calib_y.tolist() == last[b"labels"][-20:]
+    val_y = torch.cat([y for _, y in task.loader("validation")])
+    assert calib_y.tolist() == last[b"labels"][-40:-20] and val_y.tolist() == last[b"labels"][-20:]
     # The folder itself works too, and so does $RLPRUNE_DATA.
     assert Cifar10Task(data_dir=fake_cifar / "cifar-10-batches-py").folder == task.folder
     monkeypatch.setenv("RLPRUNE_DATA", str(fake_cifar))
@@ -399,8 +402,8 @@ def test_recalibrate_bn_averages_the_statistics_of_the_first_batches() -> None:
     assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0), rtol=1e-5)
     assert int(bn.num_batches_tracked) == 2 and bn.momentum == 0.3
     assert not model.training and conv.weight.grad is None
-    task.recalibrate_bn(model.train(), batches=50, batch_size=100)  # the 360 examples make 4 batches
-    assert int(bn.num_batches_tracked) == 4 and not model.training
+    task.recalibrate_bn(model.train(), batches=50, batch_size=100)  # the 270 examples make 3 batches
+    assert int(bn.num_batches_tracked) == 3 and not model.training
     assert not task.recalibrate_bn(nn.Sequential(nn.Conv2d(1, 2, 3)).train()).training  # no BN: only eval()
 
 

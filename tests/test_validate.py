@@ -13,6 +13,7 @@ import pytest
 
 from rlprune.measure.recipe import measure_base, measure_candidate
 from rlprune.measure.spec import MeasureSpec
+from rlprune.measure.stats import unpack_correct
 from rlprune.search.baselines import measure_baselines
 from rlprune.space.pruning import PruningSpace
 
@@ -31,6 +32,11 @@ def test_unpruned_candidate_matches_the_base(digits):
     row, _ = measure_candidate(task, space, np.zeros(space.n_groups), base,
                                MeasureSpec(recalibrate=False, finetune_steps=0))
     assert row["acc"] == pytest.approx(base["acc"]) and row["acc_drop"] == pytest.approx(0.0)
+    # Scored on the validation split (to choose) and the test split (to report), with the test outcomes kept.
+    assert row["val_acc"] == pytest.approx(base["val_acc"]) and row["val_drop"] == pytest.approx(0.0)
+    assert row["acc_ci"] == pytest.approx(base["acc_ci"]) and row["acc_ci"][0] < row["acc"] <= row["acc_ci"][1]
+    correct = unpack_correct(row["test_correct"])
+    assert len(correct) == task.evaluate(task.base_model(), "test")["n"] and 100 * correct.mean() == row["acc"]
     assert row["macs_ratio"] == 1.0 and row["params_ratio"] == 1.0
 
 

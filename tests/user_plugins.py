@@ -16,16 +16,17 @@ class TinyTask(Task):
     input_shape = (1, 8, 8)
     num_classes = 2
 
-    def __init__(self, seed: int = 0, n: int = 96) -> None:
+    def __init__(self, seed: int = 0, n: int = 128) -> None:
         super().__init__(seed)
         g = torch.Generator().manual_seed(1234)
         y = torch.randint(0, 2, (n,), generator=g)
         x = torch.randn(n, 1, 8, 8, generator=g) + (2.0 * y - 1.0)[:, None, None, None]
-        third = n // 3
+        q = n // 4
         self._data = {
-            "train": (x[:third], y[:third]),
-            "calibration": (x[third : 2 * third], y[third : 2 * third]),
-            "test": (x[2 * third :], y[2 * third :]),
+            "train": (x[:q], y[:q]),
+            "calibration": (x[q : 2 * q], y[q : 2 * q]),
+            "validation": (x[2 * q : 3 * q], y[2 * q : 3 * q]),
+            "test": (x[3 * q :], y[3 * q :]),
         }
 
     @property

@@ -2,12 +2,12 @@
 
 Every measured number in rlprune comes from :func:`prune_and_score` under one
 :class:`~rlprune.measure.spec.MeasureSpec`: a sample label (calibration split, :func:`evaluate_ratios`),
-an online or AMC-style real evaluation, a validation trial (:func:`measure_candidate`, test split, after
-the same fine-tune for every method) and ``rlprune prune``::
+an online or AMC-style real evaluation, a validation trial (:func:`measure_candidate`: validation split to
+choose, test split to report, after the same fine-tune for every method) and ``rlprune prune``::
 
     ratios --PruningSpace.apply--> pruned copy --recalibrate BN--> [fine-tune] --> evaluate --> latency
 
-    base = measure_base(task, model)
+    base = measure_base(task, model, spec)
     row, pruned = measure_candidate(task, space, ratios, base, spec)
 """
 
@@ -23,6 +23,7 @@ import torch
 
 from rlprune.io import model_fingerprint
 from rlprune.measure.spec import MeasureSpec
+from rlprune.measure.stats import accuracy_ci, pack_correct
 from rlprune.samples.store import now_iso, sample_id
 
 if TYPE_CHECKING:
@@ -161,33 +162,37 @@ def evaluate_ratios(task, space: PruningSpace, ratios, base: Baseline, spec: Mea
     }
 
 
-def measure_base(task, model, spec: MeasureSpec, split: str = "test") -> dict:
-    """Scores and latency of the unpruned model on a whole split.
+def measure_base(task, model, spec: MeasureSpec) -> dict:
+    """Scores and latency of the unpruned model on the whole validation and test splits.
 
     Returns:
-        ``{"acc", "loss", "n", "latency_ms"}`` on ``split`` (``n``: how many examples it holds).
+        ``{"acc", "loss", "n", "acc_ci", "val_acc", "latency_ms"}``: test accuracy (points), loss, test
+        examples, the 95% bootstrap interval of the test accuracy, validation accuracy, batch-1 latency.
     """
-    m = task.evaluate(model, split)
-    return {"acc": float(m["acc"]), "loss": float(m["loss"]), "n": int(m.get("n", 0)),
+    val = task.evaluate(model, "validation")
+    test = task.evaluate(model, "test", per_example=True)
+    return {"acc": float(test["acc"]), "loss": float(test["loss"]), "n": int(test["n"]),
+            "acc_ci": list(accuracy_ci(test["correct"])), "val_acc": float(val["acc"]),
             "latency_ms": batch1_latency_ms(model, task.example_input(), spec.latency_runs)}
 
 
-def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: MeasureSpec, *, method: str = "?",
-                      split: str = "test"):
-    """Prune with ``ratios`` for real, fine-tune as the spec says, and score the result on a whole split.
+def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: MeasureSpec, *, method: str = "?"):
+    """Prune with ``ratios`` for real, fine-tune as the spec says, and score the whole validation split (which
+    chooses) and test split (which only reports).
 
     Args:
         task: the task (its calibration split recalibrates BatchNorm, its train split fine-tunes).
         space: the base model's ``PruningSpace``.
         ratios: per-group ratios (achieved ratios after channel rounding are used and reported).
-        base: :func:`measure_base` of the unpruned model on the same split.
+        base: :func:`measure_base` of the unpruned model.
         spec: importance, recalibration and the fine-tune every compared method gets.
         method: name recorded in the row.
-        split: the split to score on.
 
     Returns:
         ``(row, pruned_model)``; ``row`` has ``method``, ``ratios``, ``params_ratio``, ``macs_ratio``,
-        ``acc``, ``acc_drop`` (points, vs ``base``), ``loss``, ``latency_ms``, ``latency_ratio``,
+        ``val_acc``, ``val_drop``, ``acc`` (test), ``acc_drop`` (points, vs ``base``), ``acc_ci`` (95%
+        bootstrap over test images), ``test_correct`` (``rlprune.measure.stats.pack_correct`` of the
+        per-image outcomes, for paired comparisons), ``loss``, ``latency_ms``, ``latency_ratio``,
         ``finetune_steps``, ``measure_s``.
 
     Raises:
@@ -195,7 +200,8 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: Measu
     """
     t0 = time.perf_counter()
     achieved = space.achieved(np.asarray(ratios, dtype=np.float64))
-    pruned, m = prune_and_score(task, space, achieved, spec, finetune=True, split=split)
+    pruned, val = prune_and_score(task, space, achieved, spec, finetune=True, split="validation")
+    test = task.evaluate(pruned, "test", per_example=True)
     params_ratio, macs_ratio = space.cost_model.ratios_of(achieved)
     latency = batch1_latency_ms(pruned, task.example_input(), spec.latency_runs)
     row = {
@@ -203,9 +209,13 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: Measu
         "ratios": [round(float(r), 6) for r in achieved],
         "params_ratio": float(params_ratio[0]),
         "macs_ratio": float(macs_ratio[0]),
-        "acc": float(m["acc"]),
-        "acc_drop": base["acc"] - float(m["acc"]),
-        "loss": float(m["loss"]),
+        "val_acc": float(val["acc"]),
+        "val_drop": base["val_acc"] - float(val["acc"]),
+        "acc": float(test["acc"]),
+        "acc_drop": base["acc"] - float(test["acc"]),
+        "acc_ci": list(accuracy_ci(test["correct"])),
+        "test_correct": pack_correct(test["correct"]),
+        "loss": float(test["loss"]),
         "latency_ms": latency,
         "latency_ratio": latency / base["latency_ms"],
         "finetune_steps": int(spec.finetune_steps),

@@ -17,9 +17,11 @@ Nothing here imports torch or Ray (the space is traced lazily), so configs check
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlprune.errors import ConfigError
@@ -31,6 +33,9 @@ MAX_RATIO = 0.9
 ~0.9 a group of 16 channels keeps one, which no fine-tune recovers from."""
 LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches")
 """The fields a sample label depends on (fine-tuning and latency settings only affect validation)."""
+MEASURE_CODE = ("measure/recipe.py", "space", "tasks")
+"""The source a sample label depends on besides the spec (pruning, recalibration, data, scoring): a label
+measured by other code is another label, so its hash is part of :meth:`MeasureSpec.label`."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,10 @@ class MeasureSpec:
         return cls(**d)
 
     def label(self) -> dict:
-        """The fields a sample label depends on (:data:`LABEL_FIELDS`), stored with every sample row."""
-        return {k: getattr(self, k) for k in LABEL_FIELDS}
+        """What a sample label depends on, stored with every sample row: the :data:`LABEL_FIELDS` and
+        ``code``, the hash of the measuring source (:data:`MEASURE_CODE`), so a fix to that code never
+        silently reuses labels the old code measured."""
+        return {**{k: getattr(self, k) for k in LABEL_FIELDS}, "code": source_hash(*MEASURE_CODE)}
 
     def label_json(self) -> str:
         """:meth:`label` as canonical JSON (the store's ``measure`` column)."""
@@ -131,8 +138,25 @@ class MeasureSpec:
         return self.space_of(task.base_model(), task.example_input())
 
 
+@functools.cache
+def source_hash(*parts: str | Path) -> str:
+    """A 12-hex-digit hash of source files: paths relative to the ``rlprune`` package, or absolute.
+
+    A folder stands for every ``.py`` file below it. Used as the code version of sample labels, stage
+    markers and validation rows (hashed once per process).
+    """
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-__all__ = ["IMPORTANCES", "LABEL_FIELDS", "MAX_RATIO", "MeasureSpec"]
+__all__ = ["IMPORTANCES", "LABEL_FIELDS", "MAX_RATIO", "MEASURE_CODE", "MeasureSpec", "source_hash"]

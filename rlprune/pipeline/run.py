@@ -15,6 +15,7 @@ checkpoints, validation rows). Changing e.g. the target re-runs only the sweep a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -25,10 +26,9 @@ import numpy as np
 
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_bytes, atomic_write_json, json_default
+from rlprune.measure.spec import source_hash
 from rlprune.pipeline.config import STAGES, RunConfig
-
-BUDGET_TOLERANCE = 0.01
-"""A candidate counts as meeting the target when its budget ratio is at most ``target`` plus this."""
+from rlprune.pipeline.select import SELECTION_SPLIT, comparison, pick_winner, rank_rl, within_slack
 
 # Fields and sections each stage depends on (besides everything the stages before it depend on).
 # The base stage and everything after it depend on the sample-label part of the measurement spec; only
@@ -50,8 +50,9 @@ class _Run:
     ray_started: bool = False
 
     def key(self, stage: str) -> str:
+        """The settings this stage and the ones before it depend on, and the code version, hashed."""
         parts = [f for s in STAGES[: STAGES.index(stage) + 1] for f in _STAGE_FIELDS[s]]
-        return self.cfg.key(*parts)
+        return hashlib.sha256(f"{self.cfg.key(*parts)}|{code_version()}".encode()).hexdigest()[:12]
 
     def task_kwargs(self) -> dict:
         return {"seed": self.cfg.seed, **self.cfg.task_kwargs}
@@ -73,11 +74,21 @@ class _Run:
         from rlprune.tasks import cache_dir
 
         return {"task": self.cfg.task, "cache": str(cache_dir().resolve()), "target": self.cfg.target,
-                "budget": self.cfg.budget, "seed": self.cfg.seed, "measure": self.cfg.measure.to_dict()}
+                "budget": self.cfg.budget, "seed": self.cfg.seed, "measure": self.cfg.measure.to_dict(),
+                "code": code_version()}
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def code_version() -> str:
+    """Hash of the source of the package, its env and its policies: a stage marker or a validation row
+    written by other code is stale, whatever its settings (sample labels carry their own, narrower hash)."""
+    from importlib.util import find_spec
+
+    extra = [Path(find_spec(m).origin).parent for m in ("rlprune.envs", "rlprune.policies")]
+    return source_hash(".", *extra)
 
 
 # ====================================================================== stages
@@ -158,26 +169,6 @@ def _stage_sweep(run: _Run) -> dict:
     return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
 
 
-def meets_target(row: dict, target: float, budget: str) -> bool:
-    """True when a candidate's ``<budget>_ratio`` is at most ``target`` (plus :data:`BUDGET_TOLERANCE`)."""
-    return row[f"{budget}_ratio"] <= target + BUDGET_TOLERANCE
-
-
-def rank_rl(trials: list[dict], target: float, budget: str) -> list[dict]:
-    """Sweep trials whose best vector meets the budget, most promising first.
-
-    Rank by the real (calibration-split) drop where an online round measured the vector, else by the
-    trial's own final SPN prediction: the trials' SPNs were fine-tuned on different samples, so measured
-    drops are the fairer comparison when they exist.
-    """
-    ok = [t for t in trials if meets_target(t, target, budget)]
-
-    def score(t):
-        return t["real_acc_drop"] if t.get("real_acc_drop") is not None else t["predicted_acc_drop"]
-
-    return sorted(ok, key=score)
-
-
 def _stage_validate(run: _Run) -> dict:
     from rlprune.pipeline.stages import run_validation
     from rlprune.search.baselines import run_baselines
@@ -205,7 +196,7 @@ def _stage_validate(run: _Run) -> dict:
             cands.append({**b.to_dict(), "source": "baseline"})
     run.ray()
     key = run.key("validate")
-    base = {k: run.done["base"][k] for k in ("acc", "loss", "latency_ms", "fingerprint")}
+    base = {k: run.done["base"][k] for k in ("acc", "val_acc", "loss", "latency_ms", "fingerprint")}
     spec = {**run.spec(), "task_kwargs": run.task_kwargs(), "base": base}
     val_dir = run.out / "validate" / key
     rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers, run.progress)
@@ -226,18 +217,6 @@ def _stage_report(run: _Run) -> dict:
     _write_csv(_results_frame(rows), run.out / "results.csv")
     files = write_report(run.out, cfg, run.done, winner)
     return {"winner": winner["method"], "pruned_model": str(run.out / "pruned_model.pt"), **files}
-
-
-def pick_winner(rows: list[dict], target: float, budget: str) -> dict:
-    """The validated candidate with the best test accuracy among those meeting the target (then fewest params).
-
-    Raises:
-        ConfigError: no candidate meets the target.
-    """
-    ok = [r for r in rows if meets_target(r, target, budget)]
-    if not ok:
-        raise ConfigError(f"no validated candidate meets the {budget} target {target}")
-    return max(ok, key=lambda r: (r["acc"], -r["params_ratio"]))
 
 
 _STAGE_FNS = {"base": _stage_base, "samples": _stage_samples, "spn": _stage_spn, "sweep": _stage_sweep,
@@ -304,12 +283,15 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
                 timing[stage] = {"wall_s": marker["wall_s"], "status": "reused"}
                 log(f"[{i}/{len(stages)}] {stage}: done before ({marker['wall_s']:.1f} s), reused")
                 continue
-            log(f"[{i}/{len(stages)}] {stage} ...")
+            if marker and marker.get("key") != run.key(stage):
+                why = "the code" if marker.get("code") != code_version() else "its settings (or an earlier stage's)"
+                log(f"[{i}/{len(stages)}] {stage}: {why} changed since it ran; running it again")
             t0 = time.perf_counter()
             output = _STAGE_FNS[stage](run)
             wall = time.perf_counter() - t0
             run.done[stage] = output
-            atomic_write_json(_marker(out, stage), {"stage": stage, "key": run.key(stage), "wall_s": wall,
+            atomic_write_json(_marker(out, stage), {"stage": stage, "key": run.key(stage), "code": code_version(),
+                                                    "wall_s": wall,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                     "output": output})
             timing[stage] = {"wall_s": wall, "status": "ran"}
@@ -326,27 +308,35 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
 
 def _summary(run: _Run, timing: dict) -> dict:
     cfg, d = run.cfg, run.done
-    methods = []
-    for r in d.get("validate", {}).get("rows", []):
-        m = {k: r.get(k) for k in ("method", "ratios", "params_ratio", "macs_ratio", "acc", "acc_drop",
-                                   "latency_ms", "latency_ratio", "predicted_acc_drop", "source", "finetune_steps")}
-        methods.append(m)
+    rows = d.get("validate", {}).get("rows", [])
+    methods = [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, cfg.target, cfg.budget)}
+               for r in rows]
     return json.loads(json.dumps({
         "task": cfg.task, "target": cfg.target, "budget": cfg.budget, "preset": cfg.preset, "out": str(run.out),
+        "selection_split": SELECTION_SPLIT,
         "stages": timing, "total_wall_s": sum(t["wall_s"] for t in timing.values()),
-        "base": {k: d["base"][k] for k in ("acc", "latency_ms", "params", "macs")} if "base" in d else None,
+        "base": {k: d["base"].get(k) for k in ("acc", "acc_ci", "val_acc", "latency_ms", "params", "macs")}
+        if "base" in d else None,
         "spn": d["spn"]["metrics"] if "spn" in d else None,
         "winner": d.get("report", {}).get("winner"), "methods": methods,
+        "comparison": comparison(rows, cfg.target, cfg.budget) if rows else None,
         "pruned_model": d.get("report", {}).get("pruned_model"),
     }, default=json_default))
+
+
+#: What each method row of ``summary.json`` carries (``test_correct`` stays in the validation rows).
+_METHOD_KEYS = ("method", "source", "ratios", "params_ratio", "macs_ratio", "val_acc", "acc", "acc_ci", "acc_drop",
+                "latency_ms", "latency_ratio", "predicted_acc_drop", "finetune_steps")
 
 
 def _results_frame(rows: list[dict]):
     import pandas as pd
 
-    cols = ["method", "source", "acc", "acc_drop", "params_ratio", "macs_ratio", "latency_ms", "latency_ratio",
-            "predicted_acc_drop", "finetune_steps"]
+    cols = ["method", "source", "val_acc", "acc", "acc_drop", "params_ratio", "macs_ratio", "latency_ms",
+            "latency_ratio", "predicted_acc_drop", "finetune_steps"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
+    df["acc_ci_lo"] = [r["acc_ci"][0] for r in rows]
+    df["acc_ci_hi"] = [r["acc_ci"][1] for r in rows]
     df["ratios"] = [" ".join(f"{x:.3f}" for x in r["ratios"]) for r in rows]
     return df
 

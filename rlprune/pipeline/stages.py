@@ -6,8 +6,9 @@ reserves 1 CPU for PPO plus ``search_workers`` CPUs for its real evaluations (a 
 evaluation tasks it starts run inside its reservation and trials never starve each other).
 
 Validation: one trial per candidate (RL strategies and baselines at the same budget). Each prunes the base
-model for real, fine-tunes it for the same number of steps, scores the test split, times batch-1 CPU
-latency, and writes ``rows/<method>.json`` and ``models/<method>.pt`` through atomic renames.
+model for real, fine-tunes it for the same number of steps, scores the validation split (which chooses)
+and the test split (which only reports, with each image's outcome kept for paired comparisons), times
+batch-1 CPU latency, and writes ``rows/<method>.json`` and ``models/<method>.pt`` through atomic renames.
 
 Both resume at trial granularity: a rerun starts only the trials without a finished output, and a search
 trial continues from its own checkpoint. Tune's experiment folders (``<out>/tune/<name>``) hold the per-trial
@@ -25,7 +26,8 @@ from rlprune.orchestration import fit_experiment
 #: Metrics a sweep trial reports each iteration (the history row has more, not all of it scalar).
 _ITER_KEYS = ("iteration", "episodes", "reward_mean", "best_reward", "greedy_reward", "train_s", "wall_s")
 #: Row fields a validation trial reports to Tune.
-_ROW_KEYS = ("params_ratio", "macs_ratio", "acc", "acc_drop", "loss", "latency_ms", "latency_ratio", "measure_s")
+_ROW_KEYS = ("params_ratio", "macs_ratio", "val_acc", "acc", "acc_drop", "loss", "latency_ms", "latency_ratio",
+             "measure_s")
 
 
 # ====================================================================== the sweep
@@ -101,7 +103,8 @@ def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: P
 
     Args:
         spec: ``task``, ``task_kwargs``, ``base`` (``measure_base`` of the unpruned model), ``measure``
-            (the run's ``MeasureSpec`` as a dict), ``cache``, ``budget``, ``target``.
+            (the run's ``MeasureSpec`` as a dict), ``code`` (the pipeline's code version, kept in each row),
+            ``cache``, ``budget``, ``target``.
         candidates: ``{"method", "ratios", ...}``; extra keys (``predicted_acc_drop``, ``source``) are
             copied into the row.
         val_dir: ``rows/`` and ``models/`` go here.
@@ -144,7 +147,7 @@ def _validate_trial(config: dict) -> None:
     task = get_task(config["task"], **config["task_kwargs"])
     space = spec.task_space(task)
     row, pruned = measure_candidate(task, space, c["ratios"], config["base"], spec, method=c["method"])
-    row.update({k: v for k, v in c.items() if k not in row})
+    row.update({k: v for k, v in c.items() if k not in row}, code=config["code"])
     val_dir = Path(config["val_dir"])
     keep = ("method", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms", "finetune_steps")
     manifest = pruned_manifest(space, row["ratios"], task.example_input(), task=config["task"],

@@ -4,11 +4,16 @@
   (more channels -> larger ratio); ``depth`` (deeper -> larger ratio).
 - ``global_l1``: torch-pruning-style global magnitude pruning. Channels of all groups are ranked together
   by their group-normalised L1 importance and the lowest are removed until the budget is met; the
-  threshold is found on the cost model, so it lands on the budget as exactly as channel counts allow.
+  threshold is found on the cost model.
 - ``random_search`` and ``cem``: black-box searches against an accuracy-drop predictor (the SPN) with a
-  fixed number of predictor calls; every candidate is projected onto the budget first.
+  fixed number of predictor calls; every candidate is projected onto the budget first, and candidates that
+  meet the target (see below) outrank those that cannot.
 
-Each returns a ratio vector; :func:`run_baselines` collects them with their exact cost.
+Every method reaches the target from below, within ``TARGET_SLACK`` (1% of the target), through the one
+projection the env's wall uses (``CostModel.project_to_budget`` with its give-back step, here with
+``relax=True`` so that vectors pruned past the target are brought back up to it). Where channel counts make
+that impossible the method keeps its closest vector from below and :func:`run_baselines` records
+``meets_target: False``. Each returns a ratio vector; :func:`run_baselines` collects them with their exact cost.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.space.costmodel import CostModel, bisect_first
+from rlprune.space.costmodel import CostModel, bisect_first, meets_target
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
 
@@ -73,10 +78,16 @@ def rule_direction(rule: str, channels: np.ndarray) -> np.ndarray:
 
 
 def rule_ratios(cm: CostModel, rule: str, target: float, budget: str = "macs") -> np.ndarray:
-    """Ratios of a handcrafted rule scaled to the least pruning that meets ``target``."""
+    """Ratios of a handcrafted rule brought onto ``target`` from below.
+
+    The rule's direction is scaled to the least pruning that meets the target (every group together, so
+    their channel steps coincide and the result can land several percent below it), then projected like
+    every other method's vectors: scaled back to just above the target and raised with the give-back step,
+    which may keep a channel or two more in single groups. The rule still decides the shape.
+    """
     d = rule_direction(rule, cm.channels)
     s = cm.scale_to_target(d, target, budget)
-    return cm.achieved(np.clip(s * d, 0.0, cm.max_ratio))
+    return cm.achieved(cm.project_to_budget(np.clip(s * d, 0.0, cm.max_ratio), target, budget, relax=True))
 
 
 def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: float,
@@ -89,7 +100,9 @@ def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: flo
         target: wanted pruned/original ratio of ``budget``.
 
     Returns:
-        Achieved ratios: group g loses its channels scoring below the threshold (capped at ``max_ratio``).
+        Achieved ratios: group g loses its channels scoring below the threshold (capped at ``max_ratio``),
+        or, when it lands closer to the target, the vector of the next lower threshold (just over the target)
+        projected onto it like every other method's (``project_to_budget``, ``relax=True``).
     """
     C = cm.channels
     cap = np.floor(cm.max_ratio * C + 1e-9)
@@ -108,27 +121,30 @@ def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: flo
         raise ConfigError(f"global pruning cannot reach {budget} ratio {target:g} within max_ratio="
                           f"{cm.max_ratio:g}; raise the target")
     # The smallest threshold whose ratios meet the target.
-    return cm.achieved(ratios_at(candidates[bisect_first(fits, 0, last)]))
+    i = bisect_first(fits, 0, last)
+    # Its channel steps can leave it short of the target: the vector of the threshold below (just over the
+    # target) projected onto it, like every other method's, lands closer; keep whichever is closer.
+    found = np.stack([ratios_at(candidates[i]), ratios_at(candidates[i - 1]) if i > 0 else np.zeros(cm.n_groups)])
+    found[1] = cm.project_to_budget(found[1], target, budget, relax=True)
+    return cm.achieved(found[np.argmax(cm.budget_ratio(found, budget))])
 
 
 def random_search(predict: Predictor, cm: CostModel, target: float, budget: str = "macs",
                   n_calls: int = 2048, seed: int = 0, batch: int = 512) -> tuple[np.ndarray, dict]:
-    """Uniform random ratio vectors, projected onto the budget, best predicted drop wins.
+    """Uniform random ratio vectors, projected onto the budget, best predicted drop wins (see :func:`_scored`).
 
     Returns:
         ``(ratios, extra)`` with ``predicted_acc_drop`` and ``predictor_calls``.
     """
     rng = np.random.default_rng(seed)
-    best, best_drop, calls = None, np.inf, 0
+    best, best_key, calls = None, (2, np.inf), 0
     while calls < n_calls:
         n = min(batch, n_calls - calls)
-        R = cm.project_to_budget(rng.uniform(0, cm.max_ratio, (n, cm.n_groups)), target, budget)
-        drop = np.asarray(predict(R), dtype=np.float64)
+        R, key, order = _scored(predict, cm, rng.uniform(0, cm.max_ratio, (n, cm.n_groups)), target, budget)
         calls += n
-        i = int(np.argmin(drop))
-        if drop[i] < best_drop:
-            best, best_drop = R[i], float(drop[i])
-    return cm.achieved(best), {"predicted_acc_drop": best_drop, "predictor_calls": calls}
+        if key[order[0]] < best_key:
+            best, best_key = R[order[0]], key[order[0]]
+    return cm.achieved(best), {"predicted_acc_drop": best_key[1], "predictor_calls": calls}
 
 
 def cem(predict: Predictor, cm: CostModel, target: float, budget: str = "macs", n_calls: int = 2048,
@@ -144,21 +160,34 @@ def cem(predict: Predictor, cm: CostModel, target: float, budget: str = "macs", 
     mean = np.full(cm.n_groups, cm.max_ratio / 2)
     std = np.full(cm.n_groups, cm.max_ratio / 3)
     n_elite = max(2, int(population * elite_frac))
-    best, best_drop, calls = None, np.inf, 0
+    best, best_key, calls = None, (2, np.inf), 0
     while calls < n_calls:
         n = min(population, n_calls - calls)
         R = np.clip(mean + std * rng.standard_normal((n, cm.n_groups)), 0.0, cm.max_ratio)
-        R = cm.project_to_budget(R, target, budget)
-        drop = np.asarray(predict(R), dtype=np.float64)
+        R, key, order = _scored(predict, cm, R, target, budget)
         calls += n
-        order = np.argsort(drop)
-        if drop[order[0]] < best_drop:
-            best, best_drop = R[order[0]], float(drop[order[0]])
+        if key[order[0]] < best_key:
+            best, best_key = R[order[0]], key[order[0]]
         elite = R[order[: min(n_elite, n)]]
         # Smoothed updates keep the distribution from collapsing on one lucky batch.
         mean = 0.7 * elite.mean(axis=0) + 0.3 * mean
         std = np.maximum(0.7 * elite.std(axis=0) + 0.3 * std, 0.01)
-    return cm.achieved(best), {"predicted_acc_drop": best_drop, "predictor_calls": calls}
+    return cm.achieved(best), {"predicted_acc_drop": best_key[1], "predictor_calls": calls}
+
+
+def _scored(predict: Predictor, cm: CostModel, R: np.ndarray, target: float,
+            budget: str) -> tuple[np.ndarray, list[tuple[int, float]], np.ndarray]:
+    """Project a search's candidates onto the target and rank them.
+
+    Returns:
+        ``(R, key, order)``: the projected candidates, each one's ``(misses the target, predicted drop)``
+        and the candidate indices best first (those meeting the target first, then by predicted drop).
+    """
+    R = cm.project_to_budget(R, target, budget, relax=True)
+    drop = np.asarray(predict(R), dtype=np.float64)
+    miss = ~meets_target(cm.budget_ratio(R, budget, validate=False), target)
+    key = list(zip(miss.astype(int).tolist(), drop.tolist(), strict=True))
+    return R, key, np.lexsort((drop, miss))
 
 
 def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=None,
@@ -175,7 +204,8 @@ def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=Non
         n_calls: predictor calls each search may spend.
 
     Returns:
-        One :class:`BaselineResult` per method.
+        One :class:`BaselineResult` per method; ``extra["meets_target"]`` is False for a method that could
+        not land within ``TARGET_SLACK`` below the target (channel granularity), absent otherwise.
     """
     found: list[tuple[str, np.ndarray, dict]] = [(r, rule_ratios(cm, r, target, budget), {}) for r in RULES]
     if scores is not None:
@@ -188,6 +218,8 @@ def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=Non
         p, m = cm.ratios_of(ratios[None, :])
         if predict is not None and "predicted_acc_drop" not in extra:
             extra = {**extra, "predicted_acc_drop": float(np.asarray(predict(ratios[None, :]))[0])}
+        if not meets_target(p[0] if budget == "params" else m[0], target):
+            extra = {**extra, "meets_target": False}
         out.append(BaselineResult(method, ratios, float(m[0]), float(p[0]), extra))
     return out
 

@@ -30,6 +30,34 @@ _FIT_TOL = 1e-12  # float slack when comparing a cost ratio with its target
 _CHUNK = 2048  # rows per block in cost_batch
 _GRID = 33  # scales scored per row and round in project_to_budget
 
+TARGET_SLACK = 0.01
+"""How far below its target a method may land and still *meet* it (relative): a method meets target ``t``
+when ``t * (1 - TARGET_SLACK) <= budget_ratio <= t``.
+
+Relative, because what a comparison is about is the compute each pruned model keeps: an absolute 0.01 would
+be 1.4% of the kept MACs at ``t = 0.7`` but 10% at ``t = 0.1``, so low targets would let a method hide a
+much larger head start in compression. With 1% of ``t``, every method keeps at least 99% of what the target
+allows. Checked by :func:`meets_target`; :meth:`CostModel.project_to_budget` with ``relax=True`` lands
+rows in this band (channel counts permitting)."""
+
+
+def meets_target(budget_ratio, target: float) -> bool | np.ndarray:
+    """Whether ``budget_ratio`` reaches ``target`` from below within :data:`TARGET_SLACK` (relative).
+
+    ``target * (1 - TARGET_SLACK) <= budget_ratio <= target``, each side with an exact-ratio float
+    tolerance of 1e-12 (a cost ratio is a quotient of exact integer counts, so this is rounding only).
+
+    Args:
+        budget_ratio: pruned/original MACs or params: a float or an array of them.
+        target: the wanted ratio, in (0, 1].
+
+    Returns:
+        A bool for a scalar, a bool array shaped like ``budget_ratio`` otherwise.
+    """
+    r = np.asarray(budget_ratio, dtype=np.float64)
+    ok = (r <= target + _FIT_TOL) & (r >= target * (1.0 - TARGET_SLACK) - _FIT_TOL)
+    return bool(ok) if ok.ndim == 0 else ok
+
 
 def bisect_first(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     """Smallest integer in ``[lo, hi)`` where a monotone predicate holds (False ... False, True ... True).
@@ -306,7 +334,8 @@ class CostModel:
         col = _budget_col(budget)
         return self.cost_batch(np.atleast_2d(R), validate=validate)[col] / self.base[col]
 
-    def project_to_budget(self, R, target: float, budget: str = "macs", rounds: int = 4) -> np.ndarray:
+    def project_to_budget(self, R, target: float, budget: str = "macs", rounds: int = 4,
+                          relax: bool = False) -> np.ndarray:
         """Raise each row's ratios by the least amount that meets ``target`` (the AMC-style wall).
 
         First ``r + s * (max_ratio - r)`` with the smallest ``s`` in [0, 1] whose exact cost meets the
@@ -315,12 +344,21 @@ class CostModel:
         steps back, in forward order, to its lowest channel breakpoint (or its request) that still meets
         the target. Rows that already meet it are returned unchanged; every ratio stays >= its request.
 
+        With ``relax``, every row is brought onto the target from below, also rows pruned past it: those
+        are first scaled down, ``s * r``, to the last scale on the bisection grid that misses the target,
+        and that vector is raised and given back as above; then each group in turn, one channel per pass,
+        keeps one more channel while the target still holds. A row keeps its shape up to a few channels
+        and ends within the smallest one-channel step of its pruned groups below the target: within
+        :data:`TARGET_SLACK` wherever channel granularity allows (:func:`meets_target` says whether it
+        did). This is how the baselines land on the target; the env's wall leaves rows that fit alone.
+
         Args:
             R: ``(N, G)`` or ``(G,)`` ratios in ``[0, max_ratio]``.
             target: wanted pruned/original ratio of ``budget``.
             budget: ``"macs"`` or ``"params"``.
             rounds: grid-bisection rounds (4 rounds of a 33-point grid resolve ``s`` to ~1e-6, far below
                 one channel; the give-back step then lands exactly on channel breakpoints).
+            relax: land every row on the target from below (ratios may fall below their requests).
 
         Returns:
             Projected ratios, same shape as ``R``.
@@ -335,47 +373,104 @@ class CostModel:
         if floor > target + _FIT_TOL:
             raise ConfigError(f"target {budget} ratio {target:g} is unreachable: every group at max_ratio="
                               f"{self.max_ratio:g} keeps {floor:.4f}; raise the target or max_ratio")
+        ratio = self.budget_ratio(R2, budget, validate=False)
+        if relax:
+            low = np.flatnonzero(ratio < target - _FIT_TOL)
+            if len(low):
+                R2 = R2.copy()
+                # Scale s * r falls in cost as s grows; the last infeasible s of the bracket is the request.
+                R2[low] *= self._bisect_path(np.zeros_like(R2[low]), R2[low], target, budget, rounds)[0][:, None]
+                ratio[low] = self.budget_ratio(R2[low], budget, validate=False)
         top = self.max_ratio - R2
-        need = np.flatnonzero(self.budget_ratio(R2, budget, validate=False) > target + _FIT_TOL)
+        need = np.flatnonzero(ratio > target + _FIT_TOL)
         out = R2.copy()
         if len(need):
-            # Batched grid bisection on s: every round scores _GRID scales per row in one cost call and keeps
-            # the bracket [last infeasible, first feasible] (cost falls monotonically as s grows).
-            lo, hi = np.zeros(len(need)), np.ones(len(need))
-            steps = np.linspace(0.0, 1.0, _GRID)
-            for _ in range(rounds):
-                S = lo[:, None] + (hi - lo)[:, None] * steps[None, :]  # (n, _GRID)
-                trial = R2[need, None, :] + S[..., None] * top[need, None, :]
-                fits = self.budget_ratio(trial.reshape(-1, self.n_groups), budget, validate=False) <= target + _FIT_TOL
-                j = np.maximum(1, np.argmax(fits.reshape(len(need), _GRID), axis=1))
-                lo, hi = S[np.arange(len(need)), j - 1], S[np.arange(len(need)), j]
+            hi = self._bisect_path(R2[need], top[need], target, budget, rounds)[1]
             out[need] = np.clip(R2[need] + hi[:, None] * top[need], 0.0, self.max_ratio)
         out = self._give_back(R2, out, target, budget)
+        if relax:
+            out = self._fill(out, target, budget)
         return out[0] if single else out
 
-    def _give_back(self, requested, enforced, target, budget, chunk: int = 4096) -> np.ndarray:
-        """Lower each raised entry to its least breakpoint ``k / C`` (or its request) still meeting target."""
+    def _bisect_path(self, start, step, target, budget, rounds) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the bracket ``(lo, hi)`` in [0, 1] of the least ``s`` with ``start + s * step`` meeting target.
+
+        Batched grid bisection: every round scores ``_GRID`` scales per row in one cost call and keeps the
+        bracket [last infeasible, first feasible]; the cost must fall monotonically as ``s`` grows and the
+        rows must meet the target at ``s = 1``.
+        """
+        n = len(start)
+        lo, hi = np.zeros(n), np.ones(n)
+        steps = np.linspace(0.0, 1.0, _GRID)
+        for _ in range(rounds):
+            S = lo[:, None] + (hi - lo)[:, None] * steps[None, :]  # (n, _GRID)
+            trial = start[:, None, :] + S[..., None] * step[:, None, :]
+            fits = self._fits(trial.reshape(-1, self.n_groups), target, budget)
+            j = np.maximum(1, np.argmax(fits.reshape(n, _GRID), axis=1))
+            lo, hi = S[np.arange(n), j - 1], S[np.arange(n), j]
+        return lo, hi
+
+    def _give_back(self, requested, enforced, target, budget) -> np.ndarray:
+        """Lower each raised entry to its least breakpoint ``k / C`` (or its request) still meeting target.
+
+        Cost never rises with a group's ratio, so the least fitting breakpoint is found by a bisection on
+        ``k`` per entry (all rows of a group at once), after one check of the request itself.
+        """
         out = enforced.copy()
         for g in range(self.n_groups):
             rows = np.flatnonzero(out[:, g] > requested[:, g] + 1e-12)
             if len(rows) == 0:
                 continue
             C = int(self.channels[g])
-            grid = np.arange(math.floor(self.max_ratio * C + 1e-9) + 1) / C  # exact breakpoints of floor(r*C)
-            for part in np.array_split(rows, max(1, len(rows) * len(grid) // chunk + 1)):
-                req, cur = requested[part, g], out[part, g]
-                cand = np.concatenate([req[:, None], np.broadcast_to(grid, (len(part), len(grid)))], axis=1)
-                valid = (cand >= req[:, None]) & (cand < cur[:, None])
-                valid[:, 0] = True
-                trial = np.repeat(out[part], cand.shape[1], axis=0)
-                trial[:, g] = cand.reshape(-1)
-                fits = self.budget_ratio(trial, budget, validate=False) <= target + _FIT_TOL
-                fits = fits.reshape(len(part), -1) & valid
-                # Cost falls as the ratio rises: the first fitting candidate in ascending order is the least.
-                cand = np.where(fits, cand, np.inf)
-                best = cand.min(axis=1)
-                out[part, g] = np.where(np.isfinite(best), np.minimum(best, cur), cur)
+            req, cur = requested[rows, g], out[rows, g]
+            # An entry raised within its channel step costs the same as its request: give it back for free.
+            trial = out[rows].copy()
+            trial[:, g] = req
+            back = (_removed(cur, C) == _removed(req, C)) | self._fits(trial, target, budget)
+            out[rows[back], g] = req[back]
+            rows, req, cur = rows[~back], req[~back], cur[~back]
+            # Least k in (removed(req), removed(cur)] whose k / C fits; k = removed(cur) fits (same cost as cur).
+            lo, hi = _removed(req, C) + 1, _removed(cur, C)
+            while len(live := np.flatnonzero(lo < hi)):
+                mid = (lo[live] + hi[live]) // 2
+                trial = out[rows[live]].copy()
+                trial[:, g] = mid / C
+                fits = self._fits(trial, target, budget)
+                hi[live] = np.where(fits, mid, hi[live])
+                lo[live] = np.where(fits, lo[live], mid + 1)
+            out[rows, g] = np.minimum(hi / C, cur)
         return out
+
+    def _fits(self, R, target, budget) -> np.ndarray:
+        """Which rows of ``R`` meet ``target`` (exact cost, float slack ``_FIT_TOL``)."""
+        return self.budget_ratio(R, budget, validate=False) <= target + _FIT_TOL
+
+    def _fill(self, R, target, budget) -> np.ndarray:
+        """Keep one more channel per group and pass, in forward order, while the row still meets the target.
+
+        The give-back only lowers entries to their requests, so after the relax step a gap of up to one
+        coarse channel step can remain. Each pass gives every group that still fits one channel back, so a
+        group moves by a channel or two, not more, and the row ends where no single channel fits any more.
+        """
+        out = R.copy()
+        rows = np.arange(len(out))
+        while len(rows):
+            moved = np.zeros(len(rows), dtype=bool)
+            for g in range(self.n_groups):
+                C = int(self.channels[g])
+                k = _removed(out[rows, g], C)
+                trial = out[rows].copy()
+                trial[:, g] = np.maximum(k - 1, 0) / C
+                ok = (k > 0) & self._fits(trial, target, budget)
+                out[rows[ok], g] = trial[ok, g]
+                moved |= ok
+            rows = rows[moved]
+        return out
+
+
+def _removed(r: np.ndarray, C: int) -> np.ndarray:
+    """Channels ``floor(r * C)`` removed at ratio ``r`` (before rounding to ``round_to``)."""
+    return np.floor(r * C + 1e-9).astype(np.int64)
 
 
 def _budget_col(budget: str) -> int:

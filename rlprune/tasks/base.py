@@ -1,10 +1,11 @@
 """The Task protocol: data splits, a cached trained base model, evaluation, fine-tuning, BN recalibration.
 
-A task owns three disjoint splits::
+A task owns four disjoint splits::
 
     train        -> base-model training and fine-tuning
-    calibration  -> BN recalibration and the accuracy the search sees
-    test         -> final reports only (the search never sees it)
+    calibration  -> BN recalibration, sample labels, online and AMC-style real evaluations (what the search sees)
+    validation   -> every choice: the run's winner, which candidates go forward, when a search stops
+    test         -> the final table only (never a choice)
 
 Subclasses provide the raw split tensors (``_split_tensors``), the per-batch preprocessing
 (``_transform``, ``_augment``), the architecture (``build_model``) and the training recipe
@@ -12,8 +13,9 @@ Subclasses provide the raw split tensors (``_split_tensors``), the per-batch pre
 
 The trained base model is cached on disk under ``$RLPRUNE_CACHE`` (default ``~/.cache/rlprune``) as
 ``models/<name>-seed<seed>-<key>.pt``. ``key`` hashes the source of every non-torch module class in the
-model, the model's ``repr`` (layer shapes), the training recipe, the task's ``cache_params`` (e.g. the
-architecture name), the split sizes and labels, and ``CACHE_VERSION``; editing any of these retrains.
+model, the model's ``repr`` (layer shapes), the training recipe and the source of the code that runs it
+(training loop, preprocessing, augmentation), the task's ``cache_params`` (e.g. the architecture name),
+the split sizes and labels, and ``CACHE_VERSION``; editing any of these retrains.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from rlprune.io import atomic_write_bytes, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "calibration", "test")
+SPLITS = ("train", "calibration", "validation", "test")
 """The valid split names, in the order they are carved out of the data."""
 
 CACHE_VERSION = 1
@@ -244,6 +246,12 @@ class Task(abc.ABC):
             h.update(f"{cls.__module__}.{cls.__qualname__}\n".encode())
             h.update(inspect.getsource(cls).encode())
         h.update(repr(model).encode())
+        # The training code itself: a fix to the recipe's implementation retrains instead of reusing weights.
+        for fn in (Task._train, Task._sgd_steps, type(self)._transform, type(self)._augment):
+            try:
+                h.update(inspect.getsource(fn).encode())
+            except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+                h.update(fn.__qualname__.encode())
         meta = {
             "version": CACHE_VERSION,
             "name": self.name,
@@ -435,18 +443,22 @@ class Task(abc.ABC):
             )
         return model.eval()
 
-    def evaluate(self, model: nn.Module, split: str, max_batches: int | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str, max_batches: int | None = None,
+                 per_example: bool = False) -> dict[str, Any]:
         """Measure accuracy and mean cross-entropy of ``model`` on a split.
 
         The model is switched to eval mode (and left there); gradients are off.
 
         Args:
             model: the model to measure; it may live on any device.
-            split: ``"train"``, ``"calibration"`` or ``"test"``.
+            split: one of :data:`SPLITS`.
             max_batches: stop after this many batches of 128 (all when None).
+            per_example: also return which examples were classified correctly (for bootstrap intervals
+                and paired comparisons over the same images).
 
         Returns:
-            ``{"acc": percent in [0, 100], "loss": mean cross-entropy, "n": examples seen}``.
+            ``{"acc": percent in [0, 100], "loss": mean cross-entropy, "n": examples seen}``, plus
+            ``"correct"`` (a bool numpy array in split order) with ``per_example``.
 
         Raises:
             ValueError: for an unknown split or a non-positive ``max_batches``.
@@ -456,7 +468,7 @@ class Task(abc.ABC):
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         device = _device_of(model)
         model.eval()
-        correct, loss_sum, n = 0, 0.0, 0
+        hits, loss_sum, n = [], 0.0, 0
         with torch.no_grad():
             for i, (x, y) in enumerate(self.loader(split)):
                 if max_batches is not None and i >= max_batches:
@@ -464,9 +476,13 @@ class Task(abc.ABC):
                 x, y = x.to(device), y.to(device)
                 logits = model(x)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
+                hits.append((logits.argmax(1) == y).cpu())
                 n += len(y)
-        return {"acc": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
+        correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+        out = {"acc": 100.0 * int(correct.sum()) / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
+        if per_example:
+            out["correct"] = correct.numpy()
+        return out
 
     def recalibrate_bn(self, model: nn.Module, batches: int = 10, batch_size: int = 128) -> nn.Module:
         """Re-estimate every BatchNorm's running statistics on the calibration split.

@@ -9,8 +9,9 @@ or at its parent. The folder holds five training pickles and one test pickle::
         batches.meta                   label names (not needed)
 
 Each row of ``b"data"`` is a 32x32 image stored channel-major (1024 red, 1024 green, 1024 blue values).
-Splits: the last 5,000 training images (10% when the folder holds fewer than 50,000) form the
-calibration split, the rest the train split, and ``test_batch`` the test split.
+Splits: the last 5,000 training images (10% when the folder holds fewer than 50,000) form the validation
+split, the 5,000 before them the calibration split, the rest the train split, and ``test_batch`` the test
+split.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 """Per-channel standard deviation of the CIFAR-10 training images in [0, 1]."""
 CALIBRATION_SIZE = 5000
-"""Calibration images carved from the end of the training set (capped at 10% of it)."""
+"""Calibration images, and as many validation images, carved from the end of the training set (each capped
+at 10% of it)."""
 ARCHS = {"resnet20": resnet20, "resnet56": resnet56}
 
 _HOW_TO_FIX = (
@@ -178,16 +180,18 @@ class Cifar10Task(Task):
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         test_x, test_y = read_batch(self.folder / TEST_FILE)
-        n_calib = min(CALIBRATION_SIZE, len(y) // 10)
-        if n_calib < 1:
+        n_held = min(CALIBRATION_SIZE, len(y) // 10)
+        if n_held < 1:
             raise DataError(
-                f"{self.folder} holds only {len(y)} training images, too few for a calibration split; {_HOW_TO_FIX}"
+                f"{self.folder} holds only {len(y)} training images, too few for calibration and validation "
+                f"splits; {_HOW_TO_FIX}"
             )
-        cut = len(y) - n_calib
+        cut, val = len(y) - 2 * n_held, len(y) - n_held
         # Images stay uint8 (150 MB instead of 600 MB as float); _transform converts each batch.
         return {
             "train": (torch.from_numpy(x[:cut].copy()), torch.from_numpy(y[:cut].copy())),
-            "calibration": (torch.from_numpy(x[cut:].copy()), torch.from_numpy(y[cut:].copy())),
+            "calibration": (torch.from_numpy(x[cut:val].copy()), torch.from_numpy(y[cut:val].copy())),
+            "validation": (torch.from_numpy(x[val:].copy()), torch.from_numpy(y[val:].copy())),
             "test": (torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.copy())),
         }
 
