@@ -139,6 +139,7 @@ class LayerPruningEnv(MultiAgentEnv):
         # Finished episodes' summaries, so a search can read candidates off the env runners (bounded: an
         # undrained env must not grow without limit).
         self.finished: collections.deque[dict] = collections.deque(maxlen=FINISHED_KEPT)
+        self.reward_calls = 0  # calls of the reward source (SPN predictions, or real evaluations) not yet drained
 
     # ------------------------------------------------------------------ gymnasium / RLlib API
     def reset(self, *, seed=None, options=None):
@@ -232,6 +233,12 @@ class LayerPruningEnv(MultiAgentEnv):
         self.finished.clear()
         return out
 
+    def drain_reward_calls(self) -> int:
+        """Hand over (and reset) how often the reward source was called since the last call: a search's
+        budget is counted, not estimated from its episodes (a sequential episode may call it per step)."""
+        n, self.reward_calls = self.reward_calls, 0
+        return n
+
     @property
     def spn_version(self) -> int | None:
         """Version of the SPN weights in use (None for other reward sources)."""
@@ -301,6 +308,7 @@ class LayerPruningEnv(MultiAgentEnv):
                     budget=self.config.budget, partial=partial)
         info["achieved"] = achieved = self.cost_model.achieved(ratios)
         acc_drop, std = self.source(achieved, info)
+        self.reward_calls += 1
         info["acc_drop_std"] = std
         return p, m, acc_drop
 

@@ -99,6 +99,9 @@ def test_run_baselines_collects_everything_on_one_budget():
     assert [b.method for b in out] == [*RULES, "global_l1", "random_search", "cem"]
     for b in out:
         assert b.macs_ratio <= 0.5 + 1e-9 and "predicted_acc_drop" in b.to_dict()
+        # Counted spending: the searches their predictor calls, the rules none; every method its wall time.
+        assert b.extra["predictor_calls"] == (256 if b.method in ("random_search", "cem") else 0)
+        assert b.extra["search_s"] > 0
     assert len(run_baselines(sp.cost_model, 0.5)) == len(RULES)
 
 

@@ -125,6 +125,12 @@ def test_summary_has_every_method_measured_the_same_way(killed_and_resumed):
         assert m["acc_drop"] == pytest.approx(summary["base"]["acc"] - m["acc"])
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["method"]) == sorted(methods)
+    # What each method spent, counted: rules spend nothing, the SPN searches their calls, RL also real evaluations.
+    for name in ("uniform", "larger_group", "depth", "global_l1"):
+        assert (methods[name]["spn_calls"], methods[name]["real_evals"], methods[name]["candidates"]) == (0, 0, 1)
+    assert methods["cem"]["spn_calls"] == methods["random_search"]["spn_calls"] == 128  # the tiny preset's n_calls
+    rl = [m for m in summary["methods"] if m["source"] == "rl"]
+    assert all(m["spn_calls"] > 0 and m["real_evals"] >= 1 and m["candidates"] == len(rl) for m in rl)
     # RL against the best baseline: both chosen on validation, compared pairwise on the same test images.
     comp = summary["comparison"]
     val = {name: m["val_acc"] for name, m in methods.items()}

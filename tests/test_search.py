@@ -47,6 +47,8 @@ def test_online_search_meets_budget_refines_spn_and_resumes(ray_cluster, spn_pat
     # The real evaluations landed in the sample store, marked as online samples.
     online = read_samples(out / "samples")
     assert (online["sampler"] == "online").sum() == 4
+    # Budgets are counted: every SPN call (episodes, the greedy episode, re-scoring) and every real evaluation.
+    assert first["real_evals"] == 4 and first["spn_calls"] >= first["episodes"] + first["iterations"]
 
     resumed = run_search(_cfg(spn_path, out, iters=3), progress=False)
     state = json.loads((out / "checkpoint" / "rlprune_search.json").read_text())
@@ -84,6 +86,7 @@ def test_amc_style_search_with_real_reward(ray_cluster, digits_task, tmp_path):
                                 train_batch=8, measure={"eval_batches": 1}), progress=False)
     assert r["macs_ratio"] <= 0.5 + 1e-9 and r["predicted_acc_drop_std"] is None
     assert r["spn_versions"] == []
+    assert r["spn_calls"] == 0 and r["real_evals"] >= r["episodes"] >= 1  # every episode paid a real evaluation
     with pytest.raises(ConfigError, match="online"):
         SearchConfig(spn=None, reward="real", out=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="spn"):

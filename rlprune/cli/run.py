@@ -108,12 +108,21 @@ def _print(summary: dict, as_json: bool) -> None:
     for stage, t in summary["stages"].items():
         print(f"{stage:<9} {t['wall_s']:8.1f} s  {t['status']}")
     if summary["methods"]:
-        print(f"\n{'method':<34} {'acc':>7} {'drop':>6} {'params':>7} {'macs':>6} {'lat ms':>7}")
-        for m in sorted(summary["methods"], key=lambda m: -m["acc"]):
-            print(f"{m['method']:<34} {m['acc']:>7.2f} {m['acc_drop']:>6.2f} {m['params_ratio']:>7.3f} "
+        # Sorted by validation accuracy, the split every choice is made on; the test columns only report.
+        print(f"\n{'method':<34} {'val acc':>7} {'test acc':>8} {'95% CI':>13} {'params':>7} {'macs':>6} "
+              f"{'lat ms':>7}")
+        for m in sorted(summary["methods"], key=lambda m: -m["val_acc"]):
+            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}"
+            print(f"{m['method']:<34} {m['val_acc']:>7.2f} {m['acc']:>8.2f} {ci:>13} {m['params_ratio']:>7.3f} "
                   f"{m['macs_ratio']:>6.3f} {m['latency_ms']:>7.2f}")
+    if summary.get("comparison"):
+        from rlprune.measure.stats import describe
+
+        c = summary["comparison"]
+        print(f"\nRL ({c['rl']}) minus best baseline ({c['best_baseline']}), chosen on validation, on the same "
+              f"test images: {describe(c)}")
     if summary.get("winner"):
-        print(f"\nwinner: {summary['winner']} -> {summary['pruned_model']}")
+        print(f"\nwinner (best validation accuracy): {summary['winner']} -> {summary['pruned_model']}")
         print(f"report: {summary['out']}/report.html (and report.md)")
     else:
         print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")

@@ -226,10 +226,11 @@ def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict) -> list[tup
                        f"the validation split, on the same test images: {describe(comp)}."))
     b.append(("h2", "Results"))
     b.append(("table", ["method", "val acc %", "test acc %", "95% CI", "drop", "params", "MACs", "latency ms",
-                        "SPN predicted drop"],
+                        "SPN predicted drop", "SPN calls", "real evals"],
               [[r["method"], f"{r['val_acc']:.2f}", f"{r['acc']:.2f}", f"{r['acc_ci'][0]:.2f}-{r['acc_ci'][1]:.2f}",
                 f"{r['acc_drop']:.2f}", f"{r['params_ratio']:.3f}", f"{r['macs_ratio']:.3f}",
-                f"{r['latency_ms']:.2f}", _fmt(r.get("predicted_acc_drop"))]
+                f"{r['latency_ms']:.2f}", _fmt(r.get("predicted_acc_drop")), str(r.get("spn_calls", "")),
+                str(r.get("real_evals", ""))]
                for r in sorted(rows, key=lambda r: -r["val_acc"])]))
     resolution = f" The test split holds {base['n']} examples: one example is {100 / base['n']:.2f} points." \
         if base.get("n") else ""

@@ -162,8 +162,8 @@ def _stage_sweep(run: _Run) -> dict:
     trials = run_reward_sweep(spec, c.grid(), sweep_dir, run.out / "tune", f"reward_sweep-{key}",
                               1 + c.search_workers, run.progress)
     keep = ("tag", "mode", "enforce", "w_acc", "w_cost", "ratios", "predicted_acc_drop", "predicted_acc_drop_std",
-            "real_acc_drop", "macs_ratio", "params_ratio", "reward", "iterations", "episodes", "wall_s",
-            "online_rounds")
+            "real_acc_drop", "macs_ratio", "params_ratio", "reward", "iterations", "episodes", "spn_calls",
+            "real_evals", "wall_s", "online_rounds")
     trials = [{k: t.get(k) for k in keep} | {"world_model": str(sweep_dir / t["tag"] / "world_model" /
                                                                  "world_model.pt")} for t in trials]
     return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
@@ -180,20 +180,25 @@ def _stage_validate(run: _Run) -> dict:
     if not ranked:
         raise ConfigError(f"no sweep trial met the {cfg.budget} target {cfg.target}; use enforce: [wall] in the "
                           f"sweep or a larger w_violation")
+    forward = ranked[: v.rl_top]
+    # Counters, not formulas: what each search spent, as its own run counted it.
     cands = [{"method": t["tag"], "ratios": t["ratios"], "predicted_acc_drop": t["predicted_acc_drop"],
-              "source": "rl"} for t in ranked[: v.rl_top]]
+              "source": "rl", "spn_calls": t["spn_calls"], "real_evals": t["real_evals"], "search_s": t["wall_s"],
+              "candidates": len(forward)} for t in forward]
     best = ranked[0]
-    # Random search and CEM query the same SPN the best search ended with, with as many calls as it made.
+    # Random search and CEM query the same SPN the best search ended with, with as many calls as it counted.
     spn_path = best["world_model"] if Path(best["world_model"]).is_file() else run.done["spn"]["path"]
     task = run.task()
     space = cfg.measure.task_space(task)
     predict = spn_predictor(spn_path, space, run.done["base"]["fingerprint"])
-    n_calls = v.n_calls or max(64, int(best["episodes"]))
+    n_calls = v.n_calls or max(64, int(best["spn_calls"]))
     scores = space.channel_scores(cfg.measure.importance)
     for b in run_baselines(space.cost_model, cfg.target, cfg.budget, scores=scores,
                            predict=predict, n_calls=n_calls, seed=cfg.seed):
         if b.method in v.baselines:
-            cands.append({**b.to_dict(), "source": "baseline"})
+            row = b.to_dict()
+            row["spn_calls"] = row.pop("predictor_calls")
+            cands.append({**row, "source": "baseline", "real_evals": 0, "candidates": 1})
     run.ray()
     key = run.key("validate")
     base = {k: run.done["base"][k] for k in ("acc", "val_acc", "loss", "latency_ms", "fingerprint")}
@@ -326,7 +331,8 @@ def _summary(run: _Run, timing: dict) -> dict:
 
 #: What each method row of ``summary.json`` carries (``test_correct`` stays in the validation rows).
 _METHOD_KEYS = ("method", "source", "ratios", "params_ratio", "macs_ratio", "val_acc", "acc", "acc_ci", "acc_drop",
-                "latency_ms", "latency_ratio", "predicted_acc_drop", "finetune_steps")
+                "latency_ms", "latency_ratio", "predicted_acc_drop", "finetune_steps", "spn_calls", "real_evals",
+                "candidates", "search_s")
 
 
 def _results_frame(rows: list[dict]):

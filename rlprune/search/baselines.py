@@ -18,6 +18,7 @@ that impossible the method keeps its closest vector from below and :func:`run_ba
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -204,15 +205,22 @@ def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=Non
         n_calls: predictor calls each search may spend.
 
     Returns:
-        One :class:`BaselineResult` per method; ``extra["meets_target"]`` is False for a method that could
-        not land within ``TARGET_SLACK`` below the target (channel granularity), absent otherwise.
+        One :class:`BaselineResult` per method; ``extra`` holds ``predictor_calls`` (counted; 0 for the rules
+        and global L1) and ``search_s`` (wall time), and ``meets_target`` False for a method that could not
+        land within ``TARGET_SLACK`` below the target (channel granularity), absent otherwise.
     """
-    found: list[tuple[str, np.ndarray, dict]] = [(r, rule_ratios(cm, r, target, budget), {}) for r in RULES]
+    def timed(method: str, search) -> tuple[str, np.ndarray, dict]:
+        # Every method's own search wall time and predictor calls are counted, so budgets compare as counts.
+        t0 = time.perf_counter()
+        ratios, extra = search()
+        return method, ratios, {"predictor_calls": 0, **extra, "search_s": time.perf_counter() - t0}
+
+    found = [timed(r, lambda r=r: (rule_ratios(cm, r, target, budget), {})) for r in RULES]
     if scores is not None:
-        found.append(("global_l1", global_threshold_ratios(cm, scores, target, budget), {}))
+        found.append(timed("global_l1", lambda: (global_threshold_ratios(cm, scores, target, budget), {})))
     if predict is not None:
-        found.append(("random_search", *random_search(predict, cm, target, budget, n_calls, seed)))
-        found.append(("cem", *cem(predict, cm, target, budget, n_calls, seed)))
+        found.append(timed("random_search", lambda: random_search(predict, cm, target, budget, n_calls, seed)))
+        found.append(timed("cem", lambda: cem(predict, cm, target, budget, n_calls, seed)))
     out = []
     for method, ratios, extra in found:
         p, m = cm.ratios_of(ratios[None, :])

@@ -213,6 +213,7 @@ class Search:
                 train = self.algo.train()
                 it = self.state["iteration"] + 1
                 found = self._drain() + [self.greedy()]
+                calls = sum(self._envs(lambda e: e.drain_reward_calls())) + self._eval_env.drain_reward_calls()
                 self.pool.add(found)
                 row = {"iteration": it, "episodes": len(found) - 1,
                        "reward_mean": float(np.mean([f["reward"] for f in found])),
@@ -222,6 +223,8 @@ class Search:
                        "env_steps": int(train.get("env_runners", {}).get("num_env_steps_sampled_lifetime", 0))}
                 if self.cfg.online and it % self.cfg.online_every == 0:
                     row["online"] = self.online_round(it)
+                    calls += row["online"].get("rescored", 0)
+                row["reward_calls"] = calls
                 row["wall_s"] = time.perf_counter() - t0
                 self.state["history"].append(row)
                 self.state["iteration"] = it
@@ -302,6 +305,7 @@ class Search:
         local = LocalSPN(weights["state"], version=weights["version"])
         if self.fingerprint not in local.spn.known:
             local.spn.add_model(self.fingerprint, self.space.features())
+        report["rescored"] = len(self.pool.items)  # SPN calls too: they count against the search's budget
         self.pool.rescore(lambda R: local.predict(R, self.fingerprint), self._reward)
         report.update(iteration=iteration, n_real=len(rows),
                       real_acc_drop=[r["acc_drop"] for r in rows],
@@ -333,6 +337,8 @@ class Search:
     def result(self) -> dict:
         """The best vector found, its exact cost and predicted drop, and what the search did."""
         best = self.pool.best
+        calls = int(sum(h.get("reward_calls", 0) for h in self.state["history"]))
+        online_evals = int(sum(r.get("n_real", 0) for r in self.state["online"]))
         return {
             "ratios": best["ratios"],
             "predicted_acc_drop": best["acc_drop"],
@@ -345,6 +351,10 @@ class Search:
             "budget": self.cfg.budget,
             "iterations": self.state["iteration"],
             "episodes": int(sum(h["episodes"] for h in self.state["history"])),
+            # Counted, not derived from episodes: every call of the env's reward source (SPN predictions, or real
+            # evaluations for the AMC-style search) plus the online rounds' real evaluations and re-scoring.
+            "spn_calls": calls if self.cfg.reward == "spn" else 0,
+            "real_evals": online_evals + (calls if self.cfg.reward == "real" else 0),
             "checkpoint": str(self.out / "checkpoint"),
             "wall_s": self.state["wall_s"],
             "online_rounds": self.state["online"],
