@@ -86,7 +86,8 @@ def add_baselines_parser(sub) -> None:
         description="Handcrafted rules (uniform, larger-group, depth), global L1 magnitude pruning and, with "
                     "--spn, random search and CEM against the SPN, all held to the same MACs (or params) "
                     "budget by the exact cost model; each is pruned for real, BatchNorm-recalibrated, "
-                    "fine-tuned the same and scored on the test split.",
+                    "fine-tuned the same and scored on the validation and test splits (test accuracy with a "
+                    "95% bootstrap interval).",
         epilog="examples:\n  rlprune baselines --task digits --target-macs 0.5\n"
                "  rlprune baselines --task digits --target-params 0.4 --spn runs/spn.pt --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
