@@ -37,7 +37,7 @@ def add_run_parsers(sub) -> None:
         "run", help="the whole job: samples -> SPN -> RL sweep -> validation -> report (resumable)",
         description="Find per-group pruning ratios for a trained model and prune it: real samples, an SPN world "
                     "model, a Tune sweep of online RL searches over reward weightings, Tune validation trials "
-                    "(the best RL strategies and every baseline pruned for real and fine-tuned the same), and "
+                    "(the best RL strategy and every baseline pruned for real and fine-tuned the same), and "
                     "a report. Writes summary.json, results.csv, pruned_model.pt, report.md and report.html.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,8 +4,10 @@
 
 Stages (``rlprune.pipeline.config.STAGES``): base model -> real samples (Tune, one trial per worker) -> SPN
 (held-out metrics saved) -> reward-weighting sweep (Tune, one online RL search per trial) -> validation
-trials (Tune: the best RL strategies and every baseline pruned for real, fine-tuned the same, scored on the
-test split) -> report (winner saved as ``pruned_model.pt``, ``results.csv``, ``report.md``/``.html``).
+trials (Tune: the best RL strategy and every baseline pruned for real, fine-tuned the same, scored on the
+validation split, which chooses, and the test split, which reports) -> report (the winner, chosen on
+validation, saved as ``pruned_model.pt``; ``results.csv``, ``report.md``/``.html``). Every choice lives in
+``rlprune.pipeline.select``.
 
 Each finished stage writes ``out/stages/<name>.json`` (atomically) with its wall time, its output and a key
 hashing the settings it and the stages before it depend on. A rerun skips a stage whose marker matches and
