@@ -94,31 +94,51 @@ def write_results(results_dir: Path, name: str, rows: list[dict], markdown: str,
                   fields: list[str] | None = None) -> Path:
     """Write ``<name>.csv`` (``rows``; columns ``fields`` or the union of the rows' keys in order) and
     ``<name>.md`` (``markdown``) into ``results_dir`` and print the markdown. Returns the md path."""
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    if fields is None:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(results_dir / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    md = results_dir / f"{name}.md"
+    write_csv(results_dir, name, rows, fields)
+    md = Path(results_dir) / f"{name}.md"
     md.write_text(markdown.rstrip("\n") + "\n")
     print(markdown)
     return md
 
 
-def update_summary(results_dir: Path, figures: dict, source: str) -> Path:
+def write_csv(results_dir: Path, name: str, rows: list[dict], fields: list[str] | None = None) -> Path:
+    """Write ``<name>.csv`` (``rows``; columns ``fields`` or the union of the rows' keys in order) into
+    ``results_dir``. Returns its path."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if fields is None:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+    path = results_dir / f"{name}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def update_summary(results_dir: Path, figures: dict, source: str, retired: tuple[str, ...] = ()) -> Path:
     """Merge ``figures`` into ``<results_dir>/summary.json`` without touching other scripts' keys.
 
     ``date`` and ``machine`` describe the latest update; ``updated`` records per script when it last wrote
     (so figures from different days stay traceable). Written to a temporary file and renamed into place, so a
     killed run leaves the old summary or the new one, never half of one.
+
+    Args:
+        results_dir: the folder holding ``summary.json``.
+        figures: the script's headline figures (lists and plain scalars).
+        source: the script's name.
+        retired: keys this script wrote once but no longer measures; removed, so a stale figure never
+            outlives the method that produced it.
+
+    Returns:
+        The summary's path.
     """
     path = Path(results_dir) / SUMMARY
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(path.read_text()) if path.is_file() else {}
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    for k in retired:
+        summary.pop(k, None)
     summary.update({k: _plain(v) for k, v in figures.items()})
     summary["date"] = now
     summary["machine"] = machine()
@@ -129,6 +149,8 @@ def update_summary(results_dir: Path, figures: dict, source: str) -> Path:
 
 def _plain(v):
     # numpy scalars and non-finite floats are not strict JSON
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not np.isfinite(v):
@@ -141,7 +163,8 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
     ``work/samples``, then a transformer SPN on them (one torch thread) saved as ``work/spn.pt``.
 
     Returns:
-        ``{"store", "spn", "sample_s", "fit_s"}``: the paths and each stage's measured wall.
+        ``{"store", "spn", "sample_s", "fit_s", "real_evals"}``: the paths, each stage's measured wall and the
+        real evaluations the samples cost (counted by the sampler: the new unique samples).
     """
     from rlprune.samples.store import read_samples, read_spaces
     from rlprune.samples.tune import run_sampling
@@ -152,11 +175,13 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
     work = Path(work)
     store, spn_path = work / "samples", work / "spn.pt"
     t0 = time.perf_counter()
-    run_sampling(task, n, 2, store, progress=False, seed=seed, task_kwargs={"seed": seed, **(task_kwargs or {})})
+    got = run_sampling(task, n, 2, store, progress=False, seed=seed,
+                       task_kwargs={"seed": seed, **(task_kwargs or {})})
     t1 = time.perf_counter()
     with one_thread():
         save_spn(fit("transformer", read_samples(store), read_spaces(store)), spn_path)
-    return {"store": store, "spn": spn_path, "sample_s": t1 - t0, "fit_s": time.perf_counter() - t1}
+    return {"store": store, "spn": spn_path, "sample_s": t1 - t0, "fit_s": time.perf_counter() - t1,
+            "real_evals": int(got["n_new"])}
 
 
 def episodes_per_s(env_config: dict, episodes: int, seed: int = 0) -> dict:

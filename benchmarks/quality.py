@@ -1,34 +1,43 @@
 """Quality: the RL search against every baseline at MACs targets 0.3, 0.5 and 0.7, all measured for real.
 
 How to run:
-    python benchmarks/quality.py --quick                    # ~1 min: 32 samples, 2 RL iterations, target 0.5
-    python benchmarks/quality.py                            # ~15-20 min: targets 0.3 0.5 0.7, seeds 0 1 2
-    python benchmarks/quality.py --data-dir ~/data          # adds cifar10 / ResNet-56 (its base model trains
-                                                            # on first use: bring a GPU or a cached model)
+    python benchmarks/quality.py --quick                    # ~1-2 min: 32 samples, 2 RL iterations, target 0.5
+    python benchmarks/quality.py                            # ~20-30 min: targets 0.3 0.5 0.7, seeds 0 1 2
+    python benchmarks/quality.py --data-dir ~/data          # + cifar10 / ResNet-56 (a GPU or a cached model)
 
-Pipeline per task and seed: real samples (mixed sampler, 2 Tune workers) -> transformer SPN -> online RL search
-(PPO, simultaneous mode, wall at the target) -> the search's best vector and every baseline (uniform,
-larger-group and depth rules, torch-pruning-style global L1, random search and CEM against the SAME final SPN
-with as many SPN calls as the RL search made) are pruned for real, BatchNorm-recalibrated and scored on the
-test split, without fine-tuning and after the same short fine-tune (``--finetune-steps``). The samples and the
-SPN are shared by all targets of one seed. Reported per (target, fine-tune, method): test accuracy mean and
-std over seeds, params and MACs ratios, batch-1 CPU latency.
+Per task and seed: real samples (2 Tune workers) -> transformer SPN -> per target, one online RL search (PPO,
+simultaneous mode, wall at the target) and every baseline: uniform, larger-group and depth rules, global L1,
+random search and CEM. Equal budgets, counted: random search and CEM start from RL's SPN and spend the RL
+search's counted ``spn_calls`` and ``real_evals`` (calibration split) in as many online rounds, each with a
+world model of its own (``rlprune.pipeline.stages.search_baselines``, as in ``rlprune run``) and its own copy
+of the store as sampling left it. Every method puts one vector forward (``candidates``), pruned for real,
+BN-recalibrated and scored on validation and test, without and after the same fine-tune (``--finetune-steps``).
 
-Params removed at equal accuracy drop, RL vs the best rule: for each seed and target, RL removes
-``1 - params_ratio`` of the parameters with a test-accuracy drop ``d`` (after the fine-tune). Each handcrafted
-rule (uniform, larger_group, depth) is a curve through its (drop, params removed) points at the measured
-targets, joined by straight lines and anchored at the unpruned model (drop 0, nothing removed); the rule's
-figure is the most params removed anywhere on that curve with drop <= ``d``. The best rule is the one that
-removes the most; the ratio is RL's params removed / the best rule's (means over seeds). Above 1: RL removes
-more parameters for the same accuracy.
+Choices and statistics: the VALIDATION split chooses, the test split only reports.
 
-Nothing is asserted. Full mode merges ``rl_minus_best_baseline_acc_at_0.5`` and ``_at_0.3`` (points, after the
-fine-tune, best of all baselines) and ``params_removed_ratio_vs_best_rule`` (at 0.5) into ``summary.json``.
+- Best baseline: per seed, the baseline with the best validation accuracy among those within the target
+  (``rlprune.pipeline.select.comparison``, the rule ``rlprune run`` uses). RL minus it on the same test images:
+  a paired bootstrap interval and McNemar p-value per seed; over seeds, the same over all seeds' test images
+  together (each seed's chosen baseline against RL of that seed), with the spread (min..max) of the per-seed
+  differences. A difference is called real only when its interval excludes 0.
+- Accuracy per method over seeds: mean, std over seeds, and a 95% bootstrap interval over all seeds' test
+  images together.
+- Params removed at equal accuracy drop, RL vs the best rule: each handcrafted rule is a curve through its
+  (drop, params removed) points at the measured targets, joined by straight lines and anchored at the unpruned
+  model; the rule's figure is the most params removed on that curve with drop <= RL's drop. The best rule is
+  the one removing the most at RL's VALIDATION drop on its validation curve (means over seeds); the reported
+  ratio is RL's params removed / that rule's figure on the TEST curve at RL's test drop. Above 1: RL removes
+  more parameters for the same accuracy.
+
+Nothing is asserted. Full mode merges ``rl_minus_best_baseline_acc_at_<t>`` (pooled over seeds, after the
+fine-tune) with ``_ci``, ``_real`` and ``_spread``, ``params_removed_ratio_vs_best_rule`` (at 0.5) and
+``quality_selection_split`` into ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,91 +48,228 @@ import common
 import numpy as np
 
 RULES = ("uniform", "larger_group", "depth")
-FIELDS = ["task", "seed", "target", "finetune_steps", "method", "macs_ratio", "params_ratio", "acc", "acc_drop",
-          "predicted_acc_drop", "latency_ms", "latency_ratio", "ratios", "search_s", "sample_s"]
+BASELINES = (*RULES, "global_l1", "random_search", "cem")
+FIELDS = ["task", "seed", "target", "finetune_steps", "method", "source", "macs_ratio", "params_ratio", "val_acc",
+          "val_drop", "acc", "acc_ci_lo", "acc_ci_hi", "acc_drop", "predicted_acc_drop", "latency_ms",
+          "latency_ratio", "spn_calls", "real_evals", "candidates", "search_s", "sample_s", "ratios", "test_correct"]
+BUDGET = "macs"
 
 
 def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: int, iters: int, train_batch: int,
              finetune_steps: int, work: Path) -> list[dict]:
-    """Every method at every target for one task and seed; returns per-method rows."""
+    """Every method at every target for one task and seed.
+
+    Args:
+        task_name, task_kwargs, seed: the task and the seed of everything (task, sampling, searches).
+        targets, n_samples, iters, train_batch: MACs targets, the SPN's samples, the RL search's size.
+        finetune_steps, work: the fine-tune every method gets (rows also without it), a scratch folder.
+
+    Returns:
+        One row per (target, fine-tune, method): the ``FIELDS``.
+    """
     from rlprune.measure.recipe import measure_base, measure_candidate
     from rlprune.measure.spec import MeasureSpec
-    from rlprune.search.baselines import measure_baselines
     from rlprune.search.rl import SearchConfig, run_search
+    from rlprune.spn.nets import one_thread
     from rlprune.tasks import get_task
 
     spec = MeasureSpec()
     task = get_task(task_name, seed=seed, **task_kwargs)
-    model = task.base_model()
+    with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
+        model = task.base_model()
     space = spec.space_of(model, task.example_input())
     work = work / f"{task_name}-{seed}"
     stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
-    store, spn_path, sample_s = stages["store"], stages["spn"], stages["sample_s"]
+    pristine = work / "samples-pristine"
+    _copy(stages["store"], pristine)  # every search starts from the store as sampling left it
     base = measure_base(task, model, spec)
     rows = []
     for target in targets:
         out = work / f"search-{target}"
         t1 = time.perf_counter()
-        res = run_search(SearchConfig(spn=str(spn_path), out=str(out), task=task_name, task_kwargs=task_kwargs,
-                                      target=target, iters=iters, train_batch=train_batch, samples=str(store),
-                                      online_every=min(5, iters), seed=seed), progress=False)
-        search_s = time.perf_counter() - t1
-        final_spn = out / "world_model" / "world_model.pt"
-        n_calls = iters * train_batch  # one SPN call per simultaneous episode
+        res = run_search(SearchConfig(spn=str(stages["spn"]), out=str(out), task=task_name, task_kwargs=task_kwargs,
+                                      target=target, iters=iters, train_batch=train_batch,
+                                      samples=str(_copy(pristine, out / "samples")), online_every=min(5, iters),
+                                      seed=seed), progress=False)
+        rl = {"method": "rl", "source": "rl", "ratios": res["ratios"], "predicted_acc_drop": res["predicted_acc_drop"],
+              "spn_calls": res["spn_calls"], "real_evals": res["real_evals"], "candidates": 1,
+              "search_s": time.perf_counter() - t1}
+        found = [rl, *baselines(task, space, spec, task_name, task_kwargs, seed, target, stages["spn"], pristine,
+                                res, work / f"baselines-{target}")]
         for ft in sorted({0, finetune_steps}):
             ft_spec = dataclasses.replace(spec, finetune_steps=ft)
-            rl_row, _ = measure_candidate(task, space, res["ratios"], base, ft_spec, method="rl")
-            rl_row["predicted_acc_drop"] = res["predicted_acc_drop"]
-            found = [rl_row] + measure_baselines(task, space, target, ft_spec, "macs", final_spn if final_spn.exists()
-                                                 else spn_path, n_calls=n_calls, seed=seed)
-            for r in found:
-                rows.append({"task": task_name, "seed": seed, "target": target, "finetune_steps": ft,
-                             "method": r["method"], "macs_ratio": round(r["macs_ratio"], 4),
-                             "params_ratio": round(r["params_ratio"], 4), "acc": round(r["acc"], 2),
-                             "acc_drop": round(r["acc_drop"], 2),
-                             "predicted_acc_drop": _round(r.get("predicted_acc_drop")),
-                             "latency_ms": round(r["latency_ms"], 3), "latency_ratio": round(r["latency_ratio"], 3),
-                             "ratios": " ".join(f"{x:.2f}" for x in r["ratios"]),
-                             "search_s": round(search_s, 1) if r["method"] == "rl" else "",
-                             "sample_s": round(sample_s, 1) if r["method"] == "rl" else ""})
-        print(f"{task_name} seed {seed} target {target}: done ({search_s:.0f} s search)", file=sys.stderr, flush=True)
+            for c in found:
+                row, _ = measure_candidate(task, space, c["ratios"], base, ft_spec, method=c["method"])
+                rows.append(_row(task_name, seed, target, ft, row, c, stages["sample_s"]))
+        print(f"{task_name} seed {seed} target {target}: done ({rl['search_s']:.0f} s RL search)", file=sys.stderr,
+              flush=True)
     return rows
 
 
-def _round(x):
-    return "" if x is None or not np.isfinite(x) else round(float(x), 2)
+def _copy(src: Path, dst: Path) -> Path:
+    # The shards and the manifest; Tune's experiment folder is a log, not samples.
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tune"))
+    return dst
 
 
-def _sd(xs) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+def baselines(task, space, spec, task_name: str, task_kwargs: dict, seed: int, target: float, spn: Path,
+              pristine: Path, res: dict, folder: Path) -> list[dict]:
+    """Every baseline's vector at ``target``; random search and CEM with the RL search's counted budget.
+
+    Args:
+        task, space, spec: the task, its base model's ``PruningSpace`` and the ``MeasureSpec``.
+        task_name, task_kwargs, seed, target: as the RL search had them.
+        spn, pristine, folder: the SPN and the sample store as sampling left them; a scratch folder.
+        res: the RL search's result (its counted ``spn_calls``, ``real_evals``, ``online_rounds``).
+
+    Returns:
+        ``{"method", "source": "baseline", "ratios", "spn_calls", "real_evals", "candidates", "search_s", ...}``.
+    """
+    from rlprune.io import model_fingerprint
+    from rlprune.pipeline.stages import search_baselines
+    from rlprune.search.rl import SearchConfig
+
+    vspec = {"task": task_name, "task_kwargs": {"seed": seed, **task_kwargs}, "target": target, "budget": BUDGET,
+             "base": {"fingerprint": model_fingerprint(space.model)}}
+    budget = {"n_calls": max(1, int(res["spn_calls"])), "n_real": int(res["real_evals"]),
+              "rounds": max(1, len(res["online_rounds"]))}
+    found = []
+    # One call per black-box search, each with a store and a folder of its own; the rules touch neither.
+    for group in ((*RULES, "global_l1"), ("random_search",), ("cem",)):
+        where = folder / group[0]
+        store = pristine if group[0] in RULES else _copy(pristine, where / "samples")
+        found += search_baselines(task, space, spec, vspec, where, spn=str(spn), store=store, methods=group,
+                                  workers=2, steps=SearchConfig.online_steps, seed=seed, **budget)
+    return [{**b, "source": "baseline", "candidates": 1} for b in found]
+
+
+def _row(task: str, seed: int, target: float, ft: int, row: dict, cand: dict, sample_s: float) -> dict:
+    ci = row.get("acc_ci") or [None, None]
+    return {"task": task, "seed": seed, "target": target, "finetune_steps": ft, "method": row["method"],
+            "source": cand["source"], "macs_ratio": row["macs_ratio"], "params_ratio": row["params_ratio"],
+            "val_acc": round(row["val_acc"], 4), "val_drop": round(row["val_drop"], 4), "acc": round(row["acc"], 4),
+            "acc_ci_lo": _round(ci[0]), "acc_ci_hi": _round(ci[1]), "acc_drop": round(row["acc_drop"], 4),
+            "predicted_acc_drop": _round(cand.get("predicted_acc_drop")), "latency_ms": round(row["latency_ms"], 3),
+            "latency_ratio": round(row["latency_ratio"], 3), "spn_calls": int(cand.get("spn_calls") or 0),
+            "real_evals": int(cand.get("real_evals") or 0), "candidates": int(cand["candidates"]),
+            "search_s": round(float(cand.get("search_s") or 0.0), 2),
+            "sample_s": round(sample_s, 1) if cand["source"] == "rl" else "",
+            "ratios": " ".join(f"{x:.4f}" for x in row["ratios"]), "test_correct": row["test_correct"]}
+
+
+def _round(x, nd: int = 2):
+    return "" if x is None or x == "" or not np.isfinite(float(x)) else round(float(x), nd)
+
+
+def _sd(rows: list[dict]) -> float:
+    return statistics.stdev(float(r["acc"]) for r in rows) if len(rows) > 1 else 0.0
+
+
+def _groups(rows: list[dict]):
+    """``(task, target, finetune_steps) -> rows``, sorted."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["task"], float(r["target"]), int(r["finetune_steps"])), []).append(r)
+    return sorted(out.items())
+
+
+def _correct(rows: list[dict]):
+    """All ``rows``' test outcomes end to end (None when a row has none)."""
+    from rlprune.measure.stats import unpack_correct
+
+    if any(not isinstance(r.get("test_correct"), str) for r in rows):
+        return None
+    return np.concatenate([unpack_correct(r["test_correct"]) for r in rows])
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean/std over seeds per (task, target, fine-tune, method), and RL minus the best baseline's mean acc."""
+    """Every method's figures over seeds.
+
+    Args:
+        rows: the per-seed rows (as written, or read back from the CSV).
+
+    Returns:
+        Per (task, target, fine-tune, method): mean validation and test accuracy, the test accuracy's 95%
+        interval over all seeds' test images together, std over seeds, cost, and the counted budget.
+    """
+    from rlprune.measure.stats import accuracy_ci
+
     out = []
-    for key in sorted({(r["task"], r["target"], r["finetune_steps"]) for r in rows}):
-        by: dict[str, list[dict]] = {}
-        for r in rows:
-            if (r["task"], r["target"], r["finetune_steps"]) == key:
-                by.setdefault(r["method"], []).append(r)
-        means = {m: float(np.mean([x["acc"] for x in v])) for m, v in by.items()}
-        best = max((m for m in means if m != "rl"), key=lambda m: means[m])
-        for m, v in by.items():
-            out.append({"task": key[0], "target": key[1], "finetune_steps": key[2], "method": m,
-                        "acc_mean": round(means[m], 2), "acc_std": round(_sd([x["acc"] for x in v]), 2),
-                        "params_ratio": round(float(np.mean([x["params_ratio"] for x in v])), 3),
-                        "macs_ratio": round(float(np.mean([x["macs_ratio"] for x in v])), 3),
-                        "latency_ms": round(float(np.mean([x["latency_ms"] for x in v])), 3),
-                        "rl_minus_best_baseline": round(means["rl"] - means[best], 2) if m == "rl" else "",
-                        "best_baseline": best if m == "rl" else ""})
+    for (task, target, ft), group in _groups(rows):
+        for m in dict.fromkeys(r["method"] for r in group):
+            v = sorted((r for r in group if r["method"] == m), key=lambda r: r["seed"])
+            correct = _correct(v)
+            lo, hi = accuracy_ci(correct) if correct is not None else (None, None)
+
+            def mean(k, v=v):
+                return float(np.mean([float(r[k]) for r in v]))
+
+            out.append({"task": task, "target": target, "finetune_steps": ft, "method": m, "seeds": len(v),
+                        "val_acc": round(mean("val_acc"), 2), "acc": round(mean("acc"), 2), "acc_ci_lo": _round(lo),
+                        "acc_ci_hi": _round(hi), "acc_std": round(_sd(v), 2),
+                        "params_ratio": round(mean("params_ratio"), 3), "macs_ratio": round(mean("macs_ratio"), 3),
+                        "latency_ms": round(mean("latency_ms"), 3), "spn_calls": round(mean("spn_calls")),
+                        "real_evals": round(mean("real_evals")), "candidates": round(mean("candidates")),
+                        "search_s": round(mean("search_s"), 1)})
     return out
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """RL minus the best baseline (chosen on validation, per seed) on the same test images.
+
+    Args:
+        rows: the per-seed rows, with ``source``, ``val_acc`` and packed ``test_correct``.
+
+    Returns:
+        Per (task, target, fine-tune): one row per seed and one with ``seed == "all"`` (every seed's test
+        images together; ``spread_lo``/``spread_hi`` the per-seed differences' min and max): ``best_baseline``,
+        ``rl_val_acc``, ``baseline_val_acc``, ``diff``, ``diff_ci_lo``, ``diff_ci_hi``, ``p_value``, ``real``.
+    """
+    from rlprune.measure.stats import paired_difference, unpack_correct
+    from rlprune.pipeline.select import comparison
+
+    out = []
+    for (task, target, ft), group in _groups(rows):
+        a_all, b_all, diffs, chosen = [], [], [], []
+        for seed in sorted({r["seed"] for r in group}):
+            mine = [r for r in group if r["seed"] == seed]
+            comp = comparison(mine, target, BUDGET)
+            if comp is None or comp.get("diff_ci") is None:
+                continue  # no feasible candidate on one side, or no per-image outcomes: nothing to pair
+            by = {r["method"]: r for r in mine}
+            rl, bl = by[comp["rl"]], by[comp["best_baseline"]]
+            a_all.append(unpack_correct(rl["test_correct"]))
+            b_all.append(unpack_correct(bl["test_correct"]))
+            diffs.append(comp["diff"])
+            chosen.append(comp["best_baseline"])
+            out.append(_comp_row(task, target, ft, seed, comp, rl["val_acc"], bl["val_acc"]))
+        if diffs:
+            pooled = paired_difference(np.concatenate(a_all), np.concatenate(b_all))
+            row = _comp_row(task, target, ft, "all", pooled, None, None)
+            row.update(best_baseline=", ".join(chosen), spread_lo=round(min(diffs), 2),
+                       spread_hi=round(max(diffs), 2))
+            out.append(row)
+    return out
+
+
+def _comp_row(task, target, ft, seed, comp: dict, rl_val, bl_val) -> dict:
+    return {"task": task, "target": target, "finetune_steps": ft, "seed": seed,
+            "best_baseline": comp.get("best_baseline", ""), "rl_val_acc": _round(rl_val),
+            "baseline_val_acc": _round(bl_val), "diff": round(comp["diff"], 2),
+            "diff_ci_lo": round(comp["diff_ci"][0], 2), "diff_ci_hi": round(comp["diff_ci"][1], 2),
+            "p_value": round(comp["p_value"], 4), "real": bool(comp["real"]), "spread_lo": "", "spread_hi": ""}
 
 
 def removed_at_drop(points: list[tuple[float, float]], d: float) -> float:
     """Most params removed on a rule's piecewise-linear (drop, removed) curve where the drop is <= ``d``.
 
-    ``points`` are the rule's (acc_drop, params_removed) at its targets, least pruned first; the curve starts at
-    the unpruned model (0, 0). Returns 0 when no point of the curve is that accurate.
+    Args:
+        points: the rule's (acc_drop, params_removed) at its targets, least pruned first; the curve starts at
+            the unpruned model (0, 0).
+        d: the accuracy drop to match.
+
+    Returns:
+        The params removed; 0 when no point of the curve is that accurate.
     """
     curve = [(0.0, 0.0), *points]
     best = 0.0
@@ -137,54 +283,75 @@ def removed_at_drop(points: list[tuple[float, float]], d: float) -> float:
 
 
 def params_at_equal_drop(rows: list[dict], finetune_steps: int) -> list[dict]:
-    """Per (task, target): RL's params removed vs the best rule's at RL's accuracy drop (see the module doc)."""
+    """RL's params removed vs the best rule's at RL's accuracy drop (see the module doc).
+
+    Args:
+        rows: the per-seed rows (with ``val_drop`` and ``acc_drop``).
+        finetune_steps: which rows (after this fine-tune).
+
+    Returns:
+        One row per (task, target); the rule is chosen on the validation split, its figure read on the test split.
+    """
     out = []
-    sel = [r for r in rows if r["finetune_steps"] == finetune_steps]
-    for task, target in sorted({(r["task"], r["target"]) for r in sel}):
-        per_rule: dict[str, list[float]] = {rule: [] for rule in RULES}
+    sel = [r for r in rows if int(r["finetune_steps"]) == finetune_steps]
+    for task, target in sorted({(r["task"], float(r["target"])) for r in sel}):
+        per_rule = {rule: {"val": [], "test": []} for rule in RULES}
         rl_removed, rl_drop = [], []
         for seed in sorted({r["seed"] for r in sel if r["task"] == task}):
             mine = [r for r in sel if r["task"] == task and r["seed"] == seed]
-            rl = next(r for r in mine if r["method"] == "rl" and r["target"] == target)
-            rl_removed.append(1 - rl["params_ratio"])
-            rl_drop.append(rl["acc_drop"])
+            rl = next(r for r in mine if r["method"] == "rl" and float(r["target"]) == target)
+            rl_removed.append(1 - float(rl["params_ratio"]))
+            rl_drop.append(float(rl["acc_drop"]))
             for rule in RULES:
-                pts = sorted(((r["target"], r["acc_drop"], 1 - r["params_ratio"]) for r in mine
-                              if r["method"] == rule), reverse=True)  # least pruned (largest target) first
-                per_rule[rule].append(removed_at_drop([(dd, rr) for _, dd, rr in pts], rl["acc_drop"]))
-        means = {rule: float(np.mean(v)) for rule, v in per_rule.items()}
-        best = max(means, key=means.get)
+                pts = sorted(((float(r["target"]), float(r["val_drop"]), float(r["acc_drop"]),
+                               1 - float(r["params_ratio"])) for r in mine if r["method"] == rule), reverse=True)
+                for split, col, d in (("val", 1, float(rl["val_drop"])), ("test", 2, float(rl["acc_drop"]))):
+                    per_rule[rule][split].append(removed_at_drop([(p[col], p[3]) for p in pts], d))
+        best = max(RULES, key=lambda rule: float(np.mean(per_rule[rule]["val"])))
+        rule_test = float(np.mean(per_rule[best]["test"]))
         rl_mean = float(np.mean(rl_removed))
         out.append({"task": task, "target": target, "finetune_steps": finetune_steps,
                     "rl_acc_drop": round(float(np.mean(rl_drop)), 2), "rl_params_removed": round(rl_mean, 3),
-                    "best_rule": best, "rule_params_removed": round(means[best], 3),
-                    "ratio": round(rl_mean / means[best], 3) if means[best] > 0 else None})
+                    "best_rule_by_val": best, "rule_params_removed": round(rule_test, 3),
+                    "ratio": round(rl_mean / rule_test, 3) if rule_test > 0 else None})
     return out
 
 
-def markdown(summary, equal, header: str) -> str:
-    """Both tables as markdown, with how to read them."""
-    cols = ["task", "target", "finetune_steps", "method", "acc_mean", "acc_std", "params_ratio", "macs_ratio",
-            "latency_ms", "rl_minus_best_baseline", "best_baseline"]
-    lines = [header, "", *common.md_table(summary, cols), "",
+def markdown(summary: list[dict], comps: list[dict], equal: list[dict], header: str) -> str:
+    """The three tables as markdown, with how to read them."""
+    def table(rows):  # every column, in the order the row builders give them
+        return common.md_table(rows, list(rows[0]) if rows else [])
+
+    lines = [header, "", "## Every method (means over seeds)", "", *table(summary), "",
+             "## RL minus the best baseline (chosen on validation), test accuracy points", "",
+             "Per seed, the baseline with the best validation accuracy within the target; `diff` with its paired "
+             "95% bootstrap interval over the same test images and the McNemar p-value. `seed all`: every seed's "
+             "test images together; `spread`: the per-seed differences' min and max. `real`: the interval excludes "
+             "0.", "", *table(comps), "",
              "## Params removed at equal accuracy drop, RL vs the best handcrafted rule", "",
              "Each rule's (drop, params removed) points over the targets, joined by straight lines from the "
-             "unpruned model; the rule's figure is the most it removes with a drop <= RL's (means over seeds). "
+             "unpruned model; the rule's figure is the most it removes with a drop <= RL's (means over seeds). The "
+             "rule is chosen at RL's validation drop on validation curves; the figure is read on the test split. "
              "ratio > 1: RL removes more parameters for the same accuracy. `n/a`: no rule point is that accurate.",
-             "", *common.md_table(equal, list(equal[0]))]
+             "", *table(equal)]
     return "\n".join(lines)
 
 
 def headline(rows: list[dict]) -> dict:
-    """The summary.json figures from the per-seed rows: RL minus the best baseline per target and the params
-    ratio at 0.5 (digits, after the fine-tune)."""
-    finetune_steps = max(r["finetune_steps"] for r in rows)
-    summary, equal = summarise(rows), params_at_equal_drop(rows, finetune_steps)
-    out = {}
-    for r in summary:
-        if r["task"] == "digits" and r["method"] == "rl" and r["finetune_steps"] == finetune_steps:
-            out[f"rl_minus_best_baseline_acc_at_{r['target']:g}"] = r["rl_minus_best_baseline"]
-    for r in equal:
+    """The summary.json figures from the per-seed rows (digits, after the fine-tune).
+
+    Returns:
+        ``rl_minus_best_baseline_acc_at_<t>`` with ``_ci``, ``_real``, ``_spread`` and ``_best_baseline`` per
+        target, ``params_removed_ratio_vs_best_rule`` (at 0.5) and ``quality_selection_split``.
+    """
+    finetune_steps = max(int(r["finetune_steps"]) for r in rows)
+    out: dict = {"quality_selection_split": "validation"}
+    for c in comparisons(rows):
+        if c["task"] == "digits" and c["seed"] == "all" and c["finetune_steps"] == finetune_steps:
+            k = f"rl_minus_best_baseline_acc_at_{c['target']:g}"
+            out.update({k: c["diff"], f"{k}_ci": [c["diff_ci_lo"], c["diff_ci_hi"]], f"{k}_real": c["real"],
+                        f"{k}_spread": [c["spread_lo"], c["spread_hi"]], f"{k}_best_baseline": c["best_baseline"]})
+    for r in params_at_equal_drop(rows, finetune_steps):
         if r["task"] == "digits" and r["target"] == 0.5:
             out["params_removed_ratio_vs_best_rule"] = r["ratio"]
     return out
@@ -211,19 +378,25 @@ def main(argv=None) -> None:
         kw = {"data_dir": str(Path(args.data_dir).expanduser().resolve()), "arch": "resnet56"}
         get_task("cifar10", **kw)  # a missing or malformed folder fails now, with the task's own message
         tasks.append(("cifar10", kw))
+    from rlprune.orchestration import init_ray
+
     t0 = time.perf_counter()
+    init_ray(None, 2)  # once, before any search is timed: no method's `search_s` includes Ray's start-up
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task_name, kw in tasks:
             for seed in seeds:
                 rows += run_seed(task_name, kw, seed, targets, n_samples, iters, batch, ft, Path(tmp))
-    summary, equal = summarise(rows), params_at_equal_drop(rows, ft)
     header = (f"# Quality ({', '.join(t for t, _ in tasks)}, {'quick' if q else 'full'}: {n_samples} samples, "
               f"{iters} RL iterations x {batch} episodes, seeds {seeds}, fine-tune {ft} steps)\n\n"
-              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `acc` is test accuracy (%) after BN "
-              "recalibration (finetune_steps 0) or after the fine-tune, mean and std over seeds; every method meets "
-              "the same MACs target; `latency_ms` is batch-1 CPU latency.")
-    common.write_results(args.results_dir, common.stem("quality", q), rows, markdown(summary, equal, header), FIELDS)
+              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
+              "`acc` (test, which only reports) in %, after BN recalibration (finetune_steps 0) or after the "
+              "fine-tune; `acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together; "
+              "`acc_std`: std over seeds. Every method meets the same MACs target from below; random search and CEM "
+              "spend the RL search's counted `spn_calls` and `real_evals`; `search_s` is each method's measured "
+              "search wall; `latency_ms` is batch-1 CPU latency.")
+    md = markdown(summarise(rows), comparisons(rows), params_at_equal_drop(rows, ft), header)
+    common.write_results(args.results_dir, common.stem("quality", q), rows, md, FIELDS)
     if not q:
         common.update_summary(args.results_dir, headline(rows), "quality")
 

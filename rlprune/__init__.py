@@ -28,6 +28,8 @@ _LAZY = {
     "get_task": "rlprune.tasks",
     "list_tasks": "rlprune.tasks",
     "Task": "rlprune.tasks",
+    "make_task": "rlprune.tasks",
+    "UserTask": "rlprune.tasks",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,6 +1,6 @@
 """The few small CNNs rlprune writes itself (torchvision's ops do not load against CPU torch here).
 
-All models are plain ``nn.Module`` trees with functional ReLUs, residual additions, and an
+All models are plain ``nn.Module`` trees with ReLUs (ReLU6 in the MobileNet), residual additions, and an
 ``AdaptiveAvgPool2d(1) + flatten + Linear`` head, so torch-pruning traces them into dependency groups:
 
 - ``cifar_resnet``: the CIFAR ResNet of He et al. 2016 (sec. 4.2), BasicBlocks, depth = 6n + 2.
@@ -8,6 +8,8 @@ All models are plain ``nn.Module`` trees with functional ReLUs, residual additio
   group of prunable convs (option A's zero-padding shortcut has no weights to prune).
 - ``digits_resnet``: the same family, shallow and narrow, for the 1x32x32 digits task.
 - ``vgg_small``: a plain conv-BN-ReLU stack with max pooling and a two-layer head: no coupled groups.
+- ``mobilenet_v2_small``: MobileNetV2 inverted residuals (Sandler et al. 2018) sized for 1x28x28; its
+  depthwise convs couple with the expand conv before them, so each block's hidden width is one group.
 
     conv3x3(in, w0) -> BN -> ReLU
     stage 1: n x BasicBlock(w0, stride 1)
@@ -121,6 +123,84 @@ class VGGSmall(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier(out)
+
+
+def _conv_bn(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: expand 1x1 -> depthwise 3x3 -> linear project 1x1, plus identity when shapes match.
+
+    With ``expansion == 1`` the expand conv is left out (as in MobileNetV2's first block), so the depthwise
+    conv works on, and couples with, the block's input channels.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_ch * expansion
+        self.use_residual = stride == 1 and in_ch == out_ch
+        self.expand: nn.Module = _conv_bn(in_ch, hidden) if expansion != 1 else nn.Sequential()
+        # groups == channels: one 3x3 filter per channel; torch-pruning prunes its in/out channels and groups
+        # together with the expand conv's outputs.
+        self.depthwise = _conv_bn(hidden, hidden, 3, stride, groups=hidden)
+        # No activation after the projection: the "linear bottleneck" of Sandler et al. 2018, sec. 3.2.
+        self.project = _conv_bn(hidden, out_ch, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.use_residual else out
+
+
+MOBILENET_SMALL_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 1), (6, 64, 3, 2))
+"""``(expansion, out_channels, blocks, first_stride)`` per stage of ``mobilenet_v2_small``: 8 blocks,
+28x28 -> 14x14 -> 7x7 (MobileNetV2's table 2, shortened and with two of its five downsamplings)."""
+
+
+class MobileNetV2Small(nn.Module):
+    """A 3x3 stem, inverted-residual stages, a 1x1 head conv and a pooled linear classifier."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: float = 1.0,
+        cfg: Sequence[tuple[int, int, int, int]] = MOBILENET_SMALL_CFG,
+        head_channels: int = 256,
+    ) -> None:
+        super().__init__()
+        stem = _scaled(cfg[0][1], width)
+        self.stem = _conv_bn(in_channels, stem, 3)
+        blocks = []
+        channels = stem
+        for expansion, out, n, stride in cfg:
+            out = _scaled(out, width)
+            for j in range(n):
+                blocks.append(InvertedResidual(channels, out, stride if j == 0 else 1, expansion))
+                channels = out
+        self.blocks = nn.Sequential(*blocks)
+        # Like MobileNetV2, the head never narrows below its width-1.0 size.
+        head = _scaled(head_channels, max(1.0, width))
+        self.head = _conv_bn(channels, head)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(head, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(self.avgpool(out), 1))
+
+
+def _scaled(channels: int, width: float, divisor: int = 8) -> int:
+    # MobileNetV2's _make_divisible: round to a multiple of 8, never below 8 nor below 90% of the target.
+    out = max(divisor, int(channels * width + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * channels * width else out
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -263,21 +343,52 @@ def vgg_small(
     return VGGSmall(cfg, num_classes, in_channels, hidden)
 
 
+def mobilenet_v2_small(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> MobileNetV2Small:
+    """Build a small MobileNetV2 (depthwise-separable inverted residuals) for 1x28x28 inputs.
+
+    Eight blocks in four stages (``MOBILENET_SMALL_CFG``), 28x28 -> 14x14 -> 7x7, a 1x1 head conv to 256
+    channels and a linear classifier: 0.19M parameters and 17.7M MACs on 1x28x28 at ``width=1.0`` (ResNet-20:
+    0.27M and 31M). It traces into 12 pruning groups: 4 residual stages, 7 expand+depthwise widths, the head.
+    Global pooling makes any input size work (3x32x32 runs at 32 -> 16 -> 8).
+
+    Args:
+        num_classes: size of the linear head.
+        in_channels: channels of the input images.
+        width: multiplier of every block's channels, rounded to multiples of 8 (MobileNetV2's alpha).
+
+    Returns:
+        An untrained ``MobileNetV2Small``.
+
+    Raises:
+        ValueError: if a size is not a positive integer or ``width`` is not a positive number.
+    """
+    _check_positive("num_classes", num_classes)
+    _check_positive("in_channels", in_channels)
+    if not isinstance(width, int | float) or isinstance(width, bool) or not 0 < width <= 16:
+        raise ValueError(f"width must be a number in (0, 16], got {width!r}")
+    return MobileNetV2Small(num_classes, in_channels, float(width))
+
+
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet56": resnet56,
     "digits_resnet": digits_resnet,
     "vgg_small": vgg_small,
+    "mobilenet_v2_small": mobilenet_v2_small,
 }
 """Built-in model names -> constructors taking ``num_classes`` and ``in_channels`` keywords."""
 
 __all__ = [
+    "MOBILENET_SMALL_CFG",
     "MODEL_REGISTRY",
     "BasicBlock",
     "CifarResNet",
+    "InvertedResidual",
+    "MobileNetV2Small",
     "VGGSmall",
     "cifar_resnet",
     "digits_resnet",
+    "mobilenet_v2_small",
     "resnet20",
     "resnet56",
     "vgg_small",

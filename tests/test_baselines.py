@@ -11,13 +11,12 @@ import torch
 from rlprune.errors import ConfigError
 from rlprune.search.baselines import (
     RULES,
-    cem,
     global_threshold_ratios,
-    random_search,
     rule_direction,
     rule_ratios,
     run_baselines,
 )
+from rlprune.search.blackbox import blackbox_search, cem, random_search
 from rlprune.space.costmodel import TARGET_SLACK, meets_target
 from rlprune.space.pruning import PruningSpace, count_ops_and_params
 from tests.arch_zoo import DenseNetTiny, MobileNetTiny, PlainFlatten
@@ -92,6 +91,34 @@ def test_cem_beats_random_search_at_equal_calls(space):
     assert np.mean(ce) < np.mean(rs)
 
 
+@pytest.mark.parametrize("method", ["random_search", "cem"])
+def test_online_blackbox_spends_its_real_evals_and_follows_the_corrected_world_model(space, method):
+    """A world model blind to group 0's sensitivity; each round's real evaluations teach it a bit more."""
+    cm = space.cost_model
+    learned = []
+
+    def blind(R):
+        R = np.atleast_2d(R)
+        return (R[:, 1:] ** 2).sum(axis=1) * 10
+
+    def learn(vectors):
+        learned.append(len(vectors))
+        # The "real" landscape is sensitive_first_group; after any real evaluation the model knows it.
+        return list(sensitive_first_group(np.stack(vectors))), sensitive_first_group
+
+    offline, off = blackbox_search(method, blind, cm, 0.5, n_calls=768, seed=2)
+    online, on = blackbox_search(method, blind, cm, 0.5, n_calls=768, seed=2, rounds=3, n_real=7, learn=learn)
+    assert off["real_evals"] == 0 and off["predictor_calls"] == 768
+    assert on["real_evals"] == sum(learned) == 7 and learned == [2, 2, 3]  # spread over the rounds, exactly
+    assert [r["round"] for r in on["online_rounds"]] == [1, 2, 3]
+    # Calls are counted, re-scoring included, and never pass the budget.
+    assert 768 - 3 * 64 <= on["predictor_calls"] <= 768
+    assert cm.budget_ratio(online)[0] <= 0.5 + 1e-9
+    assert sensitive_first_group(online)[0] < sensitive_first_group(offline)[0]
+    with pytest.raises(ConfigError, match="learn"):
+        blackbox_search(method, blind, cm, 0.5, n_calls=64, n_real=2)
+
+
 def test_run_baselines_collects_everything_on_one_budget():
     torch.manual_seed(0)
     sp = PruningSpace.from_model(PlainFlatten().eval(), X)
@@ -101,6 +128,7 @@ def test_run_baselines_collects_everything_on_one_budget():
         assert b.macs_ratio <= 0.5 + 1e-9 and "predicted_acc_drop" in b.to_dict()
         # Counted spending: the searches their predictor calls, the rules none; every method its wall time.
         assert b.extra["predictor_calls"] == (256 if b.method in ("random_search", "cem") else 0)
+        assert b.extra["real_evals"] == 0
         assert b.extra["search_s"] > 0
     assert len(run_baselines(sp.cost_model, 0.5)) == len(RULES)
 

@@ -1,8 +1,11 @@
-"""Every benchmark's ``--quick`` mode runs end to end and writes its tables; no figure is asserted.
+"""Every benchmark's ``--quick`` mode runs end to end, and what it writes holds the rules the full run claims.
 
-Each script runs in a subprocess (as a user would run it) into ``tmp_path``, so the committed results under
-``benchmarks/results`` are never touched, with the session's temporary ``RLPRUNE_CACHE`` (conftest.py) in its
-environment. Together the four quick runs take about 3 minutes on 2 cores.
+Each script runs once per session in a subprocess (as a user would run it) into a temporary folder, so the
+committed results under ``benchmarks/results`` are never touched, with the session's temporary
+``RLPRUNE_CACHE`` (conftest.py) in its environment; the tests then read its files. No figure is asserted,
+only structure and invariants that a broken comparison would violate: validation chooses, intervals contain
+their estimate, budgets are counted and equal, curves only go up. Together the four quick runs take a few
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,47 +27,44 @@ BENCH = ROOT / "benchmarks"
 
 # script -> what its full run would put into summary.json (key prefixes: sizes differ in quick mode)
 HEADLINE = {
-    "search_speed": {"spn_vs_real_step_speedup", "end_to_end_speedup", "end_to_end_speedup_is_lower_bound",
-                     "real_evals_ratio"},
-    "quality": {"rl_minus_best_baseline_acc_at_0.5", "params_removed_ratio_vs_best_rule"},
+    "search_speed": {"spn_vs_real_step_speedup", "end_to_end_speedup", "end_to_end_speedup_min",
+                     "end_to_end_speedup_max", "end_to_end_seeds", "real_evals_ratio", "end_to_end_selection_split"},
+    "quality": {"rl_minus_best_baseline_acc_at_0.5", "rl_minus_best_baseline_acc_at_0.5_ci",
+                "params_removed_ratio_vs_best_rule", "quality_selection_split"},
     "spn_fidelity": {"spn_spearman_at_", "spn_mae_at_", "spn_transfer_zero_shot_spearman", "spn_transfer_mae_after_"},
     "scaling": {"sample_throughput_2_vs_1", "cost_model_vectors_per_s", "cost_model_vectors_per_s_resnet56",
                 "spn_inference_vectors_per_s", "env_steps_per_s_simultaneous", "env_steps_per_s_sequential"},
 }
 # script -> (columns its CSV must have, the column naming each row's kind, kinds that must all appear)
 EXPECTED = {
-    "search_speed": ({"section", "method", "episodes", "real_evals", "wall_s", "env_steps_per_s", "acc", "macs_ratio"},
-                     "section", {"step", "pipeline", "amc"}),
-    "quality": ({"task", "seed", "target", "finetune_steps", "method", "acc", "acc_drop", "params_ratio",
-                 "macs_ratio", "latency_ms"}, "method", {"rl", "uniform", "larger_group", "depth", "global_l1",
-                                                          "random_search", "cem"}),
+    "search_speed": ({"section", "seed", "method", "episodes", "spn_calls", "real_evals", "wall_s", "env_steps_per_s",
+                      "val_acc", "acc", "acc_ci_lo", "acc_ci_hi", "macs_ratio", "level", "speedup"},
+                     "section", {"step", "pipeline", "amc", "speedup"}),
+    "quality": ({"task", "seed", "target", "finetune_steps", "method", "source", "val_acc", "acc", "acc_ci_lo",
+                 "acc_ci_hi", "acc_drop", "val_drop", "params_ratio", "macs_ratio", "latency_ms", "spn_calls",
+                 "real_evals", "candidates", "search_s", "test_correct"},
+                "method", {"rl", "uniform", "larger_group", "depth", "global_l1", "random_search", "cem"}),
     "spn_fidelity": ({"section", "arch", "n_train", "seed", "mae", "spearman"}, "section", {"curve", "transfer"}),
     "scaling": ({"section", "name", "workers", "samples_per_s", "vectors_per_s", "env_steps_per_s", "mode"},
                 "section", {"samples", "spn", "cost_model", "env"}),
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_quick_run_writes_its_tables(name, tmp_path, digits_task, bench):
-    """``python benchmarks/<name>.py --quick --results-dir DIR`` exits 0 and writes ``<name>_quick.csv/.md``;
-    the figures a full run would merge into summary.json can be computed from that CSV."""
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(tmp_path)],
-                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    columns, kind, kinds = EXPECTED[name]
-    with open(tmp_path / f"{name}_quick.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert rows, f"{name}_quick.csv has no rows"
-    assert columns <= set(rows[0]), f"missing columns: {columns - set(rows[0])}"
-    assert kinds <= {r[kind] for r in rows}
-    md = (tmp_path / f"{name}_quick.md").read_text()
-    assert md.startswith("# ") and "|---" in md
-    assert md.splitlines()[0] in proc.stdout  # the table is printed too
-    assert not (tmp_path / "summary.json").exists()  # only full runs update the summary
-    assert not (tmp_path / f"{name}.csv").exists()  # a quick run never writes the full result's name
-    figures = bench(name).headline(pd.read_csv(tmp_path / f"{name}_quick.csv").to_dict("records"))
-    assert all(any(k.startswith(want) for k in figures) for want in HEADLINE[name]), sorted(figures)
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, digits_task):
+    """``name -> (results folder, finished process)``: each script's quick run, once per session."""
+    done: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def run(name: str):
+        if name not in done:
+            out = tmp_path_factory.mktemp(f"bench-{name}")
+            proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(out)],
+                                  cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            done[name] = (out, proc)
+        return done[name]
+
+    return run
 
 
 @pytest.fixture
@@ -73,13 +74,139 @@ def bench(monkeypatch):
     return importlib.import_module
 
 
+def _csv(path: Path) -> list[dict]:
+    return pd.read_csv(path).to_dict("records")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_quick_run_writes_its_tables(name, quick, bench):
+    """``python benchmarks/<name>.py --quick --results-dir DIR`` exits 0 and writes ``<name>_quick.csv/.md``;
+    the figures a full run would merge into summary.json can be computed from that CSV."""
+    out, proc = quick(name)
+    columns, kind, kinds = EXPECTED[name]
+    with open(out / f"{name}_quick.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, f"{name}_quick.csv has no rows"
+    assert columns <= set(rows[0]), f"missing columns: {columns - set(rows[0])}"
+    assert kinds <= {r[kind] for r in rows}
+    md = (out / f"{name}_quick.md").read_text()
+    assert md.startswith("# ") and "|---" in md
+    assert md.splitlines()[0] in proc.stdout  # the table is printed too
+    assert not (out / "summary.json").exists()  # only full runs update the summary
+    assert not (out / f"{name}.csv").exists()  # a quick run never writes the full result's name
+    figures = bench(name).headline(_csv(out / f"{name}_quick.csv"))
+    assert all(any(k.startswith(want) for k in figures) for want in HEADLINE[name]), sorted(figures)
+
+
+def _assert_in_ci(value, lo, hi) -> None:
+    assert float(lo) - 1e-6 <= float(value) <= float(hi) + 1e-6, (value, lo, hi)
+
+
+@pytest.mark.slow
+def test_quick_quality_chooses_on_validation_with_equal_budgets(quick, bench):
+    """The best baseline is the validation winner; the paired interval contains the difference; the searches
+    spend RL's counted budget; every accuracy has an interval around it and every method meets the target."""
+    out, _ = quick("quality")
+    quality = bench("quality")
+    rows = _csv(out / "quality_quick.csv")
+    for r in rows:
+        _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
+        assert r["macs_ratio"] <= r["target"] + 1e-9 and r["candidates"] == 1
+    comps = quality.comparisons(rows)
+    assert {c["seed"] for c in comps} >= {"all"}
+    for c in comps:
+        _assert_in_ci(c["diff"], c["diff_ci_lo"], c["diff_ci_hi"])
+        assert c["real"] == (c["diff_ci_lo"] > 0 or c["diff_ci_hi"] < 0)
+        if c["seed"] == "all":
+            continue
+        mine = [r for r in rows if (r["seed"], r["target"], r["finetune_steps"]) ==
+                (c["seed"], c["target"], c["finetune_steps"])]
+        base = [r for r in mine if r["source"] == "baseline"]
+        by_val = max(base, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))
+        assert c["best_baseline"] == by_val["method"]  # chosen on validation, whatever the test split says
+        rl = next(r for r in mine if r["method"] == "rl")
+        assert c["diff"] == pytest.approx(rl["acc"] - by_val["acc"], abs=0.01)
+        for s in (r for r in mine if r["method"] in ("random_search", "cem")):
+            # Equal, counted budgets: RL's SPN calls and real evaluations, as each search counted them.
+            assert s["real_evals"] == rl["real_evals"] > 0
+            assert s["spn_calls"] == rl["spn_calls"] > 0
+    fig = quality.headline(rows)
+    lo, hi = fig["rl_minus_best_baseline_acc_at_0.5_ci"]
+    _assert_in_ci(fig["rl_minus_best_baseline_acc_at_0.5"], lo, hi)
+    assert fig["rl_minus_best_baseline_acc_at_0.5_real"] == (lo > 0 or hi < 0)
+
+
+@pytest.mark.slow
+def test_quick_search_speed_curves_are_like_for_like(quick, bench):
+    """Three seeds of both searches; curves rise monotonically in time; counts are counted and match the
+    table; the speedup is read at the best validation accuracy both reached."""
+    out, _ = quick("search_speed")
+    speed = bench("search_speed")
+    rows = _csv(out / "search_speed_quick.csv")
+    curves = pd.read_csv(out / "search_speed_curves_quick.csv")
+    assert set(curves["method"]) == {speed.SPN, speed.AMC} and curves["seed"].nunique() >= 3
+    for (seed, method), c in curves.groupby(["seed", "method"]):
+        c = c.sort_values("iteration")
+        assert list(c["iteration"]) == list(range(1, len(c) + 1))
+        for col in ("wall_s", "episodes"):
+            assert np.all(np.diff(c[col]) > 0), (seed, method, col)
+        for col in ("best_val_acc", "real_evals", "spn_calls"):
+            assert np.all(np.diff(c[col]) >= 0), (seed, method, col)
+        assert np.allclose(c["best_val_acc"], np.maximum.accumulate(c["val_acc"]))
+        final = next(r for r in rows if r["seed"] == seed and r["method"] == method)
+        last = c.iloc[-1]
+        assert final["real_evals"] == last["real_evals"] and final["iterations"] == last["iteration"]
+        _assert_in_ci(final["acc"], final["acc_ci_lo"], final["acc_ci_hi"])
+        if method == speed.AMC:  # every episode paid one real evaluation; no SPN
+            assert last["spn_calls"] == 0 and last["real_evals"] >= last["episodes"]
+        else:  # the clock started before sampling: the first point is after sampling and SPN training
+            pre = sum(r["wall_s"] for r in rows if r["seed"] == seed and r["method"] in ("spn_sample", "spn_fit"))
+            assert c["wall_s"].iloc[0] > pre and last["spn_calls"] > 0
+    for r in (r for r in rows if r["section"] == "speedup"):
+        mine = curves[curves["seed"] == r["seed"]]
+        ends = mine.groupby("method")["best_val_acc"].max()
+        assert r["level"] == pytest.approx(ends.min())
+        first = {m: c[c["best_val_acc"] >= r["level"] - 1e-9]["wall_s"].min() for m, c in mine.groupby("method")}
+        assert r["time_spn_s"] == pytest.approx(first[speed.SPN]) and r["time_amc_s"] == pytest.approx(first[speed.AMC])
+        assert r["speedup"] == pytest.approx(r["time_amc_s"] / r["time_spn_s"], rel=1e-2, abs=1e-3)
+    fig = speed.headline(rows)
+    assert fig["end_to_end_seeds"] >= 3
+    assert fig["end_to_end_speedup_min"] <= fig["end_to_end_speedup"] <= fig["end_to_end_speedup_max"]
+
+
+def test_stop_rule_and_speedup_reading(bench):
+    """The one stop rule (patience, cap, max iterations) and the speedup at the level both curves reached."""
+    speed = bench("search_speed")
+    rule = speed.StopRule(patience=2, cap_s=100.0, max_iters=10)
+
+    def curve(points):
+        best, out = 0.0, []
+        for i, (wall, acc) in enumerate(points, 1):
+            best = max(best, acc)
+            out.append({"iteration": i, "wall_s": wall, "val_acc": acc, "best_val_acc": best, "real_evals": 10 * i})
+        return out
+
+    rising = curve([(1, 90), (2, 91), (3, 92)])
+    assert not rule.done(rising, 3.0)
+    assert rule.done(curve([(1, 90), (2, 92), (3, 91), (4, 92)]), 4.0)  # two iterations without a gain
+    assert rule.done(rising, 100.0) and rule.done(curve([(i, 90 + i) for i in range(1, 11)]), 10.0)
+    spn = curve([(10, 93), (11, 95), (12, 96)])
+    amc = curve([(5, 90), (40, 94), (90, 95)])
+    r = speed.speedup_row(0, spn, amc)
+    assert r["level"] == 95 and r["time_spn_s"] == 11 and r["time_amc_s"] == 90
+    assert r["speedup"] == pytest.approx(90 / 11, rel=1e-3) and "AMC-style did not reach" in r["note"]
+    assert speed.time_to(amc, 96) is None
+
+
 def test_update_summary_merges_atomically(tmp_path, bench):
-    """Each script's figures are merged in; other keys survive; date and machine are stamped; no tmp is left."""
+    """Each script's figures are merged in; other keys survive; retired keys go; date and machine are stamped;
+    no tmp is left."""
     common = bench("common")
-    common.update_summary(tmp_path, {"a": 1.5, "nan": float("nan")}, "one")
-    common.update_summary(tmp_path, {"b": 2}, "two")
+    common.update_summary(tmp_path, {"a": 1.5, "nan": float("nan"), "old": 3}, "one")
+    common.update_summary(tmp_path, {"b": 2, "ci": [np.float64(-0.5), 1.0]}, "two", retired=("old",))
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["a"] == 1.5 and s["b"] == 2 and s["nan"] is None
+    assert s["a"] == 1.5 and s["b"] == 2 and s["nan"] is None and s["ci"] == [-0.5, 1.0] and "old" not in s
     assert set(s["updated"]) == {"one", "two"} and s["date"]
     assert {"platform", "cpu_count", "torch", "ray"} <= set(s["machine"])
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
@@ -95,27 +222,56 @@ def test_params_removed_at_equal_drop_interpolates_between_targets(bench):
     assert quality.removed_at_drop([(0.5, 0.3)], -1.0) == 0.0  # nothing on the curve is that accurate
 
 
-def test_quality_full_mode_figures_from_rows(bench):
-    """The summary.json figures of a 3-target, 2-seed run come out of the per-seed rows (synthetic here)."""
-    quality = bench("quality")
-    rows = []
+def _synthetic_rows() -> list[dict]:
+    """Two seeds x three targets; ``cem`` wins on validation, ``uniform`` on test (it must not be chosen)."""
+    from rlprune.measure.stats import pack_correct
+
+    rng = np.random.default_rng(0)
+    n, rows = 360, []
     for seed in (0, 1):
         for target in (0.3, 0.5, 0.7):
-            for method, acc, params in (("rl", 98.0, target + 0.05), ("uniform", 97.0, target),
-                                        ("larger_group", 90.0, target - 0.2), ("depth", 91.0, target - 0.2),
-                                        ("cem", 97.5, target + 0.02)):
+            # method -> (val acc, test images right, params ratio)
+            spec = {"rl": (97.0, 354 - seed, target + 0.05), "uniform": (95.0, 356, target),
+                    "larger_group": (90.0, 324, target - 0.2), "depth": (91.0, 327, target - 0.2),
+                    "cem": (97.5, 350, target + 0.02)}
+            for method, (val, right, params) in spec.items():
+                correct = np.zeros(n, dtype=bool)
+                correct[rng.choice(n, right, replace=False)] = True
+                acc = 100.0 * right / n
                 rows.append({"task": "digits", "seed": seed, "target": target, "finetune_steps": 100,
-                             "method": method, "acc": acc, "acc_drop": 99.0 - acc, "params_ratio": params,
-                             "macs_ratio": target, "latency_ms": 0.5})
-    summary = quality.summarise(rows)
-    equal = quality.params_at_equal_drop(rows, 100)
+                             "method": method, "source": "rl" if method == "rl" else "baseline", "val_acc": val,
+                             "val_drop": 99.0 - val, "acc": acc, "acc_drop": 99.0 - acc, "params_ratio": params,
+                             "macs_ratio": target - 0.001, "latency_ms": 0.5, "spn_calls": 0, "real_evals": 0,
+                             "candidates": 1, "search_s": 0.0, "test_correct": pack_correct(correct)})
+    return rows
+
+
+def test_quality_chooses_the_best_baseline_on_validation(bench):
+    """The baseline compared with RL is the validation winner (``cem``), not the test winner (``uniform``);
+    pooled over seeds the difference is the mean of the per-seed ones, inside its interval, with its spread."""
+    quality = bench("quality")
+    rows = _synthetic_rows()
+    comps = [c for c in quality.comparisons(rows) if c["target"] == 0.5]
+    per_seed = [c for c in comps if c["seed"] != "all"]
+    pooled = next(c for c in comps if c["seed"] == "all")
+    assert [c["best_baseline"] for c in per_seed] == ["cem", "cem"] and pooled["best_baseline"] == "cem, cem"
+    assert [c["diff"] for c in per_seed] == pytest.approx([100 * 4 / 360, 100 * 3 / 360], abs=0.01)
+    assert pooled["diff"] == pytest.approx(np.mean([c["diff"] for c in per_seed]), abs=0.01)
+    assert (pooled["spread_lo"], pooled["spread_hi"]) == (min(c["diff"] for c in per_seed),
+                                                          max(c["diff"] for c in per_seed))
+    _assert_in_ci(pooled["diff"], pooled["diff_ci_lo"], pooled["diff_ci_hi"])
     fig = quality.headline(rows)
-    assert set(fig) == {"rl_minus_best_baseline_acc_at_0.3", "rl_minus_best_baseline_acc_at_0.5",
-                        "rl_minus_best_baseline_acc_at_0.7", "params_removed_ratio_vs_best_rule"}
-    assert fig["rl_minus_best_baseline_acc_at_0.5"] == pytest.approx(0.5)  # vs cem
+    assert {"rl_minus_best_baseline_acc_at_0.3", "rl_minus_best_baseline_acc_at_0.5_ci",
+            "rl_minus_best_baseline_acc_at_0.7_real", "params_removed_ratio_vs_best_rule"} <= set(fig)
+    assert fig["rl_minus_best_baseline_acc_at_0.5"] == pooled["diff"]
+    assert fig["rl_minus_best_baseline_acc_at_0.5_ci"] == [pooled["diff_ci_lo"], pooled["diff_ci_hi"]]
+    summary = quality.summarise(rows)
+    for r in summary:
+        _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
+    equal = quality.params_at_equal_drop(rows, 100)
     assert {r["target"] for r in equal} == {0.3, 0.5, 0.7}
-    md = quality.markdown(summary, equal, "# Quality")
-    assert "| digits | 0.5 | 100 | rl |" in md and "| digits | 0.5 | 100 |" in md.split("equal accuracy drop")[1]
+    md = quality.markdown(summary, quality.comparisons(rows), equal, "# Quality")
+    assert "| digits | 0.5 | 100 | rl |" in md and "| digits | 0.5 | 100 | all | cem, cem |" in md
 
 
 def test_missing_cifar_folder_is_one_line_and_exit_2(tmp_path):

@@ -213,7 +213,7 @@ def test_describe_sentences():
         (lambda: paired_difference([], []), "correct_a is empty"),
         (lambda: paired_difference([1, 0, 1], [1, 0]), "3 examples but correct_b has 2"),
         (lambda: accuracy_ci([0, 1, 2]), r"only 0/1 or bool.*\[2\]"),
-        (lambda: accuracy_ci([0.0, 0.5, 1.0]), r"only 0/1 or bool.*\[0.5\]"),
+        (lambda: accuracy_ci([0.0, 0.5j, 1.0]), r"only 0/1 or bool.*0.5j"),
         (lambda: accuracy_ci([0.0, np.nan]), "only 0/1 or bool"),
         (lambda: accuracy_ci(["yes", "no"]), "only 0/1 or bool"),
         (lambda: paired_difference([0, 1], [0, 3]), "correct_b must hold only 0/1"),
@@ -243,3 +243,190 @@ def test_packed_outcomes_round_trip(n):
         unpack_correct(f"{n + 8}:{text.split(':', 1)[1]}")
     with pytest.raises(ValueError, match="not a packed outcome vector"):
         unpack_correct("garbage")
+
+
+# --- float scores (user metrics: IoU, F1, PSNR, ...) --------------------------------------------------------
+
+
+def _scores(n: int, mean: float = 30.0, sd: float = 5.0, seed: int = 0) -> np.ndarray:
+    """n per-example float scores (PSNR-like, in the metric's own points)."""
+    return np.random.default_rng(seed).normal(mean, sd, n)
+
+
+def test_float_interval_contains_mean_and_narrows_with_n():
+    widths = []
+    for n in (100, 400, 1600):
+        scores = _scores(n, seed=n)
+        lo, hi = accuracy_ci(scores)
+        assert lo < scores.mean() < hi
+        # Scores are already in points: no factor of 100, and width ~ 2 * 1.96 * sd / sqrt(n).
+        assert hi - lo == pytest.approx(2 * 1.96 * scores.std() / math.sqrt(n), rel=0.12)
+        widths.append(hi - lo)
+    assert widths[0] / widths[1] == pytest.approx(2.0, rel=0.15)
+    assert widths[1] / widths[2] == pytest.approx(2.0, rel=0.15)
+
+
+def test_float_interval_matches_index_resampling_and_is_seeded():
+    scores = np.random.default_rng(3).random(300)  # IoU-like, in [0, 1)
+    rng = np.random.default_rng(1)
+    brute = np.quantile(scores[rng.integers(0, scores.size, size=(10_000, scores.size))].mean(axis=1),
+                        [0.025, 0.975])
+    lo, hi = accuracy_ci(scores)
+    assert lo == pytest.approx(brute[0], abs=0.004) and hi == pytest.approx(brute[1], abs=0.004)
+    assert accuracy_ci(scores, seed=7) == accuracy_ci(list(scores), seed=7)
+    assert accuracy_ci(scores.astype(np.float32), seed=7)[0] == pytest.approx(accuracy_ci(scores, seed=7)[0])
+    assert accuracy_ci(np.full(50, 0.75)) == (0.75, 0.75)
+
+
+def test_metric_points_for_both_kinds():
+    from rlprune.measure.stats import metric_points
+
+    assert metric_points(_vector(400, 300)) == pytest.approx(75.0)
+    assert metric_points([0, 1, 1, 1]) == pytest.approx(75.0)
+    assert metric_points([0.0, 1.0, 1.0, 1.0]) == pytest.approx(75.0)  # 0/1 floats read as outcomes
+    assert metric_points([0.25, 0.5, 0.75]) == pytest.approx(0.5)
+    assert metric_points(_scores(100)) == pytest.approx(_scores(100).mean())
+
+
+def test_zero_one_floats_take_the_binary_path():
+    from rlprune.measure.stats import pack_correct, unpack_correct
+
+    correct = _vector(500, 377)
+    as_float = correct.astype(float)
+    assert accuracy_ci(as_float, seed=5) == accuracy_ci(correct, seed=5)
+    a, b = _pair(300, 250, 12, 4)
+    assert paired_difference(a.astype(np.float32), b.astype(float)) == paired_difference(a, b)
+    text = pack_correct(as_float)
+    assert text == pack_correct(correct) and not text.startswith("f")
+    assert unpack_correct(text).dtype == bool
+
+
+def test_float_paired_difference_is_the_mean_difference():
+    a = _scores(500, seed=1)
+    b = a - 0.3 + np.random.default_rng(2).normal(0.0, 1.0, a.size)
+    res = paired_difference(a, b)
+    assert res["diff"] == pytest.approx(a.mean() - b.mean())
+    assert res["acc_a"] == pytest.approx(a.mean()) and res["acc_b"] == pytest.approx(b.mean())
+    assert (res["a_only"], res["b_only"]) == (int((a > b).sum()), int((b > a).sum()))
+    lo, hi = res["diff_ci"]
+    assert lo < res["diff"] < hi
+    # Paired: the width follows the spread of a - b (sd 1), not of the scores themselves (sd 5).
+    assert hi - lo == pytest.approx(2 * 1.96 * (a - b).std() / math.sqrt(a.size), rel=0.12)
+    assert json.loads(json.dumps(res)) == res
+    assert res == paired_difference(a, b)
+    swapped = paired_difference(b, a)
+    assert swapped["diff"] == pytest.approx(-res["diff"])
+    assert (swapped["a_only"], swapped["b_only"]) == (res["b_only"], res["a_only"])
+    assert swapped["p_value"] == pytest.approx(res["p_value"], abs=0.01)
+
+
+def test_sign_flip_p_small_for_a_clear_shift_and_large_for_none():
+    a = np.random.default_rng(4).random(400)
+    noise = np.random.default_rng(5).normal(0.0, 0.1, 200)
+    shifted = paired_difference(a, a - 0.05 + np.concatenate([noise, -noise]))
+    assert shifted["real"] is True and shifted["p_value"] < 0.001
+    assert describe(shifted).endswith("p < 0.001, n = 400): a real difference")
+    # Differences exactly symmetric about 0: no evidence either way.
+    none = paired_difference(a, a + np.concatenate([noise, -noise]))
+    assert none["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert none["p_value"] > 0.9 and none["real"] is False
+    assert none["diff_ci"][0] < 0 < none["diff_ci"][1]
+
+
+def test_sign_flip_p_agrees_with_paired_t_test():
+    from scipy.stats import ttest_rel
+
+    a = _scores(200, seed=6)
+    b = a - 0.15 + np.random.default_rng(11).normal(0.0, 1.0, a.size)
+    p = paired_difference(a, b)["p_value"]
+    assert 0.005 < p < 0.2  # a borderline case, so the comparison is informative
+    assert p == pytest.approx(ttest_rel(a, b).pvalue, abs=0.015)
+
+
+def test_sign_flip_is_exact_with_few_nonzero_differences():
+    # 5 examples differ, all in A's favour: only the identity and the all-flipped labelling are as extreme,
+    # so the exact two-sided p is 2 / 2^5; examples with equal scores carry no information.
+    a = np.full(50, 0.5)
+    b = a.copy()
+    b[[3, 9, 17, 30, 41]] -= [0.3, 0.2, 0.5, 0.1, 0.4]
+    res = paired_difference(a, b)
+    assert res["p_value"] == pytest.approx(2 / 32)
+    assert (res["a_only"], res["b_only"]) == (5, 0)
+
+
+def test_identical_float_vectors_are_no_difference():
+    a = _scores(359)
+    res = paired_difference(a, a.copy())
+    assert (res["diff"], res["diff_ci"], res["p_value"], res["real"]) == (0.0, [0.0, 0.0], 1.0, False)
+
+
+def test_mixed_zero_one_and_fractional_scores_share_units():
+    # A metric that came out exactly 0 or 1 on every example is still a score when compared with one that
+    # did not: the difference is in the metric's units, not accuracy points.
+    a = np.array([1.0, 0.0, 1.0, 1.0] * 50)
+    b = np.array([0.5, 0.25, 0.75, 1.0] * 50)
+    res = paired_difference(a, b)
+    assert res["diff"] == pytest.approx(0.125)
+    assert res["acc_a"] == pytest.approx(0.75) and res["acc_b"] == pytest.approx(0.625)
+
+
+def test_float_resampling_memory_is_bounded_for_large_inputs():
+    import tracemalloc
+
+    a = _scores(10_000, seed=8)
+    b = a - 0.1 + np.random.default_rng(9).normal(0.0, 1.0, a.size)
+    tracemalloc.start()
+    try:
+        accuracy_ci(a, n_boot=10_000)
+        paired_difference(a, b, n_boot=10_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One (n_boot x n) index matrix would be 400 MB (int32) plus 800 MB of gathered scores.
+    assert peak < 150e6
+
+
+@pytest.mark.parametrize("n", [1, 7, 359, 10_000])
+def test_packed_float_scores_round_trip(n):
+    from rlprune.measure.stats import pack_correct, unpack_correct
+
+    scores = _scores(n, mean=0.6, sd=0.2, seed=n)
+    text = pack_correct(scores)
+    assert text.startswith(f"f{n}:") and len(text) < 4 * n * 4 // 3 + 16
+    back = unpack_correct(text)
+    assert back.dtype == np.float64 and back.shape == (n,)
+    np.testing.assert_allclose(back, scores, rtol=1e-7, atol=0)
+    body = text.split(":", 1)[1]
+    with pytest.raises(ValueError, match="packed outcome vector holds"):
+        unpack_correct(f"f{n + 1}:{body}")
+    for bad in (f"f{n}:{body[:-4]}!!!!", f"fx:{body}", f"f-1:{body}", f"f{n}"):
+        with pytest.raises(ValueError, match="not a packed outcome vector"):
+            unpack_correct(bad)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: accuracy_ci([0.3, np.nan, 0.2]), r"correct holds 1 NaN/inf value\(s\) \(first at index \[1\]\)"),
+        (lambda: paired_difference([0.3, 0.4], [0.1, np.inf]), "correct_b holds 1 NaN/inf"),
+        (lambda: paired_difference([0.3, 0.4], [0.1]), "2 examples but correct_b has 1"),
+        (lambda: _pack([0.5, -np.inf]), "NaN/inf"),
+        (lambda: _metric_points([np.nan]), "finite float scores"),
+        (lambda: _pack([0.5, 1e39]), "beyond float32"),
+    ],
+)
+def test_float_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def _pack(values):
+    from rlprune.measure.stats import pack_correct
+
+    return pack_correct(values)
+
+
+def _metric_points(values):
+    from rlprune.measure.stats import metric_points
+
+    return metric_points(values)

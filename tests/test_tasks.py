@@ -18,7 +18,7 @@ from torch import nn
 from rlprune.errors import ConfigError, DataError, RlpruneError
 from rlprune.models import resnet20
 from rlprune.tasks import TASKS, Cifar10Task, DigitsTask, Task, get_task, list_tasks, load_callable
-from rlprune.tasks.base import random_shift
+from rlprune.tasks.training import random_shift
 
 # ----- digits: splits and loaders ------------------------------------------------------------------
 
@@ -326,7 +326,7 @@ def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_list_tasks() -> None:
     listed = dict(list_tasks())
-    assert list(listed) == list(TASKS) == ["digits", "cifar10"]
+    assert list(listed) == list(TASKS) == ["digits", "cifar10", "fashion-mnist", "user"]
     assert all(desc and "\n" not in desc for desc in listed.values())
 
 

@@ -9,13 +9,16 @@ parse, call and print.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from rlprune.cli.common import resolve_task
 from rlprune.cli.model import add_model_parsers, cmd_groups, cmd_prune, cmd_tasks
 from rlprune.cli.run import add_run_parsers, cmd_run, cmd_tune
 from rlprune.cli.sample import add_sample_parser, cmd_sample
 from rlprune.cli.search import add_baselines_parser, add_search_parser, cmd_baselines, cmd_search
 from rlprune.cli.spn import add_spn_parser, cmd_spn
+from rlprune.cli.train import add_train_parser, cmd_train
 from rlprune.errors import RlpruneError
 
 COMMANDS = {
@@ -28,6 +31,7 @@ COMMANDS = {
     "run": cmd_run,
     "tune": cmd_tune,
     "baselines": cmd_baselines,
+    "train": cmd_train,
 }
 
 
@@ -43,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     add_model_parsers(sub)
+    add_train_parser(sub)
     add_run_parsers(sub)
     add_sample_parser(sub)
     add_baselines_parser(sub)
@@ -59,7 +64,11 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Your modules named by --model/--data/--task specs import from where you run rlprune, as with `python -m`.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
+        resolve_task(args)
         return COMMANDS[args.verb](args)
     except RlpruneError as e:
         print(f"rlprune {args.verb}: error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 from rlprune.errors import ConfigError
 
@@ -55,23 +56,76 @@ def parse_ratios(text: str) -> list[float]:
 
 # ---------------------------------------------------------------------------------------- task / model
 def add_task_args(p: argparse.ArgumentParser, *, model_ok: bool = False, default: str | None = None) -> None:
-    """``--task`` (or, with ``model_ok``, ``--model`` + ``--input-shape``), ``--data-dir`` and ``--seed``."""
+    """``--task``, or your own model (``--model --weights --data [--metric --loss] --input-shape``),
+    ``--data-dir`` and ``--seed``. With ``model_ok``, ``--model`` alone (plus ``--input-shape``) is structural
+    work on an untrained model."""
     task_help = "task name (see `rlprune tasks`) or package.module:callable returning a Task"
-    if model_ok:
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--task", help=task_help)
-        src.add_argument("--model", help="package.module:callable returning an nn.Module (structural work only)")
-        p.add_argument("--input-shape", help="C,H,W of one input, required with --model (e.g. 3,32,32)")
-    else:
-        p.add_argument("--task", default=default, required=default is None,
-                       help=task_help + (f" (default {default})" if default else ""))
-    p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10); default $RLPRUNE_DATA")
+    src = p.add_mutually_exclusive_group(required=default is None)
+    src.add_argument("--task", default=default, help=task_help + (f" (default {default})" if default else ""))
+    alone = " (alone: structural work only)" if model_ok else ""
+    src.add_argument("--model", help="your model: package.module:callable building it; with --weights and --data "
+                                     "it is pruned like a task" + alone)
+    u = p.add_argument_group("your own model (with --model)")
+    u.add_argument("--weights", help="state_dict file of your trained model (torch.save(model.state_dict(), F))")
+    u.add_argument("--data", help="package.module:callable returning {'train', 'calibration', 'validation', "
+                                  "'test'} -> torch Datasets of (input, target)")
+    u.add_argument("--metric", help="package.module:fn, fn(model, loader) -> points, higher is better "
+                                    "(default top-1 accuracy)")
+    u.add_argument("--loss", help="package.module:fn, fn(outputs, targets) -> loss for fine-tuning "
+                                  "(default cross-entropy)")
+    u.add_argument("--input-shape", help="C,H,W of one input, e.g. 3,32,32 (default: from the train split)")
+    p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10, fashion-mnist); "
+                                      "default $RLPRUNE_DATA")
+    p.add_argument("--arch", help="architecture of a built-in task that has several (cifar10: resnet20, resnet56; "
+                                  "fashion-mnist: resnet20, resnet56, mobilenet)")
     p.add_argument("--seed", type=int, default=0, help="seeds the task and every random choice (default 0)")
 
 
+_USER_FLAGS = ("weights", "data", "metric", "loss")
+_STRUCTURAL = ("groups", "prune")  # verbs that can work on an untrained --model alone
+
+
+def resolve_task(args) -> None:
+    """Turn ``--model ... --data ...`` into the ``user`` task, in place, and check the flags fit together.
+
+    Afterwards ``args.task`` names the task every verb builds (``"user"`` for your own model) and
+    :func:`task_options` holds its arguments, as import specs that Ray trials rebuild it from.
+
+    Raises:
+        ConfigError: your-model flags without ``--model``, ``--model`` with weights but no data, or
+            ``--data-dir`` with your own model.
+    """
+    if not hasattr(args, "model"):
+        return
+    given = [f"--{f}" for f in _USER_FLAGS if getattr(args, f, None)]
+    if args.model is None:
+        if given:
+            raise ConfigError(f"{', '.join(given)} go(es) with --model (your own model), not --task; add --model "
+                              f"package.module:build")
+        return
+    if args.data:
+        if args.data_dir or getattr(args, "arch", None):
+            raise ConfigError("--data-dir and --arch are for built-in tasks; your --model and --data name yours")
+        args.task = "user"
+    elif given or getattr(args, "verb", None) not in _STRUCTURAL:
+        raise ConfigError(f"--model{' with ' + ', '.join(given) if given else ''} needs --data "
+                          f"package.module:make_datasets (your train/calibration/validation/test datasets) and "
+                          f"--weights (your trained state_dict)")
+
+
+def task_options(args) -> dict:
+    """The task factory's keyword arguments other than the seed: ``--data-dir``, or your model's specs."""
+    if getattr(args, "task", None) == "user" and getattr(args, "model", None):
+        weights = str(Path(args.weights).expanduser().resolve()) if args.weights else None
+        opts = {"model": args.model, "data": args.data, "weights": weights, "metric": args.metric,
+                "loss": args.loss, "input_shape": args.input_shape}
+        return {k: v for k, v in opts.items() if v is not None}
+    return {k: v for k in ("data_dir", "arch") if (v := getattr(args, k, None))}
+
+
 def task_kwargs(args) -> dict:
-    """The task factory's keyword arguments from ``--seed`` and ``--data-dir``."""
-    return {"seed": args.seed, **({"data_dir": args.data_dir} if args.data_dir else {})}
+    """The task factory's keyword arguments: ``--seed`` and :func:`task_options`."""
+    return {"seed": args.seed, **task_options(args)}
 
 
 def load_target(args):
@@ -86,7 +140,7 @@ def load_target(args):
     from rlprune.tasks import get_task, load_callable
 
     if getattr(args, "task", None):
-        if getattr(args, "input_shape", None):
+        if getattr(args, "input_shape", None) and args.task != "user":
             raise ConfigError("--input-shape goes with --model; a task knows its own input shape")
         task = get_task(args.task, **task_kwargs(args))
         return task, task.base_model(), task.example_input()
@@ -183,4 +237,5 @@ def emit(args, obj, lines: list[str]) -> None:
 
 
 __all__ = ["add_json_arg", "add_measure_args", "add_target_args", "add_task_args", "emit", "load_target",
-           "measure_overrides", "measure_spec", "parse_input_shape", "parse_ratios", "read_target", "task_kwargs"]
+           "measure_overrides", "measure_spec", "parse_input_shape", "parse_ratios", "read_target", "resolve_task",
+           "task_kwargs", "task_options"]

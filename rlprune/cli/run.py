@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from rlprune.cli.common import add_json_arg, add_measure_args, add_target_args, measure_overrides, read_target
+from rlprune.cli.common import (
+    add_json_arg,
+    add_measure_args,
+    add_target_args,
+    add_task_args,
+    measure_overrides,
+    read_target,
+    task_options,
+)
 from rlprune.errors import ConfigError
 
 RUN_EPILOG = """examples:
   rlprune run --task digits --target-macs 0.5 --out runs/demo
   rlprune run --task digits --target-params 0.4 --preset standard --out runs/p40
   rlprune run --task digits --target-macs 0.5 --importance l2 --eval-batches 2 --out runs/l2
+  rlprune run --model mynet:build --weights mynet.pt --data mynet:datasets --target-macs 0.5 --out runs/mine
   rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --preset full --out runs/c10 \\
       --address ray-head:6379 --samples /shared/samples
 presets (--preset): tiny ~1 min smoke run; quick (default) <= 10 min on 2 cores for digits;
@@ -41,8 +50,7 @@ def add_run_parsers(sub) -> None:
                     "a report. Writes summary.json, results.csv, pruned_model.pt, report.md and report.html.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default="digits", help="task name or package.module:callable (default digits)")
-    p.add_argument("--data-dir", help="data folder for tasks that read local data (cifar10)")
+    add_task_args(p, default="digits")
     add_target_args(p, required=False, default_macs=0.5)
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help="how much work each stage does")
@@ -52,7 +60,6 @@ def add_run_parsers(sub) -> None:
     p.add_argument("--samples", help="sample store folder (default OUT/samples; a shared path on a cluster)")
     p.add_argument("--until", default="report", choices=list(STAGES), help="stop after this stage")
     p.add_argument("--address", help="Ray cluster to run on (host:port); default: a local one")
-    p.add_argument("--seed", type=int, default=0)
     add_measure_args(p)
     add_json_arg(p, "summary.json instead of a table")
 
@@ -82,7 +89,7 @@ def cmd_run(args) -> int:
     cfg = RunConfig.preset_config(
         args.preset, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
         samples=args.samples, until=args.until, seed=args.seed, measure=measure_overrides(args),
-        task_kwargs={"data_dir": args.data_dir} if args.data_dir else {})
+        task_kwargs=task_options(args))
     _print(run_pipeline(cfg, address=args.address, progress=not args.json), args.json)
     return 0
 
@@ -109,20 +116,23 @@ def _print(summary: dict, as_json: bool) -> None:
         print(f"{stage:<9} {t['wall_s']:8.1f} s  {t['status']}")
     if summary["methods"]:
         # Sorted by validation accuracy, the split every choice is made on; the test columns only report.
-        print(f"\n{'method':<34} {'val acc':>7} {'test acc':>8} {'95% CI':>13} {'params':>7} {'macs':>6} "
-              f"{'lat ms':>7}")
+        metric = (summary.get("metric") or "accuracy")[:8]  # the task's metric, in points
+        print(f"\n{'method':<34} {'val':>8} {'test':>8} {'95% CI':>13} {'params':>7} {'macs':>6} {'lat ms':>7}")
+        print(f"{'':<34} {metric:>8} {metric:>8}")
         for m in sorted(summary["methods"], key=lambda m: -m["val_acc"]):
-            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}"
-            print(f"{m['method']:<34} {m['val_acc']:>7.2f} {m['acc']:>8.2f} {ci:>13} {m['params_ratio']:>7.3f} "
+            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}" if m.get("acc_ci") else "n/a"
+            print(f"{m['method']:<34} {m['val_acc']:>8.2f} {m['acc']:>8.2f} {ci:>13} {m['params_ratio']:>7.3f} "
                   f"{m['macs_ratio']:>6.3f} {m['latency_ms']:>7.2f}")
     if summary.get("comparison"):
         from rlprune.measure.stats import describe
 
         c = summary["comparison"]
+        said = describe(c) if c.get("diff_ci") else f"{c['diff']:+.2f} points ({c['note']})"
         print(f"\nRL ({c['rl']}) minus best baseline ({c['best_baseline']}), chosen on validation, on the same "
-              f"test images: {describe(c)}")
+              f"test images: {said}")
     if summary.get("winner"):
-        print(f"\nwinner (best validation accuracy): {summary['winner']} -> {summary['pruned_model']}")
+        print(f"\nwinner (best validation {summary.get('metric') or 'accuracy'}): {summary['winner']} -> "
+              f"{summary['pruned_model']}")
         print(f"report: {summary['out']}/report.html (and report.md)")
     else:
         print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")

@@ -14,6 +14,7 @@ from rlprune.cli.common import (
     measure_spec,
     read_target,
     task_kwargs,
+    task_options,
 )
 from rlprune.errors import ConfigError
 from rlprune.io import json_default
@@ -61,7 +62,7 @@ def cmd_search(args) -> int:
     target, budget = read_target(args)
     cfg = SearchConfig(
         spn=args.spn, out=args.out, task=args.task, reward=args.reward,
-        task_kwargs={"data_dir": args.data_dir} if args.data_dir else {},  # the search adds its seed
+        task_kwargs=task_options(args),  # the search adds its seed
         target=target, budget=budget, mode=args.mode, enforce=args.enforce, iters=args.iters,
         train_batch=args.train_batch, attention=args.attention, w_acc=args.w_acc, w_cost=args.w_cost,
         w_violation=args.w_violation, online=args.online and args.reward == "spn",

@@ -172,8 +172,13 @@ def measure_base(task, model, spec: MeasureSpec) -> dict:
     val = task.evaluate(model, "validation")
     test = task.evaluate(model, "test", per_example=True)
     return {"acc": float(test["acc"]), "loss": float(test["loss"]), "n": int(test["n"]),
-            "acc_ci": list(accuracy_ci(test["correct"])), "val_acc": float(val["acc"]),
+            "acc_ci": _interval(test), "val_acc": float(val["acc"]),
             "latency_ms": batch1_latency_ms(model, task.example_input(), spec.latency_runs)}
+
+
+def _interval(scores: dict) -> list[float] | None:
+    """The 95% bootstrap interval of a test score; None for a metric that gives one number, not per-example."""
+    return list(accuracy_ci(scores["correct"])) if "correct" in scores else None
 
 
 def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: MeasureSpec, *, method: str = "?"):
@@ -192,7 +197,8 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: Measu
         ``(row, pruned_model)``; ``row`` has ``method``, ``ratios``, ``params_ratio``, ``macs_ratio``,
         ``val_acc``, ``val_drop``, ``acc`` (test), ``acc_drop`` (points, vs ``base``), ``acc_ci`` (95%
         bootstrap over test images), ``test_correct`` (``rlprune.measure.stats.pack_correct`` of the
-        per-image outcomes, for paired comparisons), ``loss``, ``latency_ms``, ``latency_ratio``,
+        per-image outcomes, for paired comparisons; both None for a metric without per-example scores),
+        ``loss``, ``latency_ms``, ``latency_ratio``,
         ``finetune_steps``, ``measure_s``.
 
     Raises:
@@ -213,8 +219,8 @@ def measure_candidate(task, space: PruningSpace, ratios, base: dict, spec: Measu
         "val_drop": base["val_acc"] - float(val["acc"]),
         "acc": float(test["acc"]),
         "acc_drop": base["acc"] - float(test["acc"]),
-        "acc_ci": list(accuracy_ci(test["correct"])),
-        "test_correct": pack_correct(test["correct"]),
+        "acc_ci": _interval(test),
+        "test_correct": pack_correct(test["correct"]) if "correct" in test else None,
         "loss": float(test["loss"]),
         "latency_ms": latency,
         "latency_ratio": latency / base["latency_ms"],

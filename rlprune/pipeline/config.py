@@ -146,7 +146,8 @@ class ValidateStage:
     baselines: tuple[str, ...] = BASELINES
     """Baselines validated at the same budget."""
     n_calls: int | None = None
-    """SPN calls random search and CEM may spend (None: as many as the best RL search made)."""
+    """SPN calls random search and CEM may spend (None, the default: as many as the sweep's RL searches
+    made together; they also get as many real evaluations, in as many online rounds as one RL search)."""
 
     def __post_init__(self):
         if not isinstance(self.baselines, tuple):
@@ -166,8 +167,7 @@ PRESETS: dict[str, dict] = {
     # A smoke run (about a minute): proves an install or a cluster works, finds nothing worth keeping.
     "tiny": {"measure": {"finetune_steps": 10}, "sample": {"n": 24}, "spn": {"max_steps": 300},
              "sweep": {"w_cost": (10.0,), "mode": ("simultaneous",), "iters": 2, "train_batch": 64,
-                       "online_every": 2, "online_top": 2, "online_steps": 20},
-             "validate": {"n_calls": 128}},
+                       "online_every": 2, "online_top": 2, "online_steps": 20}},
     # The default: at most 10 minutes on 2 cores for digits.
     "quick": {"measure": {"latency_runs": 20}},
     "standard": {"measure": {"finetune_steps": 300, "latency_runs": 20}, "sample": {"n": 384},
@@ -211,6 +211,12 @@ class RunConfig:
     validate: ValidateStage = field(default_factory=ValidateStage)
 
     def __post_init__(self):
+        if not isinstance(self.task, str):
+            # Tune trials rebuild the task in their own processes from names, never from a pickled object.
+            raise ConfigError(f"run task={type(self.task).__name__} must be a name: the pipeline's trials rebuild "
+                              f"the task from it; for your own model use task='user', task_kwargs={{'model': "
+                              f"'pkg.mod:build', 'data': 'pkg.mod:datasets', 'weights': 'model.pt'}} (the specs "
+                              f"rlprune.make_task is built from)")
         _check("run", [
             (bool(str(self.out).strip()), "out", self.out, "a folder path"),
             (isinstance(self.target, int | float) and 0 < self.target <= 1, "target", self.target,

@@ -104,7 +104,8 @@ def _stage_base(run: _Run) -> dict:
     space = run.cfg.measure.space_of(model, task.example_input())
     with one_thread():  # validation trials time latency on one thread too
         base = measure_base(task, model, run.cfg.measure)
-    return {**base, "fingerprint": model_fingerprint(model), "task": task.name, "params": space.base_params,
+    return {**base, "fingerprint": model_fingerprint(model), "task": task.name, "metric": task.metric_name,
+            "params": space.base_params,
             "macs": space.base_macs, "groups": [{"id": g.id, "channels": g.channels} for g in space.groups]}
 
 
@@ -172,9 +173,7 @@ def _stage_sweep(run: _Run) -> dict:
 
 
 def _stage_validate(run: _Run) -> dict:
-    from rlprune.pipeline.stages import run_validation
-    from rlprune.search.baselines import run_baselines
-    from rlprune.spn.local import spn_predictor
+    from rlprune.pipeline.stages import run_validation, search_baselines
 
     cfg, v = run.cfg, run.cfg.validate
     trials = run.done["sweep"]["trials"]
@@ -183,31 +182,36 @@ def _stage_validate(run: _Run) -> dict:
         raise ConfigError(f"no sweep trial met the {cfg.budget} target {cfg.target}; use enforce: [wall] in the "
                           f"sweep or a larger w_violation")
     forward = ranked[: v.rl_top]
-    # Counters, not formulas: what each search spent, as its own run counted it.
-    cands = [{"method": t["tag"], "ratios": t["ratios"], "predicted_acc_drop": t["predicted_acc_drop"],
-              "source": "rl", "spn_calls": t["spn_calls"], "real_evals": t["real_evals"], "search_s": t["wall_s"],
-              "candidates": len(forward)} for t in forward]
-    best = ranked[0]
-    # Random search and CEM query the same SPN the best search ended with, with as many calls as it counted.
-    spn_path = best["world_model"] if Path(best["world_model"]).is_file() else run.done["spn"]["path"]
     task = run.task()
     space = cfg.measure.task_space(task)
-    predict = spn_predictor(spn_path, space, run.done["base"]["fingerprint"])
-    n_calls = v.n_calls or max(64, int(best["spn_calls"]))
-    scores = space.channel_scores(cfg.measure.importance)
-    for b in run_baselines(space.cost_model, cfg.target, cfg.budget, scores=scores,
-                           predict=predict, n_calls=n_calls, seed=cfg.seed):
-        if b.method in v.baselines:
-            row = b.to_dict()
-            row["spn_calls"] = row.pop("predictor_calls")
-            cands.append({**row, "source": "baseline", "real_evals": 0, "candidates": 1})
+    cm = space.cost_model
+    # The wall only keeps RL's vectors under the target; like every baseline's, they go through the one
+    # projection that lands them on it from below (within TARGET_SLACK), so nobody validates a smaller model.
+    projected = {t["tag"]: cm.achieved(cm.project_to_budget(np.asarray(t["ratios"]), cfg.target, cfg.budget,
+                                                            relax=True)) for t in forward}
+    # RL's budget is the whole sweep's (the searches that lost the sweep were spent too), counted by each search.
+    spent = {"spn_calls": sum(int(t["spn_calls"]) for t in trials),
+             "real_evals": sum(int(t["real_evals"] or 0) for t in trials),
+             "search_s": float(sum(t["wall_s"] for t in trials)), "candidates": len(forward)}
+    cands = [{"method": t["tag"], "ratios": [float(r) for r in projected[t["tag"]]], "searched_ratios": t["ratios"],
+              "predicted_acc_drop": t["predicted_acc_drop"], "source": "rl", "sweep_trials": len(trials), **spent}
+             for t in forward]
     run.ray()
     key = run.key("validate")
+    val_dir = run.out / "validate" / key
+    # Random search and CEM get the same SPN calls and real evaluations, in as many online rounds as one RL
+    # search had, each from the SPN the sweep started from and with a world model of its own.
+    n_calls = v.n_calls or max(64, spent["spn_calls"])
+    rounds = max([1] + [len(t.get("online_rounds") or []) for t in trials])
     base = {k: run.done["base"][k] for k in ("acc", "val_acc", "loss", "latency_ms", "fingerprint")}
     spec = {**run.spec(), "task_kwargs": run.task_kwargs(), "base": base}
-    val_dir = run.out / "validate" / key
+    found = search_baselines(task, space, cfg.measure, spec, val_dir, spn=run.done["spn"]["path"],
+                             store=cfg.sample_dir, methods=v.baselines, n_calls=n_calls,
+                             n_real=spent["real_evals"], rounds=rounds, workers=cfg.sweep.search_workers,
+                             steps=cfg.sweep.online_steps, seed=cfg.seed)
+    cands += [{**b, "source": "baseline", "candidates": 1} for b in found]
     rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers, run.progress)
-    return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "spn_for_baselines": spn_path}
+    return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "n_real": spent["real_evals"], "rounds": rounds}
 
 
 def _stage_report(run: _Run) -> dict:
@@ -320,6 +324,8 @@ def _summary(run: _Run, timing: dict) -> dict:
                for r in rows]
     return json.loads(json.dumps({
         "task": cfg.task, "target": cfg.target, "budget": cfg.budget, "preset": cfg.preset, "out": str(run.out),
+        # What "acc" means in every row: the task's metric, in points (top-1 accuracy unless the task says).
+        "metric": d["base"].get("metric", "accuracy") if "base" in d else None,
         "selection_split": SELECTION_SPLIT,
         "stages": timing, "total_wall_s": sum(t["wall_s"] for t in timing.values()),
         "base": {k: d["base"].get(k) for k in ("acc", "acc_ci", "val_acc", "latency_ms", "params", "macs")}
@@ -327,6 +333,8 @@ def _summary(run: _Run, timing: dict) -> dict:
         "spn": d["spn"]["metrics"] if "spn" in d else None,
         "winner": d.get("report", {}).get("winner"), "methods": methods,
         "comparison": comparison(rows, cfg.target, cfg.budget) if rows else None,
+        # What each search method (RL's sweep in total, random search, CEM) was allowed to spend.
+        "search_budget": {k: d["validate"].get(k) for k in ("n_calls", "n_real", "rounds")} if rows else None,
         "pruned_model": d.get("report", {}).get("pruned_model"),
     }, default=json_default))
 
@@ -343,8 +351,8 @@ def _results_frame(rows: list[dict]):
     cols = ["method", "source", "val_acc", "acc", "acc_drop", "params_ratio", "macs_ratio", "latency_ms",
             "latency_ratio", "predicted_acc_drop", "finetune_steps"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
-    df["acc_ci_lo"] = [r["acc_ci"][0] for r in rows]
-    df["acc_ci_hi"] = [r["acc_ci"][1] for r in rows]
+    df["acc_ci_lo"] = [r["acc_ci"][0] if r.get("acc_ci") else None for r in rows]
+    df["acc_ci_hi"] = [r["acc_ci"][1] if r.get("acc_ci") else None for r in rows]
     df["ratios"] = [" ".join(f"{x:.3f}" for x in r["ratios"]) for r in rows]
     return df
 

@@ -72,7 +72,8 @@ def comparison(rows: list[dict], target: float, budget: str) -> dict | None:
     Returns:
         ``{"rl", "best_baseline", "selection_split", "diff", "diff_ci", "p_value", "real", "n", "a_only",
         "b_only", "acc_a", "acc_b", "level"}`` (``rlprune.measure.stats.paired_difference`` of RL minus the
-        baseline, in test accuracy points), or None when either side has no feasible candidate.
+        baseline, in test points of the task's metric), or None when either side has no feasible candidate;
+        ``diff_ci`` and ``p_value`` are None (and ``real`` False) for a metric without per-example scores.
     """
     ok = [r for r in rows if feasible(r, target, budget)]
     rl = [r for r in ok if r.get("source") == "rl"]
@@ -80,6 +81,11 @@ def comparison(rows: list[dict], target: float, budget: str) -> dict | None:
     if not rl or not base:
         return None
     a, b = _best(rl), _best(base)
+    if a.get("test_correct") is None or b.get("test_correct") is None:
+        # A metric that returns one number per split: the difference has no interval, so it is never "real".
+        return {"rl": a["method"], "best_baseline": b["method"], "selection_split": SELECTION_SPLIT,
+                "diff": a["acc"] - b["acc"], "diff_ci": None, "p_value": None, "real": False,
+                "note": "the task's metric gives no per-example scores, so there is no interval"}
     diff = paired_difference(unpack_correct(a["test_correct"]), unpack_correct(b["test_correct"]))
     return {"rl": a["method"], "best_baseline": b["method"], "selection_split": SELECTION_SPLIT, **diff}
 

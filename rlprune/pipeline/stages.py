@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from rlprune.orchestration import fit_experiment
@@ -96,6 +97,76 @@ def _sweep_trial(config: dict) -> None:
                  "macs_ratio": result["macs_ratio"], "params_ratio": result["params_ratio"], "done": 1})
 
 
+# ====================================================================== baselines
+def search_baselines(task, space, measure, spec: dict, val_dir: Path, *, spn: str, store, methods, n_calls: int,
+                     n_real: int, rounds: int, workers: int, steps: int, seed: int) -> list[dict]:
+    """Every baseline's ratio vector at the run's budget; random search and CEM online, like RL's searches.
+
+    Each black-box search gets its own :class:`~rlprune.spn.world_model.WorldModel` (a plain object in this
+    process, starting from ``spn``): after each of its ``rounds`` it evaluates its most promising vectors for
+    real on the calibration split (Ray tasks, ``workers`` at once; the rows join the sample store like RL's)
+    and fine-tunes that world model on them for ``steps`` steps. The result is saved in
+    ``val_dir/baselines.json``; a rerun reuses it (a search killed half-way starts again).
+
+    Args:
+        task, space, measure: the run's task, its base model's ``PruningSpace`` and the ``MeasureSpec``.
+        spec: the validation spec (``task``, ``task_kwargs``, ``base`` with ``fingerprint``).
+        val_dir: the validation folder.
+        spn, store: the SPN the sweep started from, and the sample store.
+        methods: the baselines to run.
+        n_calls, n_real, rounds: each search's SPN calls, real evaluations and online rounds.
+        workers, steps, seed: evaluation tasks, fine-tune steps per round, the searches' seed.
+
+    Returns:
+        ``BaselineResult.to_dict()`` rows, ``predictor_calls`` renamed ``spn_calls``.
+    """
+    from rlprune.io import atomic_write_json
+    from rlprune.measure.recipe import Baseline, measure_baseline
+    from rlprune.search.baselines import run_baselines
+    from rlprune.search.rl import evaluate_remote
+    from rlprune.spn.local import spn_predictor
+    from rlprune.spn.world_model import WorldModel
+
+    saved = val_dir / "baselines.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    fp = spec["base"]["fingerprint"]
+    baseline: Baseline | None = None
+
+    def predictor(wm):
+        if fp not in wm.spn.known:
+            wm.spn.add_model(fp, space.features())
+        return lambda R: wm.predict(R, fp)[0]
+
+    def learn(method: str):
+        nonlocal baseline
+        workdir = val_dir / "world_models" / method
+        shutil.rmtree(workdir, ignore_errors=True)  # a search restarts from scratch, so must its world model
+        wm = WorldModel(spn, store, workdir, seed=seed)
+        if baseline is None:
+            baseline = measure_baseline(task, task.base_model(), measure)
+
+        def step(vectors):
+            rows = evaluate_remote(spec["task"], spec["task_kwargs"], [list(map(float, r)) for r in vectors],
+                                   baseline.to_dict(), measure, workers, method)
+            wm.add_samples(rows)
+            wm.finetune(steps)
+            return [r["acc_drop"] for r in rows], predictor(wm)
+
+        return step
+
+    found = run_baselines(space.cost_model, spec["target"], spec["budget"],
+                          scores=space.channel_scores(measure.importance), predict=spn_predictor(spn, space, fp),
+                          n_calls=n_calls, seed=seed, rounds=rounds, n_real=n_real, learn=learn, methods=methods)
+    rows = []
+    for b in found:
+        row = b.to_dict()
+        row["spn_calls"] = row.pop("predictor_calls")
+        rows.append(row)
+    atomic_write_json(saved, rows)
+    return rows
+
+
 # ====================================================================== validation
 def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: Path, name: str,
                    workers: int, progress: bool = True) -> list[dict]:
@@ -150,8 +221,9 @@ def _validate_trial(config: dict) -> None:
     row.update({k: v for k, v in c.items() if k not in row}, code=config["code"])
     val_dir = Path(config["val_dir"])
     keep = ("method", "params_ratio", "macs_ratio", "acc", "acc_drop", "latency_ms", "finetune_steps")
-    manifest = pruned_manifest(space, row["ratios"], task.example_input(), task=config["task"],
-                               target=config["target"], budget=config["budget"], importance=spec.importance,
+    manifest = pruned_manifest(space, row["ratios"], task.example_input(), task=task.name, task_spec=config["task"],
+                               metric=task.metric_name, target=config["target"], budget=config["budget"],
+                               importance=spec.importance,
                                **{k: row[k] for k in keep})
     save_pruned(pruned, val_dir / "models" / f"{c['method']}.pt", manifest)
     atomic_write_json(val_dir / "rows" / f"{c['method']}.json", row)  # last: a row means the model is saved

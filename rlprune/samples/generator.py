@@ -69,7 +69,7 @@ class SampleGenerator:
         self.features = self.space.features()
         self.base = base or measure_baseline(task, model, spec)
         write_space(self.out, space_record(task.name, self.space, self.base.acc, self.base.loss,
-                                           self.base.fingerprint, spec))
+                                           self.base.fingerprint, spec, task.metric_name))
         self.known = stored_ids(self.out)
 
     def _proposals(self) -> Iterator[tuple[np.ndarray | None, str, str]]:

@@ -280,7 +280,8 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
 
 
 # ---------------------------------------------------------------------------------------- spaces
-def space_record(task_name: str, space, base_acc: float, base_loss: float, fingerprint: str, spec) -> dict:
+def space_record(task_name: str, space, base_acc: float, base_loss: float, fingerprint: str, spec,
+                 metric: str = "accuracy") -> dict:
     """Describe a base model's pruning space, so samples can be learned from without the model.
 
     Args:
@@ -290,11 +291,12 @@ def space_record(task_name: str, space, base_acc: float, base_loss: float, finge
         base_loss: base mean cross-entropy on that split.
         fingerprint: base model fingerprint (the samples' ``model_fingerprint``).
         spec: the ``MeasureSpec`` the space was traced and the samples measured with.
+        metric: the task's metric: what the samples' ``acc`` and ``acc_drop`` hold (in points).
 
     Returns:
         A JSON-ready dict: ``fingerprint``, ``task``, ``n_groups``, ``group_ids``, ``feature_names``,
         ``features`` (``n_groups`` lists), ``channels``, ``cost_model`` (``CostModel.to_dict()``),
-        ``base_acc``, ``base_loss``, ``measure_id``, ``measure`` (the spec's label fields).
+        ``base_acc``, ``base_loss``, ``metric``, ``measure_id``, ``measure`` (the spec's label fields).
     """
     from rlprune.space.pruning import FEATURE_NAMES  # imported here: this module stays torch-free otherwise
 
@@ -309,6 +311,7 @@ def space_record(task_name: str, space, base_acc: float, base_loss: float, finge
         "cost_model": space.cost_model.to_dict(),
         "base_acc": float(base_acc),
         "base_loss": float(base_loss),
+        "metric": metric,
         "measure_id": spec.label_id(),
         "measure": spec.label(),
     }

@@ -6,8 +6,8 @@
   by their group-normalised L1 importance and the lowest are removed until the budget is met; the
   threshold is found on the cost model.
 - ``random_search`` and ``cem``: black-box searches against an accuracy-drop predictor (the SPN) with a
-  fixed number of predictor calls; every candidate is projected onto the budget first, and candidates that
-  meet the target (see below) outrank those that cannot.
+  counted number of predictor calls and, online, the same real evaluations and world-model fine-tunes as RL
+  (``rlprune.search.blackbox``).
 
 Every method reaches the target from below, within ``TARGET_SLACK`` (1% of the target), through the one
 projection the env's wall uses (``CostModel.project_to_budget`` with its give-back step, here with
@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlprune.errors import ConfigError
+from rlprune.search.blackbox import SEARCHES, Learn, Predictor, blackbox_search
 from rlprune.space.costmodel import CostModel, bisect_first, meets_target
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
-
 RULES = ("uniform", "larger_group", "depth")
-SEARCHES = ("random_search", "cem")
 
 
 @dataclass(frozen=True)
@@ -130,69 +128,10 @@ def global_threshold_ratios(cm: CostModel, scores: list[np.ndarray], target: flo
     return cm.achieved(found[np.argmax(cm.budget_ratio(found, budget))])
 
 
-def random_search(predict: Predictor, cm: CostModel, target: float, budget: str = "macs",
-                  n_calls: int = 2048, seed: int = 0, batch: int = 512) -> tuple[np.ndarray, dict]:
-    """Uniform random ratio vectors, projected onto the budget, best predicted drop wins (see :func:`_scored`).
-
-    Returns:
-        ``(ratios, extra)`` with ``predicted_acc_drop`` and ``predictor_calls``.
-    """
-    rng = np.random.default_rng(seed)
-    best, best_key, calls = None, (2, np.inf), 0
-    while calls < n_calls:
-        n = min(batch, n_calls - calls)
-        R, key, order = _scored(predict, cm, rng.uniform(0, cm.max_ratio, (n, cm.n_groups)), target, budget)
-        calls += n
-        if key[order[0]] < best_key:
-            best, best_key = R[order[0]], key[order[0]]
-    return cm.achieved(best), {"predicted_acc_drop": best_key[1], "predictor_calls": calls}
-
-
-def cem(predict: Predictor, cm: CostModel, target: float, budget: str = "macs", n_calls: int = 2048,
-        seed: int = 0, population: int = 128, elite_frac: float = 0.1) -> tuple[np.ndarray, dict]:
-    """Cross-entropy method over ratio vectors (diagonal Gaussian), candidates projected onto the budget.
-
-    Returns:
-        ``(ratios, extra)`` with ``predicted_acc_drop`` and ``predictor_calls``.
-    """
-    if population < 4 or not 0 < elite_frac < 1:
-        raise ConfigError(f"cem needs population >= 4 and 0 < elite_frac < 1, got {population}, {elite_frac}")
-    rng = np.random.default_rng(seed)
-    mean = np.full(cm.n_groups, cm.max_ratio / 2)
-    std = np.full(cm.n_groups, cm.max_ratio / 3)
-    n_elite = max(2, int(population * elite_frac))
-    best, best_key, calls = None, (2, np.inf), 0
-    while calls < n_calls:
-        n = min(population, n_calls - calls)
-        R = np.clip(mean + std * rng.standard_normal((n, cm.n_groups)), 0.0, cm.max_ratio)
-        R, key, order = _scored(predict, cm, R, target, budget)
-        calls += n
-        if key[order[0]] < best_key:
-            best, best_key = R[order[0]], key[order[0]]
-        elite = R[order[: min(n_elite, n)]]
-        # Smoothed updates keep the distribution from collapsing on one lucky batch.
-        mean = 0.7 * elite.mean(axis=0) + 0.3 * mean
-        std = np.maximum(0.7 * elite.std(axis=0) + 0.3 * std, 0.01)
-    return cm.achieved(best), {"predicted_acc_drop": best_key[1], "predictor_calls": calls}
-
-
-def _scored(predict: Predictor, cm: CostModel, R: np.ndarray, target: float,
-            budget: str) -> tuple[np.ndarray, list[tuple[int, float]], np.ndarray]:
-    """Project a search's candidates onto the target and rank them.
-
-    Returns:
-        ``(R, key, order)``: the projected candidates, each one's ``(misses the target, predicted drop)``
-        and the candidate indices best first (those meeting the target first, then by predicted drop).
-    """
-    R = cm.project_to_budget(R, target, budget, relax=True)
-    drop = np.asarray(predict(R), dtype=np.float64)
-    miss = ~meets_target(cm.budget_ratio(R, budget, validate=False), target)
-    key = list(zip(miss.astype(int).tolist(), drop.tolist(), strict=True))
-    return R, key, np.lexsort((drop, miss))
-
-
 def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=None,
-                  predict: Predictor | None = None, n_calls: int = 2048, seed: int = 0) -> list[BaselineResult]:
+                  predict: Predictor | None = None, n_calls: int = 2048, seed: int = 0, *,
+                  rounds: int = 1, n_real: int = 0, learn: Callable[[str], Learn] | None = None,
+                  methods=None) -> list[BaselineResult]:
     """Every baseline that applies, at the same budget.
 
     Args:
@@ -203,26 +142,40 @@ def run_baselines(cm: CostModel, target: float, budget: str = "macs", scores=Non
         predict: accuracy-drop predictor for ``random_search`` and ``cem`` (skipped when None); its
             predicted drop is also recorded for every other baseline.
         n_calls: predictor calls each search may spend.
+        seed: seeds the searches.
+        rounds, n_real: each search's online rounds and real evaluations in total (see
+            ``rlprune.search.blackbox.blackbox_search``).
+        learn: ``(method) -> learn callable``: each search gets its own world model to fine-tune, so one
+            search's real evaluations never help another.
+        methods: only these methods (default: all that apply).
 
     Returns:
-        One :class:`BaselineResult` per method; ``extra`` holds ``predictor_calls`` (counted; 0 for the rules
-        and global L1) and ``search_s`` (wall time), and ``meets_target`` False for a method that could not
-        land within ``TARGET_SLACK`` below the target (channel granularity), absent otherwise.
+        One :class:`BaselineResult` per method; ``extra`` holds ``predictor_calls`` and ``real_evals``
+        (counted; 0 for the rules and global L1) and ``search_s`` (wall time), and ``meets_target`` False
+        for a method that could not land within ``TARGET_SLACK`` below the target (channel granularity),
+        absent otherwise.
     """
-    def timed(method: str, search) -> tuple[str, np.ndarray, dict]:
+    want = set(methods) if methods is not None else None
+
+    def timed(method: str, search) -> tuple[str, np.ndarray, dict] | None:
+        if want is not None and method not in want:
+            return None
         # Every method's own search wall time and predictor calls are counted, so budgets compare as counts.
         t0 = time.perf_counter()
         ratios, extra = search()
-        return method, ratios, {"predictor_calls": 0, **extra, "search_s": time.perf_counter() - t0}
+        return method, ratios, {"predictor_calls": 0, "real_evals": 0, **extra,
+                                "search_s": time.perf_counter() - t0}
 
     found = [timed(r, lambda r=r: (rule_ratios(cm, r, target, budget), {})) for r in RULES]
     if scores is not None:
         found.append(timed("global_l1", lambda: (global_threshold_ratios(cm, scores, target, budget), {})))
     if predict is not None:
-        found.append(timed("random_search", lambda: random_search(predict, cm, target, budget, n_calls, seed)))
-        found.append(timed("cem", lambda: cem(predict, cm, target, budget, n_calls, seed)))
+        for m in SEARCHES:
+            found.append(timed(m, lambda m=m: blackbox_search(
+                m, predict, cm, target, budget, n_calls, seed, rounds=rounds, n_real=n_real,
+                learn=learn(m) if learn is not None and n_real else None)))
     out = []
-    for method, ratios, extra in found:
+    for method, ratios, extra in filter(None, found):
         p, m = cm.ratios_of(ratios[None, :])
         if predict is not None and "predicted_acc_drop" not in extra:
             extra = {**extra, "predicted_acc_drop": float(np.asarray(predict(ratios[None, :]))[0])}

@@ -147,7 +147,7 @@ class Search:
         self.store = open_store(cfg.sample_dir)
         self.base = measure_baseline(self.task, model, cfg.measure)
         self.record = space_record(self.task.name, self.space, self.base.acc, self.base.loss, self.fingerprint,
-                                   cfg.measure)
+                                   cfg.measure, self.task.metric_name)
         write_space(self.store, self.record)
         self.pool = CandidatePool()
         self.state = {"config": dataclasses.asdict(cfg), "iteration": 0, "history": [], "online": [], "wall_s": 0.0}
@@ -290,12 +290,8 @@ class Search:
         chosen = self.pool.most_promising(c.online_top, c.ucb_beta, c.w_acc)
         if not chosen:
             return {"iteration": iteration, "n_real": 0, "changed": False}
-        chunks = [chosen[i:: c.workers] for i in range(min(c.workers, len(chosen)))]
-        remote = ray.remote(num_cpus=1)(_evaluate)
-        futures = [remote.remote(c.task, {"seed": c.seed, **c.task_kwargs}, [x["ratios"] for x in ch],
-                                 self.base.to_dict(), c.measure.to_dict(), f"online{iteration}-{i}")
-                   for i, ch in enumerate(chunks)]
-        rows = [r for rs in ray.get(futures) for r in rs]
+        rows = evaluate_remote(c.task, {"seed": c.seed, **c.task_kwargs}, [x["ratios"] for x in chosen],
+                               self.base.to_dict(), c.measure, c.workers, f"online{iteration}")
         for r in rows:
             self.pool.record_real(r["ratios"], r["acc_drop"])
         ray.get(self.world_model.add_samples.remote(rows))
@@ -378,6 +374,34 @@ def run_search(cfg: SearchConfig, progress: bool = True, on_iteration=None) -> d
     result = Search(cfg).run(progress=progress, on_iteration=on_iteration)
     atomic_write_json(Path(cfg.out) / "result.json", result)
     return result
+
+
+def evaluate_remote(task: str, task_kwargs: dict, ratios_list: list, base: dict, measure: MeasureSpec,
+                    workers: int, tag: str) -> list[dict]:
+    """Real samples (calibration split) for ratio vectors, spread over ``workers`` Ray tasks of one CPU each.
+
+    Args:
+        task, task_kwargs: rebuilt in each task (the base model comes from the disk cache).
+        ratios_list: the vectors to evaluate.
+        base: the base model's ``Baseline.to_dict()`` under ``measure``.
+        measure: the run's measurement spec (the rows are labelled with it).
+        workers: Ray tasks at most.
+        tag: recorded as each row's ``worker`` (with the task's index).
+
+    Returns:
+        One sample row per vector (``evaluate_ratios``), in the order of ``ratios_list``.
+    """
+    import ray
+
+    chunks = [list(range(i, len(ratios_list), workers)) for i in range(min(workers, len(ratios_list)))]
+    remote = ray.remote(num_cpus=1)(_evaluate)
+    futures = [remote.remote(task, task_kwargs, [ratios_list[j] for j in ch], base, measure.to_dict(), f"{tag}-{i}")
+               for i, ch in enumerate(chunks)]
+    rows: list = [None] * len(ratios_list)
+    for ch, got in zip(chunks, ray.get(futures), strict=True):
+        for j, row in zip(ch, got, strict=True):
+            rows[j] = row
+    return rows
 
 
 def _evaluate(task_spec, task_kwargs, ratios_list, base, measure, worker):

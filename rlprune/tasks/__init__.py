@@ -21,10 +21,14 @@ from rlprune.errors import ConfigError
 from rlprune.tasks.base import SPLITS, Task, TrainConfig, cache_dir
 from rlprune.tasks.cifar10 import Cifar10Task
 from rlprune.tasks.digits import DigitsTask
+from rlprune.tasks.fashion_mnist import fashion_mnist
+from rlprune.tasks.user import UserTask, make_task, task_from_specs
 
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": DigitsTask,
     "cifar10": Cifar10Task,
+    "fashion-mnist": fashion_mnist,
+    "user": task_from_specs,
 }
 """Built-in task names -> factories (keyword arguments are passed through by ``get_task``)."""
 
@@ -113,6 +117,8 @@ def get_task(spec: str, **kwargs: Any) -> Task:
             return a ``Task``.
         DataError: from a task whose data is missing (e.g. cifar10 without ``data_dir``).
     """
+    if isinstance(spec, Task):  # an object made in this process (make_task): used as it is
+        return spec
     if spec in TASKS:
         return TASKS[spec](**kwargs)
     if ":" not in str(spec):
@@ -137,8 +143,11 @@ __all__ = [
     "DigitsTask",
     "Task",
     "TrainConfig",
+    "UserTask",
     "cache_dir",
     "get_task",
     "list_tasks",
     "load_callable",
+    "make_task",
+    "task_from_specs",
 ]

@@ -7,9 +7,11 @@ A task owns four disjoint splits::
     validation   -> every choice: the run's winner, which candidates go forward, when a search stops
     test         -> the final table only (never a choice)
 
-Subclasses provide the raw split tensors (``_split_tensors``), the per-batch preprocessing
-(``_transform``, ``_augment``), the architecture (``build_model``) and the training recipe
-(``train_config``); everything else lives here.
+Built-in tasks subclass it and provide the raw split tensors (``_split_tensors``), the per-batch
+preprocessing (``_transform``, ``_augment``), the architecture (``build_model``) and the training recipe
+(``train_config``; the loop and the cache live in ``rlprune.tasks.training``). A user's own trained model,
+datasets, metric and loss come in through ``rlprune.make_task`` (``rlprune.tasks.user``), which overrides the
+data, scoring and weights hooks (``loader``, ``_score``, ``loss``, ``_load_base_state``).
 
 The trained base model is cached on disk under ``$RLPRUNE_CACHE`` (default ``~/.cache/rlprune``) as
 ``models/<name>-seed<seed>-<key>.pt``. ``key`` hashes the source of every non-torch module class in the
@@ -22,118 +24,28 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
-import inspect
-import io
 import itertools
-import json
-import logging
-import math
-import os
-import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import update_bn
-from tqdm import tqdm
 
-from rlprune.io import atomic_write_bytes, model_fingerprint
-
-logger = logging.getLogger(__name__)
+from rlprune.io import model_fingerprint
+from rlprune.tasks import training
+from rlprune.tasks.training import (
+    BatchLoader,
+    TrainConfig,
+    cache_dir,
+    cosine_factor,
+    device_of,
+    random_shift,
+)
 
 SPLITS = ("train", "calibration", "validation", "test")
 """The valid split names, in the order they are carved out of the data."""
-
-CACHE_VERSION = 1
-"""Bump to invalidate every cached base model (e.g. after changing ``Task._train``)."""
-
-
-def cache_dir() -> Path:
-    """Return the cache root: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``.
-
-    Returns:
-        The directory path (not created here).
-    """
-    return Path(os.environ.get("RLPRUNE_CACHE") or Path.home() / ".cache" / "rlprune").expanduser()
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How a task trains its base model: SGD with momentum and a per-step cosine schedule."""
-
-    epochs: int
-    """Passes over the train split."""
-    batch_size: int = 128
-    """Examples per SGD step (the last, smaller batch of an epoch is kept)."""
-    lr: float = 0.1
-    """Peak learning rate, reached after the warmup and decayed to 0 with a cosine."""
-    momentum: float = 0.9
-    """SGD momentum."""
-    weight_decay: float = 5e-4
-    """L2 penalty applied by SGD to every parameter."""
-    warmup_epochs: float = 0.0
-    """Epochs of linear warmup from 0 to ``lr``."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(
-                f"TrainConfig.warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
-            )
-
-
-class BatchLoader:
-    """Iterates ``(x, y)`` minibatches of one split, preprocessing each batch on the fly.
-
-    Slicing whole tensors is far cheaper than ``DataLoader``'s per-example collation for data that fits in
-    memory, which all built-in tasks do. A shuffling loader draws a new permutation on every pass from its
-    own seeded generator, so a sequence of passes is reproducible without touching the global RNG.
-    """
-
-    def __init__(self, task: Task, split: str, batch_size: int, shuffle: bool, augment: bool) -> None:
-        self.task = task
-        self.split = split
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.x, self.y = task._split_tensors(split)
-        self.generator = torch.Generator().manual_seed(task.seed)
-
-    @property
-    def num_examples(self) -> int:
-        """Examples in the split."""
-        return len(self.y)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.num_examples
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                x, y = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
-            else:
-                idx = order[start : start + self.batch_size]
-                x, y = self.x[idx], self.y[idx]
-            x = self.task._transform(x)
-            if self.augment:
-                x = self.task._augment(x, self.generator)
-            yield x, y
-
 
 class Task(abc.ABC):
     """A data set with three disjoint splits, an architecture, and its trained base model.
@@ -151,6 +63,8 @@ class Task(abc.ABC):
     """(C, H, W) of one example."""
     num_classes: int = 0
     """Number of labels."""
+    metric_name: str = "accuracy"
+    """What ``evaluate``'s ``acc`` holds (higher is better, in points); reports label their axes with it."""
 
     def __init__(self, seed: int = 0) -> None:
         """Create the task.
@@ -227,7 +141,8 @@ class Task(abc.ABC):
         self._check_split(split)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return BatchLoader(self, split, batch_size, shuffle, augment)
+        x, y = self._split_tensors(split)
+        return BatchLoader(x, y, batch_size, shuffle, self.seed, self._transform, self._augment if augment else None)
 
     # ----- base model -----------------------------------------------------------------------------
     def cache_key(self) -> str:
@@ -236,35 +151,11 @@ class Task(abc.ABC):
         Returns:
             16 hex characters.
         """
-        model = self._seeded_model()
-        classes = sorted(
-            {type(m) for m in model.modules() if not type(m).__module__.startswith("torch.")},
-            key=lambda c: f"{c.__module__}.{c.__qualname__}",
-        )
-        h = hashlib.sha256()
-        for cls in classes:
-            h.update(f"{cls.__module__}.{cls.__qualname__}\n".encode())
-            h.update(inspect.getsource(cls).encode())
-        h.update(repr(model).encode())
-        # The training code itself: a fix to the recipe's implementation retrains instead of reusing weights.
-        for fn in (Task._train, Task._sgd_steps, type(self)._transform, type(self)._augment):
-            try:
-                h.update(inspect.getsource(fn).encode())
-            except (OSError, TypeError):  # defined where no source is kept (an interactive session)
-                h.update(fn.__qualname__.encode())
-        meta = {
-            "version": CACHE_VERSION,
-            "name": self.name,
-            "seed": self.seed,
-            "train": dataclasses.asdict(self.train_config),
-            "params": self.cache_params,
-        }
-        h.update(json.dumps(meta, sort_keys=True).encode())
-        for split in SPLITS:
-            x, y = self._split_tensors(split)
-            h.update(f"{split}:{tuple(x.shape)}:{x.dtype}".encode())
-            h.update(y.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        meta = {"name": self.name, "seed": self.seed, "train": dataclasses.asdict(self.train_config),
+                "params": self.cache_params}
+        return training.weights_key(
+            self._seeded_model(), (type(self)._transform, type(self)._augment, type(self).loss), meta,
+            [(split, *self._split_tensors(split)) for split in SPLITS])
 
     def cache_path(self) -> Path:
         """Return where the base model is (or will be) cached.
@@ -284,67 +175,27 @@ class Task(abc.ABC):
             The trained model on the CPU, in eval mode.
         """
         if self._base_state is None:
-            path = self.cache_path()
-            state = self._load_cached(path)
-            if state is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Parallel workers asking for the same model wait for the first one to train it, then load.
-                with FileLock(path.with_name(path.name + ".lock")):
-                    state = self._load_cached(path, warn=False)
-                    if state is None:
-                        state = self._train_and_save(path)
-                        self.base_model_source = "trained"
-            if self.base_model_source is None:
-                self.base_model_source = "cache"
-            self._base_state = state
+            self._base_state = self._load_base_state()
         model = self._seeded_model()
         model.load_state_dict(self._base_state)
         return model.eval()
+
+    def _load_base_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights: from the cache, or trained now and cached (a task given weights overrides this)."""
+        state, source = training.cached_state(
+            self.cache_path(), self._seeded_model,
+            lambda m: training.train(m, self.loader("train", self.train_config.batch_size, shuffle=True,
+                                                    augment=True),
+                                     self.train_config, self.seed, self.loss, f"train {self.name}"),
+            {"task": self.name, "seed": self.seed})
+        self.base_model_source = self.base_model_source or source
+        return state
 
     def _seeded_model(self) -> nn.Module:
         # Weight init depends on the task seed only, and the caller's global RNG is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return self.build_model()
-
-    def _train_and_save(self, path: Path) -> dict[str, torch.Tensor]:
-        model = self._seeded_model()
-        started = time.perf_counter()
-        # Train on a GPU when there is one (CIFAR needs it); the cached weights are always CPU tensors.
-        self._train(model.to("cuda" if torch.cuda.is_available() else "cpu"))
-        model.cpu()
-        logger.info("trained %s base model in %.1f s", self.name, time.perf_counter() - started)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self._save_cached(path, state)
-        return state
-
-    def _load_cached(self, path: Path, warn: bool = True) -> dict[str, torch.Tensor] | None:
-        if not path.exists():
-            return None
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            state = payload["state_dict"]
-            self._seeded_model().load_state_dict(state)  # strict: catches a truncated or foreign file
-        except Exception as e:  # noqa: BLE001 - any unreadable cache means "retrain", never a crash
-            if not warn:
-                return None
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            warnings.warn(
-                f"cached base model {path} is unreadable ({type(e).__name__}: {reason}); retraining it",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        logger.info("loaded %s base model from %s", self.name, path)
-        return state
-
-    def _save_cached(self, path: Path, state: dict[str, torch.Tensor]) -> None:
-        payload = {"state_dict": state, "task": self.name, "seed": self.seed, "key": path.stem}
-        # Atomic: readers (e.g. parallel sample workers) see no file or a complete one, never a partial write.
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        logger.info("cached %s base model at %s", self.name, path)
 
     @property
     def fingerprint(self) -> str:
@@ -354,62 +205,6 @@ class Task(abc.ABC):
         return self._fingerprint
 
     # ----- training, evaluation, recalibration --------------------------------------------------------
-    def _train(self, model: nn.Module) -> nn.Module:
-        """Train ``model`` in place with ``train_config``; deterministic given ``seed``."""
-        cfg = self.train_config
-        loader = self.loader("train", cfg.batch_size, shuffle=True, augment=True)
-        total = cfg.epochs * len(loader)
-        warmup = round(cfg.warmup_epochs * len(loader))
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return _cosine_factor(step - warmup, total - warmup)
-
-        # fork_rng keeps the caller's global RNG untouched while seeding anything the model draws
-        # (e.g. dropout in a user's model).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self._sgd_steps(
-                model, loader, total, cfg.lr, lr_factor, cfg.momentum, cfg.weight_decay, f"train {self.name}"
-            )
-        return model.eval()
-
-    def _sgd_steps(
-        self,
-        model: nn.Module,
-        loader: BatchLoader,
-        steps: int,
-        lr: float,
-        lr_factor: Callable[[int], float],
-        momentum: float,
-        weight_decay: float,
-        desc: str,
-    ) -> None:
-        device = _device_of(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        # LambdaLR with the closed-form factor, not LinearLR/CosineAnnealingLR: those update the rate
-        # recursively, which drifts from the closed form by float ulps and changes the trained weights.
-        schedule = LambdaLR(opt, lr_factor)
-        model.train()
-        batches = iter(loader)
-        with tqdm(total=steps, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False) as bar:
-            for step in range(steps):
-                try:
-                    x, y = next(batches)
-                except StopIteration:  # cycle through the split, reshuffling on every pass
-                    batches = iter(loader)
-                    x, y = next(batches)
-                loss = F.cross_entropy(model(x.to(device)), y.to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                schedule.step()
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-
     def finetune(self, model: nn.Module, steps: int, lr: float = 0.01) -> nn.Module:
         """Fine-tune ``model`` in place on the (augmented) train split.
 
@@ -435,17 +230,16 @@ class Task(abc.ABC):
             raise ValueError(f"lr must be > 0, got {lr}")
         if steps == 0:
             return model.eval()
-        loader = self.loader("train", self.train_config.batch_size, shuffle=True, augment=True)
+        loader = self.loader("train", self.finetune_batch_size, shuffle=True, augment=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._sgd_steps(
-                model, loader, steps, lr, lambda step: _cosine_factor(step, steps), 0.9, 5e-4, f"finetune {self.name}"
-            )
+            training.sgd_steps(model, loader, steps, lr, lambda step: cosine_factor(step, steps), 0.9, 5e-4,
+                               self.loss, f"finetune {self.name}")
         return model.eval()
 
     def evaluate(self, model: nn.Module, split: str, max_batches: int | None = None,
                  per_example: bool = False) -> dict[str, Any]:
-        """Measure accuracy and mean cross-entropy of ``model`` on a split.
+        """Measure the task's metric (top-1 accuracy unless the task has its own) and mean loss on a split.
 
         The model is switched to eval mode (and left there); gradients are off.
 
@@ -457,8 +251,9 @@ class Task(abc.ABC):
                 and paired comparisons over the same images).
 
         Returns:
-            ``{"acc": percent in [0, 100], "loss": mean cross-entropy, "n": examples seen}``, plus
-            ``"correct"`` (a bool numpy array in split order) with ``per_example``.
+            ``{"acc": the metric in points (top-1: percent in [0, 100]), "loss": mean loss, "n": examples
+            seen}``, plus ``"correct"`` with ``per_example``: per-example outcomes in split order (bools for
+            top-1, float scores for a metric that returns them), absent for a metric that returns one number.
 
         Raises:
             ValueError: for an unknown split or a non-positive ``max_batches``.
@@ -466,23 +261,35 @@ class Task(abc.ABC):
         self._check_split(split)
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
-        device = _device_of(model)
         model.eval()
-        hits, loss_sum, n = [], 0.0, 0
         with torch.no_grad():
-            for i, (x, y) in enumerate(self.loader(split)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = x.to(device), y.to(device)
-                logits = model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                hits.append((logits.argmax(1) == y).cpu())
-                n += len(y)
-        correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
-        out = {"acc": 100.0 * int(correct.sum()) / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
-        if per_example:
-            out["correct"] = correct.numpy()
+            out = self._score(model, _FirstBatches(self.loader(split), max_batches))
+        if not per_example:
+            out.pop("correct", None)
         return out
+
+    def _score(self, model: nn.Module, batches) -> dict[str, Any]:
+        """Top-1 accuracy and mean loss in one pass; a task with its own metric overrides this."""
+        device = device_of(model)
+        hits, loss_sum, n = [], 0.0, 0
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += float(self.loss(logits, y)) * len(y)
+            hits.append((logits.argmax(1) == y).cpu())
+            n += len(y)
+        correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+        return {"acc": 100.0 * int(correct.sum()) / max(n, 1), "loss": loss_sum / max(n, 1), "n": n,
+                "correct": correct.numpy()}
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training and fine-tuning loss (mean over the batch); cross-entropy unless a task overrides it."""
+        return F.cross_entropy(outputs, targets)
+
+    @property
+    def finetune_batch_size(self) -> int:
+        """Examples per fine-tuning step (the base model's training batch size)."""
+        return self.train_config.batch_size
 
     def recalibrate_bn(self, model: nn.Module, batches: int = 10, batch_size: int = 128) -> nn.Module:
         """Re-estimate every BatchNorm's running statistics on the calibration split.
@@ -506,49 +313,24 @@ class Task(abc.ABC):
         if batches < 1:
             raise ValueError(f"batches must be >= 1, got {batches}")
         # update_bn feeds the first element of each (x, y) batch to the model.
-        update_bn(itertools.islice(self.loader("calibration", batch_size), batches), model, _device_of(model))
+        update_bn(itertools.islice(self.loader("calibration", batch_size), batches), model, device_of(model))
         return model.eval()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed})"
 
 
-def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator, fill: float = 0.0) -> torch.Tensor:
-    """Randomly crop each image of a batch from a copy padded by ``pad`` pixels on every side.
+class _FirstBatches:
+    """The first ``limit`` batches of a loader (all when None): always the same examples, re-iterable."""
 
-    Args:
-        x: a ``(B, C, H, W)`` batch.
-        pad: maximum shift in pixels.
-        generator: the only source of randomness.
-        fill: value of the padded border.
+    def __init__(self, loader, limit: int | None):
+        self.loader, self.limit = loader, limit
 
-    Returns:
-        A batch of the same shape.
-    """
-    if pad <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), value=fill)
-    top = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    left = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (top[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (left[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    batch = torch.arange(b)[:, None, None]
-    # Index a channels-last view with broadcast (B, H, W) grids: one gather instead of a loop over images.
-    shifted = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    # Copy into fresh NCHW strides: with C == 1, `.contiguous()` keeps the permuted strides (size-1 dims
-    # count as contiguous), and the CPU conv backward of a pruned net segfaults on them (torch 2.13).
-    return torch.empty(shifted.shape, dtype=shifted.dtype).copy_(shifted)
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.limit)
 
-
-def _cosine_factor(step: int, steps: int) -> float:
-    """Cosine decay from 1 at ``step`` 0 to 0 at ``steps`` (a span below 1 counts as 1)."""
-    return 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    def __len__(self) -> int:
+        return len(self.loader) if self.limit is None else min(self.limit, len(self.loader))
 
 
 __all__ = ["SPLITS", "BatchLoader", "Task", "TrainConfig", "cache_dir", "random_shift"]

@@ -27,7 +27,8 @@ from torch import nn
 
 from rlprune.errors import ConfigError, DataError
 from rlprune.models import resnet20, resnet56
-from rlprune.tasks.base import Task, TrainConfig, random_shift
+from rlprune.tasks.base import Task
+from rlprune.tasks.training import TrainConfig, random_shift
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))

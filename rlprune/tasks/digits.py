@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune.models import digits_resnet
-from rlprune.tasks.base import SPLITS, Task, TrainConfig, random_shift
+from rlprune.tasks.base import SPLITS, Task
+from rlprune.tasks.training import TrainConfig, random_shift
 
 SPLIT_SEED = 0
 """Seed of the stratified split; independent of the task seed so splits never move."""
