@@ -63,7 +63,8 @@ def cmd_tasks(args) -> int:
 
     tasks = list_tasks()
     emit(args, {"tasks": [{"name": n, "description": d} for n, d in tasks]},
-          [f"{n:<10} {d}" for n, d in tasks] + ["", "or any package.module:callable returning a Task"])
+          [f"{n:<{max(len(n) for n, _ in tasks)}}  {d}" for n, d in tasks]
+          + ["", "or any package.module:callable returning a Task"])
     return 0
 
 

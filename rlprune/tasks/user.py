@@ -310,4 +310,7 @@ def _finite_array(arr: np.ndarray, metric, n: int) -> np.ndarray:
     return scores
 
 
+task_from_specs.description = (  # type: ignore[attr-defined]
+    "your own trained model: --model pkg.mod:build --weights FILE --data pkg.mod:datasets [--metric --loss]")
+
 __all__ = ["UserTask", "make_task", "task_from_specs"]
