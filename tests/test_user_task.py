@@ -155,3 +155,18 @@ def test_user_task_from_import_specs_rebuilds_in_any_process(trained, tmp_path):
                  weights=str(path), input_shape="0,8,8")
     base = measure_base(task, task.base_model(), MeasureSpec(latency_runs=1))
     assert base["acc_ci"][0] <= base["acc"] <= base["acc_ci"][1]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["run", "--weights", "w.pt", "--out", "OUT"], "--weights go(es) with --model"),
+    (["sample", "--model", "tests.test_user_task:small_net", "--n", "4", "--out", "OUT"], "needs --data"),
+    (["run", "--model", "tests.test_user_task:small_net", "--data", "tests.test_user_task:datasets",
+      "--arch", "resnet20", "--out", "OUT"], "--data-dir and --arch are for built-in tasks"),
+])
+def test_your_model_flags_that_do_not_fit_together_are_one_line_and_nothing_written(tmp_path, capsys, argv, said):
+    from rlprune.cli import main
+
+    out = tmp_path / "out"
+    assert main([str(out) if a == "OUT" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0] and not out.exists()
