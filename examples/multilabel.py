@@ -12,7 +12,6 @@ F1) and reports is this F1: ``rlprune run ... --metric examples.multilabel:f1 --
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -26,7 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import rlprune
-from examples.own_model import SmallCNN, fit, split_digits
+from examples.own_model import SmallCNN, example_args, fit, split_digits
 
 ATTRIBUTES = ("even", "greater than 4", "prime", "has a loop")
 # Row d: digit d's attributes (1 has none of them, 8 has three).
@@ -69,14 +68,7 @@ def train_and_save(path: Path, epochs: int = 20) -> Path:
 
 
 def main(argv=None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/multilabel", help="folder for the weights and the run")
-    p.add_argument("--quick", action="store_true", help="short training and the tiny preset (a smoke run)")
-    p.add_argument("--no-run", action="store_true", help="stop before `rlprune run`")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)  # a model this small runs fastest on one thread; more only fight over the cores
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = example_args(argv, __doc__, "runs/multilabel")
     weights = train_and_save(out / "multilabel.pt", epochs=8 if args.quick else 20)
 
     # The metric as rlprune will see it: the unpruned model's F1 on the validation split.

@@ -79,15 +79,21 @@ def train_and_save(path: Path, epochs: int = 20) -> Path:
     return path
 
 
-def main(argv=None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/own_model", help="folder for the weights and the run")
+def example_args(argv, doc: str, default_out: str) -> tuple[argparse.Namespace, Path]:
+    """The flags both examples take, and their output folder (created)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", default=default_out, help="folder for the weights and the run")
     p.add_argument("--quick", action="store_true", help="short training and the tiny preset (a smoke run)")
     p.add_argument("--no-run", action="store_true", help="stop before `rlprune run`")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # a model this small runs fastest on one thread; more only fight over the cores
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    return args, out
+
+
+def main(argv=None) -> dict | None:
+    args, out = example_args(argv, __doc__, "runs/own_model")
 
     # (a) Your side: a trained model saved as a state_dict.
     weights = train_and_save(out / "own_model.pt", epochs=8 if args.quick else 20)
