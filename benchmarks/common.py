@@ -158,6 +158,49 @@ def _plain(v):
     return v
 
 
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """``--task`` (default digits), ``--arch`` and ``--data-dir``: which workload a benchmark measures."""
+    p.add_argument("--task", default="digits",
+                   help="digits (default, embedded), fashion-mnist (the real workload; with --arch) or cifar10 "
+                        "(with --data-dir)")
+    p.add_argument("--arch", help="the task's architecture (fashion-mnist: resnet20, resnet56, mobilenet)")
+    p.add_argument("--data-dir", help="the task's data folder (cifar10; fashion-mnist when not in the default place)")
+
+
+def task_choice(args) -> tuple[dict, str]:
+    """The task's keyword arguments and its label (``fashion-mnist/resnet20``) from :func:`add_task_args`' flags.
+
+    Raises:
+        RlpruneError: an unknown task or architecture, or missing data: checked now, before any work, with the
+            task's own message.
+    """
+    from rlprune.tasks import get_task
+
+    data_dir = args.data_dir and str(Path(args.data_dir).expanduser().resolve())
+    kw = {k: v for k, v in (("arch", args.arch), ("data_dir", data_dir)) if v}
+    get_task(args.task, **kw)
+    return kw, f"{args.task}/{args.arch}" if args.arch else args.task
+
+
+def result_name(name: str, label: str) -> str:
+    """``name`` for digits (the committed smoke results), else ``name_<task>_<arch>``.
+
+    e.g. ``quality_fashionmnist_resnet20``."""
+    return name if label == "digits" else f"{name}_{label.replace('/', '_').replace('-', '')}"
+
+
+def run_seeds(run_seed, seeds, work: Path | None) -> list[dict]:
+    """Every seed's rows from ``run_seed(seed, work)``, with Ray started once before any search is timed (no
+    method's wall includes Ray's start-up) and ``work`` (None: a temporary folder, deleted at the end)."""
+    import tempfile
+
+    from rlprune.orchestration import init_ray
+
+    init_ray(None, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        return [r for seed in seeds for r in run_seed(seed, Path(work or tmp))]
+
+
 def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None) -> dict:
     """The first two stages of every SPN pipeline here: ``n`` real samples (2 Tune workers) into
     ``work/samples``, then a transformer SPN on them (one torch thread) saved as ``work/spn.pt``.

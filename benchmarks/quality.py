@@ -3,7 +3,7 @@
 How to run:
     python benchmarks/quality.py --quick                    # ~1-2 min: 32 samples, 2 RL iterations, target 0.5
     python benchmarks/quality.py                            # ~20-30 min: targets 0.3 0.5 0.7, seeds 0 1 2
-    python benchmarks/quality.py --data-dir ~/data          # + cifar10 / ResNet-56 (a GPU or a cached model)
+    python benchmarks/quality.py --task fashion-mnist --arch resnet20 --work ~/bench/q-fm20   # hours; resumable
 
 Per task and seed: real samples (2 Tune workers) -> transformer SPN -> per target, one online RL search (PPO,
 simultaneous mode, wall at the target) and every baseline: uniform, larger-group and depth rules, global L1,
@@ -37,10 +37,10 @@ fine-tune) with ``_ci``, ``_real`` and ``_spread``, ``params_removed_ratio_vs_be
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,36 +56,48 @@ BUDGET = "macs"
 
 
 def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: int, iters: int, train_batch: int,
-             finetune_steps: int, work: Path) -> list[dict]:
-    """Every method at every target for one task and seed.
+             finetune_steps: int, work: Path, label: str | None = None) -> list[dict]:
+    """Every method at every target for one task and seed; resumable target by target.
+
+    Each finished target's rows are written to ``work`` atomically, and a rerun with the same ``work`` folder
+    reads them back instead of measuring again (the samples and the SPN are kept too), so a long benchmark
+    killed midway loses at most the target in flight.
 
     Args:
         task_name, task_kwargs, seed: the task and the seed of everything (task, sampling, searches).
         targets, n_samples, iters, train_batch: MACs targets, the SPN's samples, the RL search's size.
-        finetune_steps, work: the fine-tune every method gets (rows also without it), a scratch folder.
+        finetune_steps, work: the fine-tune every method gets (rows also without it), the work folder.
+        label: the rows' ``task`` (default ``task_name``; e.g. ``fashion-mnist/resnet20``).
 
     Returns:
         One row per (target, fine-tune, method): the ``FIELDS``.
     """
+    from rlprune.io import atomic_write_json
     from rlprune.measure.recipe import measure_base, measure_candidate
     from rlprune.measure.spec import MeasureSpec
     from rlprune.search.rl import SearchConfig, run_search
     from rlprune.spn.nets import one_thread
     from rlprune.tasks import get_task
 
+    label = label or task_name
+    work = Path(work) / f"{label.replace('/', '-')}-{seed}"
+    done = {t: work / f"rows-target{t:g}-ft{finetune_steps}.json" for t in targets}
+    rows = [r for t in targets if done[t].is_file() for r in json.loads(done[t].read_text())]
+    todo = [t for t in targets if not done[t].is_file()]
+    if not todo:
+        return rows
     spec = MeasureSpec()
     task = get_task(task_name, seed=seed, **task_kwargs)
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())
-    work = work / f"{task_name}-{seed}"
-    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
-    pristine = work / "samples-pristine"
-    _copy(stages["store"], pristine)  # every search starts from the store as sampling left it
+    stages = _stages(task_name, n_samples, work, seed, task_kwargs)
+    pristine = stages["pristine"]
     base = measure_base(task, model, spec)
-    rows = []
-    for target in targets:
+    for target in todo:
         out = work / f"search-{target}"
+        for partial in (out, work / f"baselines-{target}"):  # what a killed attempt at this target left
+            shutil.rmtree(partial, ignore_errors=True)
         t1 = time.perf_counter()
         res = run_search(SearchConfig(spn=str(stages["spn"]), out=str(out), task=task_name, task_kwargs=task_kwargs,
                                       target=target, iters=iters, train_batch=train_batch,
@@ -96,14 +108,34 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
               "search_s": time.perf_counter() - t1}
         found = [rl, *baselines(task, space, spec, task_name, task_kwargs, seed, target, stages["spn"], pristine,
                                 res, work / f"baselines-{target}")]
+        mine = []
         for ft in sorted({0, finetune_steps}):
             ft_spec = dataclasses.replace(spec, finetune_steps=ft)
             for c in found:
                 row, _ = measure_candidate(task, space, c["ratios"], base, ft_spec, method=c["method"])
-                rows.append(_row(task_name, seed, target, ft, row, c, stages["sample_s"]))
-        print(f"{task_name} seed {seed} target {target}: done ({rl['search_s']:.0f} s RL search)", file=sys.stderr,
+                mine.append(_row(label, seed, target, ft, row, c, stages["sample_s"]))
+        atomic_write_json(done[target], mine)
+        rows += mine
+        print(f"{label} seed {seed} target {target}: done ({rl['search_s']:.0f} s RL search)", file=sys.stderr,
               flush=True)
     return rows
+
+
+def _stages(task_name: str, n_samples: int, work: Path, seed: int, task_kwargs: dict) -> dict:
+    """The samples, the SPN and the pristine copy of the store, made once per work folder (resumed if killed)."""
+    from rlprune.io import atomic_write_json
+
+    record = work / "stages.json"
+    if record.is_file():
+        got = json.loads(record.read_text())
+        return {k: Path(v) if k in ("store", "spn", "pristine") else v for k, v in got.items()}
+    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
+    pristine = work / "samples-pristine"
+    shutil.rmtree(pristine, ignore_errors=True)
+    _copy(stages["store"], pristine)  # every search starts from the store as sampling left it
+    stages["pristine"] = pristine
+    atomic_write_json(record, {k: str(v) if isinstance(v, Path) else v for k, v in stages.items()})
+    return stages
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -358,46 +390,42 @@ def headline(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> None:
-    """Run every task and seed and write ``quality[_quick].csv/.md`` (and summary.json in full mode)."""
+    """Run every seed of one task and write ``quality[_<task>_<arch>][_quick].csv/.md`` (digits full: summary.json)."""
     p = common.parser(__doc__)
+    common.add_task_args(p)
     p.add_argument("--targets", type=float, nargs="+", default=None, help="MACs targets (default 0.3 0.5 0.7)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick 0)")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="the same short fine-tune for every method (default 100; quick 20)")
-    p.add_argument("--data-dir", help="CIFAR-10 folder: also run cifar10 / ResNet-56")
+    p.add_argument("--samples", type=int, help="real samples per seed for the SPN (default 256; quick 32)")
+    p.add_argument("--iters", type=int, help="RL iterations per search (default 30; quick 2)")
+    p.add_argument("--work", type=Path,
+                   help="keep samples, SPNs and finished targets here; rerunning with it resumes (default: a "
+                        "temporary folder, deleted at the end)")
     args = p.parse_args(argv)
     q = args.quick
     targets = args.targets or ([0.5] if q else [0.3, 0.5, 0.7])
     seeds = args.seeds or ([0] if q else [0, 1, 2])
     ft = args.finetune_steps if args.finetune_steps is not None else (20 if q else 100)
     n_samples, iters, batch = (32, 2, 64) if q else (256, 30, 256)
-    tasks = [("digits", {})]
-    if args.data_dir:
-        from rlprune.tasks import get_task
-
-        kw = {"data_dir": str(Path(args.data_dir).expanduser().resolve()), "arch": "resnet56"}
-        get_task("cifar10", **kw)  # a missing or malformed folder fails now, with the task's own message
-        tasks.append(("cifar10", kw))
-    from rlprune.orchestration import init_ray
-
+    n_samples, iters = args.samples or n_samples, args.iters or iters
+    kw, label = common.task_choice(args)
     t0 = time.perf_counter()
-    init_ray(None, 2)  # once, before any search is timed: no method's `search_s` includes Ray's start-up
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for task_name, kw in tasks:
-            for seed in seeds:
-                rows += run_seed(task_name, kw, seed, targets, n_samples, iters, batch, ft, Path(tmp))
-    header = (f"# Quality ({', '.join(t for t, _ in tasks)}, {'quick' if q else 'full'}: {n_samples} samples, "
+    rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, targets, n_samples, iters, batch, ft,
+                                                        work, label), seeds, args.work)
+    header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples, "
               f"{iters} RL iterations x {batch} episodes, seeds {seeds}, fine-tune {ft} steps)\n\n"
-              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
+              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s"
+              f"{' (this call; finished targets were read back from --work)' if args.work else ''}. "
+              "`val_acc` (validation, which chooses) and "
               "`acc` (test, which only reports) in %, after BN recalibration (finetune_steps 0) or after the "
               "fine-tune; `acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together; "
               "`acc_std`: std over seeds. Every method meets the same MACs target from below; random search and CEM "
               "spend the RL search's counted `spn_calls` and `real_evals`; `search_s` is each method's measured "
               "search wall; `latency_ms` is batch-1 CPU latency.")
     md = markdown(summarise(rows), comparisons(rows), params_at_equal_drop(rows, ft), header)
-    common.write_results(args.results_dir, common.stem("quality", q), rows, md, FIELDS)
-    if not q:
+    common.write_results(args.results_dir, common.stem(common.result_name("quality", label), q), rows, md, FIELDS)
+    if not q and args.task == "digits":
         common.update_summary(args.results_dir, headline(rows), "quality")
 
 

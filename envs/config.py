@@ -38,6 +38,7 @@ class LayerPruningEnvConfig:
     unit above it. So under the wall, which never misses, they are the constant ``w_cost * (1 - target)``;
     with ``enforce="penalty"`` and the defaults, missing the target by 0.01 costs 1.1 points of accuracy.
     ``target=1`` asks for no compression: the cost terms are 0 for every vector, only accuracy counts.
+    With a target range every episode uses its own target in all of this.
     """
 
     task: Any = None
@@ -59,8 +60,10 @@ class LayerPruningEnvConfig:
     given as a Python object or, e.g. from YAML, as a ``"package.module:callable"`` spec."""
     spn: Any = None
     """SPN checkpoint path (or an ``SPN``, its ``state()`` dict, or a ``LocalSPN``); needed by ``"spn"``."""
-    target: float = 0.5
-    """Wanted pruned/original ratio of ``budget``, in (0, 1]."""
+    target: float | tuple[float, float] = 0.5
+    """Wanted pruned/original ratio of ``budget``, in (0, 1]; or a range ``[lo, hi]`` (``lo < hi``): each episode
+    then draws its target uniformly from it with the env's seeded RNG, and the target in every observation
+    lets one policy learn every budget in the range."""
     budget: str = "macs"
     """What ``target`` constrains: ``"macs"`` or ``"params"``."""
     enforce: str = "wall"
@@ -125,7 +128,22 @@ class LayerPruningEnvConfig:
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"input_shape={shape!r} is not a list of integers; pass [C, H, W], "
                                   "e.g. [3, 32, 32]") from e
+        if isinstance(kwargs.get("target"), (list, tuple)):
+            kwargs["target"] = tuple(kwargs["target"])  # YAML and JSON give a list
         return cls(**kwargs)
+
+    @property
+    def target_range(self) -> tuple[float, float]:
+        """``(lo, hi)`` of the targets episodes use; ``(t, t)`` for a fixed target."""
+        if isinstance(self.target, tuple):
+            return float(self.target[0]), float(self.target[1])
+        return float(self.target), float(self.target)
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether episodes draw their target from a range (a target-conditioned policy)."""
+        lo, hi = self.target_range
+        return hi > lo
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self):
@@ -152,7 +170,7 @@ class LayerPruningEnvConfig:
                                   "rlprune.samples.store.space_record or read it with "
                                   "rlprune.samples.store.read_spaces")
         self._check_reward()
-        _check_float("target", self.target, 0.0, 1.0, "a pruned/original ratio such as 0.5", lo_open=True)
+        self._check_target()
         _check_choice("budget", self.budget, BUDGETS)
         _check_choice("enforce", self.enforce, ENFORCEMENTS)
         _check_choice("mode", self.mode, MODES)
@@ -166,6 +184,22 @@ class LayerPruningEnvConfig:
         if not isinstance(self.obs_all_groups, bool):
             raise ConfigError(f"obs_all_groups={self.obs_all_groups!r} must be true or false")
         object.__setattr__(self, "measure", MeasureSpec.from_dict(self.measure))
+
+    def _check_target(self):
+        if isinstance(self.target, list):
+            object.__setattr__(self, "target", tuple(self.target))
+        if not isinstance(self.target, tuple):
+            _check_float("target", self.target, 0.0, 1.0, "a pruned/original ratio such as 0.5, or a range "
+                         "[lo, hi] such as [0.3, 0.8]", lo_open=True)
+            return
+        if len(self.target) != 2:
+            raise ConfigError(f"target={list(self.target)!r} must be one ratio or a range [lo, hi], e.g. [0.3, 0.8]")
+        for end, value in zip(("lo", "hi"), self.target, strict=True):
+            _check_float(f"target {end}", value, 0.0, 1.0, "a pruned/original ratio such as 0.3", lo_open=True)
+        if not self.target[0] < self.target[1]:
+            raise ConfigError(f"target={list(self.target)!r} is an empty range; give [lo, hi] with lo < hi, or "
+                              "one number for a fixed target")
+        object.__setattr__(self, "target", (float(self.target[0]), float(self.target[1])))
 
     def _check_reward(self):
         if callable(self.reward) or (isinstance(self.reward, str) and ":" in self.reward):

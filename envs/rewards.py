@@ -26,7 +26,8 @@ from rlprune.envs.config import LayerPruningEnvConfig, SpaceView
 from rlprune.errors import ConfigError
 
 
-def team_reward(acc_drop: float, budget_ratio: float, cfg: LayerPruningEnvConfig) -> tuple[float, float]:
+def team_reward(acc_drop: float, budget_ratio: float, cfg: LayerPruningEnvConfig,
+                target: float | None = None) -> tuple[float, float]:
     """The shared reward of one finished episode (formula in :class:`LayerPruningEnvConfig`).
 
     ``w_acc * (-acc_drop) + w_cost * (1 - max(budget_ratio, target)) - w_violation * violation``: flat in
@@ -35,16 +36,25 @@ def team_reward(acc_drop: float, budget_ratio: float, cfg: LayerPruningEnvConfig
     Args:
         acc_drop: accuracy lost, in percentage points (negative if pruning helped).
         budget_ratio: pruned / original MACs (or params, per ``cfg.budget``).
-        cfg: supplies ``target`` and the weights.
+        cfg: supplies the weights (and ``target`` when it is fixed).
+        target: the episode's target; required when ``cfg.target`` is a range.
 
     Returns:
         ``(reward, violation)`` where ``violation = max(0, budget_ratio - target)``.
+
+    Raises:
+        ConfigError: no ``target`` given while ``cfg.target`` is a range.
     """
-    violation = max(0.0, budget_ratio - cfg.target)
+    if target is None:
+        if cfg.conditioned:
+            raise ConfigError(f"team_reward needs the episode's target: the config's target is the range "
+                              f"{list(cfg.target)}; pass target=...")
+        target = cfg.target_range[0]
+    violation = max(0.0, budget_ratio - target)
     # Compression counts up to the target and no further: a vector pruned past it scores as if it sat on
     # the target, so the only thing extra pruning changes is the accuracy term (it can only lose). Flat
     # below, ``w_cost + w_violation`` per unit above; ``target=1`` leaves no pruning pressure at all.
-    cost = cfg.w_cost * (1.0 - max(budget_ratio, cfg.target))
+    cost = cfg.w_cost * (1.0 - max(budget_ratio, target))
     reward = cfg.w_acc * (-acc_drop) + cost - cfg.w_violation * violation
     return float(reward), float(violation)
 

@@ -169,19 +169,20 @@ def greedy_actions(algo_config, module, obs: Mapping[str, Any], action_spaces: M
     return {a: acts[i] for i, a in enumerate(ids)}
 
 
-def greedy_episode(algo, env, seed: int | None = None) -> dict:
+def greedy_episode(algo, env, seed: int | None = None, target: float | None = None) -> dict:
     """Play one episode of ``algo``'s shared policy with :func:`greedy_actions` in ``env``.
 
     Args:
         algo: a built algorithm whose env runners train on an env like ``env``.
         env: a ``LayerPruningEnv`` (local copy; it is reset here).
         seed: ``reset`` seed.
+        target: the episode's target (``reset(options={"target": ...})``); None: the env draws or uses its own.
 
     Returns:
         The final ``info`` of the episode (``achieved``, ``reward``, ``acc_drop``, ... see the env).
     """
     module = algo.get_module(SHARED_POLICY)
-    obs, _ = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed, options=None if target is None else {"target": target})
     info: dict = {}
     while obs:
         acting = next(iter(obs))

@@ -25,6 +25,7 @@ _LAZY = {
     "save_pruned": "rlprune.io",
     "load_pruned": "rlprune.io",
     "model_fingerprint": "rlprune.io",
+    "load_quantized": "rlprune.quant.export",
     "get_task": "rlprune.tasks",
     "list_tasks": "rlprune.tasks",
     "Task": "rlprune.tasks",

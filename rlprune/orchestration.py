@@ -85,6 +85,10 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   callbacks=[Progress()]),
     )
+    # Tune's own SIGINT handler ends the experiment quietly and returns as if it had finished, so a caller that
+    # tops up what is missing (sampling) would start another round: Ctrl-C must stop the command instead.
+    # Everything finished is already on disk (append-only shards, atomic results); a rerun resumes.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout is for results
             grid = tuner.fit()

@@ -4,7 +4,7 @@ Each script runs once per session in a subprocess (as a user would run it) into 
 committed results under ``benchmarks/results`` are never touched, with the session's temporary
 ``RLPRUNE_CACHE`` (conftest.py) in its environment; the tests then read its files. No figure is asserted,
 only structure and invariants that a broken comparison would violate: validation chooses, intervals contain
-their estimate, budgets are counted and equal, curves only go up. Together the four quick runs take a few
+their estimate, budgets are counted and equal, curves only go up. Together the quick runs take a few
 minutes on 2 cores.
 """
 
@@ -32,8 +32,12 @@ HEADLINE = {
     "quality": {"rl_minus_best_baseline_acc_at_0.5", "rl_minus_best_baseline_acc_at_0.5_ci",
                 "params_removed_ratio_vs_best_rule", "quality_selection_split"},
     "spn_fidelity": {"spn_spearman_at_", "spn_mae_at_", "spn_transfer_zero_shot_spearman", "spn_transfer_mae_after_"},
+    "label_fidelity": {"label_fidelity_digits_final_seed_spearman", "label_fidelity_digits_k0_acc_spearman",
+                       "label_fidelity_digits_cheapest_k"},
     "scaling": {"sample_throughput_2_vs_1", "cost_model_vectors_per_s", "cost_model_vectors_per_s_resnet56",
                 "spn_inference_vectors_per_s", "env_steps_per_s_simultaneous", "env_steps_per_s_sequential"},
+    "targets": {"targets_selection_split", "targets_conditioned_minus_best_other_acc_unseen",
+                "targets_unseen_answer_s_conditioned", "targets_unseen_answer_s_cem", "targets_spn_calls_conditioned"},
 }
 # script -> (columns its CSV must have, the column naming each row's kind, kinds that must all appear)
 EXPECTED = {
@@ -45,8 +49,14 @@ EXPECTED = {
                  "real_evals", "candidates", "search_s", "test_correct"},
                 "method", {"rl", "uniform", "larger_group", "depth", "global_l1", "random_search", "cem"}),
     "spn_fidelity": ({"section", "arch", "n_train", "seed", "mae", "spearman"}, "section", {"curve", "transfer"}),
+    "label_fidelity": ({"task", "target", "vector", "sampler", "macs_ratio", "acc_k0", "loss_k0", "s_k0", "acc_k25",
+                        "final_split", "final_steps", "final_acc", "final_acc_1", "final_acc_2", "ratios"},
+                       "target", {"0.3", "0.5", "0.7"}),
     "scaling": ({"section", "name", "workers", "samples_per_s", "vectors_per_s", "env_steps_per_s", "mode"},
                 "section", {"samples", "spn", "cost_model", "env"}),
+    "targets": ({"seed", "target", "kind", "method", "macs_ratio", "val_acc", "acc", "acc_ci_lo", "acc_ci_hi",
+                 "spn_calls", "search_s", "answer_s", "chosen"},
+                "method", {"conditioned_rl", "per_target_rl", "random_search", "cem"}),
 }
 
 
@@ -58,8 +68,10 @@ def quick(tmp_path_factory, digits_task):
     def run(name: str):
         if name not in done:
             out = tmp_path_factory.mktemp(f"bench-{name}")
-            proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(out)],
-                                  cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+            resumable = ["--work", str(out / "work")] if name in ("quality", "label_fidelity") else []
+            proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(out),
+                                   *resumable], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                                  timeout=900)
             assert proc.returncode == 0, proc.stderr[-4000:]
             done[name] = (out, proc)
         return done[name]
@@ -135,6 +147,88 @@ def test_quick_quality_chooses_on_validation_with_equal_budgets(quick, bench):
     lo, hi = fig["rl_minus_best_baseline_acc_at_0.5_ci"]
     _assert_in_ci(fig["rl_minus_best_baseline_acc_at_0.5"], lo, hi)
     assert fig["rl_minus_best_baseline_acc_at_0.5_real"] == (lo > 0 or hi < 0)
+
+    # Resumable: the same --work again reads the finished target back instead of measuring it again.
+    again = out / "again"
+    proc = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--quick", "--results-dir", str(again),
+                           "--work", str(out / "work")], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "target 0.5: done" not in proc.stderr  # nothing was searched or measured this time
+    assert (again / "quality_quick.csv").read_text() == (out / "quality_quick.csv").read_text()
+
+
+@pytest.mark.slow
+def test_quick_label_fidelity_scores_every_label_against_validation_finals(quick, bench):
+    """Every k has its label (accuracy, loss, cost) per vector; the final is the validation recipe on the
+    validation split for two seeds (re-measured here); every Spearman interval contains its estimate; section 2
+    trains every SPN within one budget and says the quick data are too few; a rerun with the same --work reads
+    the vectors and the SPN comparison back instead of measuring and training again."""
+    from rlprune.measure.recipe import prune_and_score
+    from rlprune.measure.spec import MeasureSpec
+    from rlprune.spn.nets import one_thread
+    from rlprune.tasks import get_task
+
+    out, _ = quick("label_fidelity")
+    lf = bench("label_fidelity")
+    rows = _csv(out / "label_fidelity_quick.csv")
+    steps = (0, 10, 25)
+    assert len(rows) == 12 and {r["target"] for r in rows} == {0.3, 0.5, 0.7}
+    for r in rows:
+        assert r["final_split"] == "validation" and (r["final_seed_1"], r["final_seed_2"]) == (1, 2)
+        assert r["final_acc"] == pytest.approx((r["final_acc_1"] + r["final_acc_2"]) / 2)
+        assert r["macs_ratio"] <= r["target"] + 1e-9  # projected onto the target from below
+        for k in steps:
+            assert 0 <= r[f"acc_k{k}"] <= 100 and r[f"loss_k{k}"] > 0 and r[f"s_k{k}"] > 0
+    assert np.mean([r["s_k25"] for r in rows]) > np.mean([r["s_k0"] for r in rows])  # fine-tune steps cost time
+    # The final is the validation recipe scored on the validation split, with fine-tune seed 1.
+    task = get_task("digits", seed=0)
+    spec = MeasureSpec(finetune_steps=int(rows[0]["final_steps"]))
+    with one_thread():
+        space = spec.task_space(task)
+        _, val = prune_and_score(lf.reseeded(task, 1), space, json.loads(rows[0]["ratios"]), spec, finetune=True,
+                                 split="validation")
+    assert val["acc"] == pytest.approx(rows[0]["final_acc_1"])
+    summary = lf.summarise(rows)
+    labels = {(s["k"], s["metric"]) for s in summary}
+    assert labels == {(k, m) for k in steps for m in ("acc", "loss")} | {("final", "acc")}
+    assert {s["scope"] for s in summary} == {"all", "within", "0.3", "0.5", "0.7"}
+    for s in summary:
+        if np.isfinite(s["rho"]):
+            _assert_in_ci(s["rho"], s["lo"], s["hi"])
+    md = (out / "label_fidelity_quick.md").read_text()
+    assert "final seed 1 vs seed 2" in md and "within-target" in md and "Cheapest label" in md
+
+    # Section 2: single- vs multi-fidelity SPNs at one sample-generation budget, scored on held-out finals.
+    comparison = _csv(out / "label_fidelity_spn_quick.csv")
+    by = {(c["arm"], c["scope"]): c for c in comparison}
+    assert {a for a, _ in by} == {"final", "k=0", "k=10", "k=25", "multi"}
+    assert {s for _, s in by} == {"within", "0.3", "0.5", "0.7"}
+    for c in comparison:
+        assert c["spent_s"] <= c["budget_s"] + 0.01  # nobody buys more than the budget
+        if np.isfinite(c["rho"]):
+            _assert_in_ci(c["rho"], c["lo"], c["hi"])
+    final, multi = by[("final", "within")], by[("multi", "within")]
+    assert final["spent_s"] == pytest.approx(final["budget_s"], abs=0.01) and final["cheap"] == 0
+    assert 0 < multi["finals"] < final["finals"] and multi["cheap"] > 0  # fewer finals, bought cheap labels
+    assert str(multi["fidelities"]).split()[-1] == str(rows[0]["final_steps"])  # predicts at the final's
+    assert all(np.isfinite(by[(a, "within")]["rho"]) for a in ("final", "k=0", "multi"))  # all trained
+    assert "Single- vs multi-fidelity SPN" in md and "its numbers are noise" in md
+    figures = lf.headline(rows, comparison)
+    assert {"label_fidelity_digits_spn_final_spearman", "label_fidelity_digits_spn_multi_spearman",
+            "label_fidelity_digits_spn_best_k"} <= set(figures)
+    (cached,) = (out / "work").glob("spn-compare-*.json")
+    cached_at = cached.stat().st_mtime_ns
+
+    again = out / "again"
+    proc = subprocess.run([sys.executable, str(BENCH / "label_fidelity.py"), "--quick", "--results-dir", str(again),
+                           "--work", str(out / "work")], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "vector 0: labels" not in proc.stderr  # nothing was measured this time
+    assert _csv(again / "label_fidelity_quick.csv") == rows
+    assert pd.read_csv(again / "label_fidelity_spn_quick.csv").equals(pd.read_csv(out / "label_fidelity_spn_quick.csv"))
+    assert cached.stat().st_mtime_ns == cached_at  # read back, not retrained
 
 
 @pytest.mark.slow
@@ -274,11 +368,45 @@ def test_quality_chooses_the_best_baseline_on_validation(bench):
     assert "| digits | 0.5 | 100 | rl |" in md and "| digits | 0.5 | 100 | all | cem, cem |" in md
 
 
-def test_missing_cifar_folder_is_one_line_and_exit_2(tmp_path):
-    """``quality.py --data-dir`` with no CIFAR-10 there stops at once with the task's own message."""
-    proc = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--quick", "--data-dir", str(tmp_path / "none"),
-                           "--results-dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+@pytest.mark.parametrize(("task", "named"), [("cifar10", "cifar-10-batches-py"),
+                                              ("fashion-mnist", "dataset-fashion-mnist")])
+def test_missing_data_folder_is_one_line_and_exit_2(tmp_path, task, named):
+    """``quality.py --task T --data-dir`` with no data there stops at once with the task's own message."""
+    proc = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--quick", "--task", task, "--data-dir",
+                           str(tmp_path / "none"), "--results-dir", str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and "cifar-10-batches-py" in proc.stderr
+    assert proc.stderr.startswith("error: ") and named in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_quick_targets_answers_every_target_with_equal_budgets(quick, bench):
+    """Every method at every training and unseen target, on the target from below, with an interval around its
+    accuracy; validation chooses; the black-box searches spend N/K of the conditioned training's counted calls per
+    target; the policy answers an unseen target without a search."""
+    out, _ = quick("targets")
+    targets = bench("targets")
+    rows = _csv(out / "targets_quick.csv")
+    answers = [r for r in rows if r["kind"] != "train"]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["method"] for r in train] == ["conditioned_rl"] and train[0]["spn_calls"] > 0
+    trained_at = sorted({r["target"] for r in answers if r["kind"] == "trained"})
+    assert trained_at == [0.3, 0.7] and sorted({r["target"] for r in answers if r["kind"] == "unseen"}) == [0.45, 0.65]
+    per_target = max(1, int(train[0]["spn_calls"]) // len(trained_at))
+    for t in {r["target"] for r in answers}:
+        mine = [r for r in answers if r["target"] == t]
+        assert sorted(r["method"] for r in mine) == sorted(targets.METHODS)
+        best = max(mine, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))
+        assert {r["chosen"] for r in mine} == {best["method"]}  # chosen on validation, whatever the test says
+        for r in mine:
+            assert r["macs_ratio"] <= t + 1e-9
+            _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
+            if r["method"] in ("random_search", "cem"):
+                assert 0 < r["spn_calls"] <= per_target and r["answer_s"] == pytest.approx(r["search_s"], abs=1e-3)
+            if r["method"] == "conditioned_rl":  # no search: the saved policy answers
+                assert r["search_s"] == 0 and r["spn_calls"] == 2 and r["answer_s"] < 1.0
+    summary = {s["method"]: s for s in targets.summarise(rows)}
+    assert summary["conditioned_rl"]["spn_calls"] == train[0]["spn_calls"] + 2 * len({r["target"] for r in answers})
+    md = (out / "targets_quick.md").read_text()
+    assert "## Per method" in md and "## Per target" in md

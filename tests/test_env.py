@@ -375,3 +375,110 @@ def test_obs_all_groups_layout(record):
     obs, *_ = env.step({"group_00": np.array([0.4], np.float32)})
     tokens = obs["group_01"][F + C: F + C + G * T].reshape(G, T)
     assert tokens[0, F] == pytest.approx(max(0.4, env._ratios[0])) and tokens[0, F + 1] == 1.0
+
+
+# ------------------------------------------------------------------ target-conditioned episodes
+@pytest.mark.parametrize("mode", ["simultaneous", "sequential"])
+def test_rllib_checker_passes_with_a_target_range(record, mode):
+    check_multiagent_environments(make(record, mode=mode, target=[0.3, 0.8]))
+    check_multiagent_environments(make(record, mode=mode, target=[0.3, 0.8], obs_all_groups=True, budget="params"))
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_a_range_draws_each_episodes_target_and_everything_uses_it(record, budget):
+    env = make(record, target=[0.3, 0.8], budget=budget, seed=5)
+    ctx = len(FEATURE_NAMES)
+    targets = []
+    for episode in range(40):
+        obs, _ = env.reset()
+        t = env.target
+        targets.append(t)
+        for o in obs.values():  # every agent sees the episode's target and which budget it constrains
+            assert o[ctx + CONTEXT_NAMES.index("target")] == pytest.approx(t)
+            assert o[ctx + CONTEXT_NAMES.index("budget")] == (1.0 if budget == "params" else 0.0)
+        *_, infos = env.step({a: np.array([0.05 * (episode % 5)], np.float32) for a in obs})
+        info = infos["group_00"]
+        assert info["target"] == t and info["budget_ratio"] <= t + 1e-9  # the wall uses the episode's target
+        expected = -info["acc_drop"] + 10.0 * (1 - max(info["budget_ratio"], t))  # so does the reward
+        assert info["reward"] == pytest.approx(expected)
+    assert min(targets) >= 0.3 and max(targets) <= 0.8 and len(set(targets)) == 40
+    assert max(targets) - min(targets) > 0.3  # spread over the range, not stuck at one end
+
+    assert drawn(make(record, target=[0.3, 0.8], budget=budget, seed=5), 40) == targets  # seeded: the same draws
+    assert drawn(make(record, target=[0.3, 0.8], budget=budget, seed=6), 5) != targets[:5]
+
+
+def drawn(env, n: int) -> list[float]:
+    """The targets of ``n`` fresh episodes of ``env``."""
+    out = []
+    for _ in range(n):
+        env.reset()
+        out.append(env.target)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["simultaneous", "sequential"])
+def test_reset_option_fixes_the_target_for_one_episode(record, mode):
+    env = make(record, target=[0.3, 0.8], mode=mode)
+    ctx = len(FEATURE_NAMES) + CONTEXT_NAMES.index("target")
+    obs, _ = env.reset(options={"target": 0.45})
+    assert env.target == 0.45 and obs["group_00"][ctx] == pytest.approx(0.45)
+    _, _, _, infos, _ = run_episode_from(env, obs, lambda a: 0.0)
+    assert infos["group_00"]["target"] == 0.45
+    assert 0.45 * 0.9 <= infos["group_00"]["budget_ratio"] <= 0.45 + 1e-9  # the wall raised it to 0.45
+    env.reset()
+    assert env.target != 0.45  # the next episode draws again
+    fixed = make(record, target=0.5)
+    fixed.reset(options={"target": 0.7})
+    assert fixed.target == 0.7
+    fixed.reset()
+    assert fixed.target == 0.5
+    with pytest.raises(ValueError, match="target=1.5"):
+        env.reset(options={"target": 1.5})
+    with pytest.raises(ValueError, match="unreachable"):
+        env.reset(options={"target": 0.01})
+    with pytest.raises(ValueError, match="'target'"):
+        env.reset(options={"budget": 0.5})
+
+
+def run_episode_from(env, obs, policy):
+    """Finish an episode already reset (``obs``) with ``policy(agent_id) -> ratio``."""
+    done = False
+    while not done:
+        obs, rewards, terms, truncs, infos = env.step({a: np.array([policy(a)], np.float32) for a in obs})
+        done = terms["__all__"]
+    return obs, rewards, terms, infos, None
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([0.8, 0.3], "empty range"),
+    ([0.5, 0.5], "empty range"),
+    ([0.3], "range"),
+    ([0.0, 0.5], "target lo"),
+    ([0.3, 1.2], "target hi"),
+    ("0.5", "target"),
+])
+def test_bad_target_range_names_the_value(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        LayerPruningEnvConfig.from_dict({**MODEL, "reward": quadratic_drop, "target": bad})
+
+
+def test_range_config_and_team_reward(record):
+    cfg = LayerPruningEnvConfig.from_dict({"space": record, "reward": quadratic_drop, "target": [0.3, 0.8]})
+    assert cfg.target == (0.3, 0.8) and cfg.target_range == (0.3, 0.8) and cfg.conditioned
+    assert not LayerPruningEnvConfig.from_dict({"space": record, "reward": quadratic_drop}).conditioned
+    assert team_reward(1.0, 0.2, cfg, target=0.4)[0] == pytest.approx(-1.0 + 10.0 * 0.6)
+    with pytest.raises(ConfigError, match="episode's target"):
+        team_reward(1.0, 0.2, cfg)
+    with pytest.raises(ConfigError, match="target=0.01 is unreachable"):
+        make(record, target=[0.01, 0.5])
+
+
+def test_game_and_config_import_without_ray():
+    """The episode logic a saved policy replays must not pull in Ray (seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import rlprune.envs.game, rlprune.envs; "
+            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -69,3 +69,35 @@ def test_real_files_give_the_documented_splits():
     assert sizes == [50000, 5000, 5000, 10000]
     x, y = next(iter(task.loader("calibration", batch_size=256)))
     assert x.shape == (256, 1, 28, 28) and abs(float(x.mean())) < 0.2 and set(y.tolist()) <= set(range(10))
+
+
+@pytest.mark.slow
+def test_every_verb_takes_the_task_and_its_arch(tiny_folder, rlprune_cache, monkeypatch, tmp_path, capsys,
+                                                ray_cluster):
+    """groups, prune, sample, spn, search and baselines on fashion-mnist (a tiny IDX folder, the depthwise net):
+    the task and its --arch reach the Ray workers, and groups needs no trained model at all."""
+    monkeypatch.setenv("RLPRUNE_CHECKPOINTS", str(tmp_path / "committed"))
+    task = ["--task", "fashion-mnist", "--arch", "mobilenet", "--data-dir", str(tiny_folder)]
+
+    def run(*argv) -> dict | list:
+        assert main([*argv, *task, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    before = set(rlprune_cache.rglob("fashion-mnist-*"))
+    groups = run("groups")
+    assert groups["n_groups"] == 12 and set(rlprune_cache.rglob("fashion-mnist-*")) == before  # nothing trained
+    assert main(["groups", "--task", "fashion-mnist", "--arch", "resnet56", "--data-dir", str(tiny_folder),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_groups"] == 30
+    pruned = run("prune", "--uniform", "0.3")
+    assert pruned["macs_ratio"] < 1 and 0 <= pruned["acc"] <= 100
+    store, spn = tmp_path / "samples", tmp_path / "spn.pt"
+    assert run("sample", "--n", "12", "--workers", "1", "--out", str(store))["n_total"] == 12
+    assert main(["spn", "train", "--samples", str(store), "--no-baselines", "--max-steps", "50", "--out", str(spn),
+                 "--json"]) == 0
+    capsys.readouterr()
+    found = run("search", "--spn", str(spn), "--target-macs", "0.5", "--out", str(tmp_path / "search"), "--iters",
+                "1", "--train-batch", "32", "--no-online")
+    assert len(found["ratios"]) == 12 and found["macs_ratio"] <= 0.5 + 1e-9
+    rules = run("baselines", "--target-macs", "0.5", "--finetune-steps", "0")
+    assert {"uniform", "global_l1"} <= {r["method"] for r in rules}

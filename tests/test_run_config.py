@@ -116,3 +116,42 @@ def test_pareto_front_keeps_only_undominated_points():
     pts = np.array([[0.5, 90.0], [0.5, 95.0], [0.3, 80.0], [0.7, 94.0], [1.0, 99.0], [0.6, 96.0]])
     front = set(pareto_front(pts).tolist())
     assert front == {1, 2, 4, 5}
+
+
+# ---------------------------------------------------------------------------------------- several targets
+def test_a_list_of_targets_is_a_tuple_and_a_single_one_keeps_its_key():
+    cfg = from_mapping({"out": "o", "target": [0.3, 0.5, 0.7]})
+    assert cfg.target == (0.3, 0.5, 0.7) and cfg.multi_target and cfg.targets == (0.3, 0.5, 0.7)
+    one = RunConfig.preset_config("quick", out="o", target=0.5)
+    assert not one.multi_target and one.targets == (0.5,) and one.target == 0.5
+    # A single float hashes exactly as before lists existed, so existing runs resume unchanged.
+    import hashlib
+    import json
+
+    want = hashlib.sha256(json.dumps({"target": 0.5}, sort_keys=True).encode()).hexdigest()[:12]
+    assert one.key("target") == want
+    assert cfg.key("sweep", "target") != one.key("sweep", "target")
+
+
+def test_a_yaml_list_of_targets_maps_onto_the_config(tmp_path):
+    f = tmp_path / "multi.yaml"
+    f.write_text(f"extends: {ROOT / 'tune_configs' / 'full.yaml'}\ntarget: [0.3, 0.5, 0.7]\n")
+    cfg = load_yaml(f, out=str(tmp_path / "o"))
+    assert cfg.target == (0.3, 0.5, 0.7) and cfg.preset == "full"
+
+
+@pytest.mark.parametrize("target, words", [
+    ([0.5], ["run.target=(0.5,)", "at least 2 targets", "one plain number"]),
+    ([0.5, 0.3], ["run.target=(0.5, 0.3)", "increasing order"]),
+    ([0.3, 0.3], ["run.target=(0.3, 0.3)", "distinct"]),
+    ([0.3, 1.5], ["run.target=(0.3, 1.5)", "(0, 1]", "1.5 is not one"]),
+    ([0.3, "x"], ["run.target=(0.3, 'x')", "'x' is not one"]),
+    ([0.3, float("nan")], ["run.target=(0.3, nan)", "(0, 1]"]),
+    ([0.3, True], ["True is not one"]),
+])
+def test_bad_target_lists_give_one_clear_error(target, words):
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"out": "o", "target": target})
+    assert "\n" not in str(e.value)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))

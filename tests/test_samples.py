@@ -237,3 +237,44 @@ def test_labels_carry_the_measuring_code_version(tmp_path):
         (tmp_path / name / "m.py").write_text(text)
     assert source_hash(tmp_path / "a") == source_hash(tmp_path / "b") != source_hash(tmp_path / "c")
 
+
+
+# ---------------------------------------------------------------------------------------- fidelities
+def _other_code(spec: MeasureSpec) -> dict:
+    """The spec's row fields as if its label had been measured by other code (another ``code`` hash)."""
+    label = {**spec.label(), "code": "0" * 12}
+    text = json.dumps(label, sort_keys=True)
+    mid = "c0de" * 3
+    return {"measure_id": mid, "measure": text}
+
+
+def test_across_fidelities_reads_only_labels_that_differ_in_their_fine_tune(tmp_path):
+    k0, k10, k25 = SPEC, MeasureSpec(label_steps=10), MeasureSpec(label_steps=25)
+    fast_lr = MeasureSpec(label_steps=10, finetune_lr=0.05)  # another label fine-tune rate: another label
+    l2 = MeasureSpec(importance="l2", label_steps=10)
+    bn = MeasureSpec(bn_batches=2)
+    rows = [make_row(i, spec=s) for s in (k0, k10, k25) for i in range(3)]
+    rows += [make_row(i, spec=s) for s in (fast_lr, l2, bn) for i in range(2)]
+    rows += [make_row(i, sample_id=f"code{i}", **_other_code(k10)) for i in range(2)]
+    append_samples(tmp_path, rows)
+    assert len({r["measure_id"] for r in rows}) == 7
+
+    with pytest.warns(RuntimeWarning, match=r"14 sample\(s\) measured under other specs"):
+        df = read_samples(tmp_path, measure=SPEC)  # the default: one label only
+    assert set(df["measure_id"]) == {k0.label_id()}
+
+    for measure in (SPEC, k25, k10.label_id(), k25.label_id()):  # any fidelity of the spec names the family
+        with pytest.warns(RuntimeWarning, match=r"8 sample\(s\) measured under other specs.*only the 9"):
+            df = read_samples(tmp_path, measure=measure, across_fidelities=True)
+        assert set(df["measure_id"]) == {k0.label_id(), k10.label_id(), k25.label_id()}, measure
+        assert sorted(json.loads(m).get("label_steps", 0) for m in df["measure"]) == [0] * 3 + [10] * 3 + [25] * 3
+    with pytest.warns(RuntimeWarning):  # the other rate's family member is its own 10-step label
+        df = read_samples(tmp_path, measure=MeasureSpec(finetune_lr=0.05), across_fidelities=True)
+    assert set(df["measure_id"]) == {k0.label_id(), fast_lr.label_id()}
+    # The id of a 0-step label names no rate, and two 10-step labels of the family then compete.
+    with pytest.raises(SampleStoreError, match="2 labels of label_steps=10"):
+        read_samples(tmp_path, measure=k0.label_id(), across_fidelities=True)
+    with pytest.warns(RuntimeWarning):  # other importance: its own family, never the l1 labels
+        assert set(read_samples(tmp_path, measure=l2, across_fidelities=True)["measure_id"]) == {l2.label_id()}
+    with pytest.warns(RuntimeWarning):  # other code: its own family too
+        assert set(read_samples(tmp_path, measure="c0de" * 3, across_fidelities=True)["measure_id"]) == {"c0de" * 3}

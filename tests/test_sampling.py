@@ -100,6 +100,15 @@ def _kill_session(sid: int) -> None:
             pass  # already gone
 
 
+def _wait_for_a_shard(proc: subprocess.Popen, out: Path, timeout: float = 180) -> None:
+    """Block until the sampling command ``proc`` has flushed its first shard into ``out``."""
+    deadline = time.time() + timeout
+    while not list(out.glob("shards/*.parquet")):
+        assert proc.poll() is None, "the sampling command ended before writing a shard"
+        assert time.time() < deadline, f"no shard after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_exactly_n(digits_task, tmp_path):
     out = tmp_path / "store"
@@ -107,11 +116,7 @@ def test_sigkilled_run_resumes_to_exactly_n(digits_task, tmp_path):
                 "--json")
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
-        while not list(out.glob("shards/*.parquet")):
-            assert proc.poll() is None, "the sampling command ended before writing a shard"
-            assert time.time() < deadline, "no shard after 180 s"
-            time.sleep(0.2)
+        _wait_for_a_shard(proc, out)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -127,6 +132,27 @@ def test_sigkilled_run_resumes_to_exactly_n(digits_task, tmp_path):
     df = read_samples(out)
     assert len(df) == 8 and df["sample_id"].is_unique
     assert first <= {p.name for p in out.glob("shards/*.parquet")}  # nothing rewritten
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_sampling_and_keeps_what_was_stored(digits_task, tmp_path):
+    """Ctrl-C (SIGINT) ends the command with status 130; it does not start another round of trials (Tune's own
+    handler would end the experiment quietly and the top-up loop would go on), and what was flushed is kept."""
+    out = tmp_path / "store"
+    args = _cli("--n", "400", "--workers", "1", "--out", str(out), "--flush-every", "2", "--eval-batches", "1")
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _wait_for_a_shard(proc, out)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "-r1" not in err  # stopped, no second round of trials
+    df = read_samples(out)
+    assert 1 <= len(df) < 400 and df["sample_id"].is_unique
 
 
 @pytest.mark.parametrize("args, match", [

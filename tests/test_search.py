@@ -91,3 +91,54 @@ def test_amc_style_search_with_real_reward(ray_cluster, digits_task, tmp_path):
         SearchConfig(spn=None, reward="real", out=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="spn"):
         SearchConfig(spn=None, out=str(tmp_path / "x"))
+
+
+def test_conditioned_search_bins_candidates_saves_a_policy_and_resumes(ray_cluster, spn_path, digits_task, tmp_path):
+    from rlprune.io import model_fingerprint
+    from rlprune.policy import load
+
+    out = tmp_path / "cond"
+    r = run_search(_cfg(spn_path, out, target=(0.3, 0.8)), progress=False)
+    assert r["conditioned"] and r["target"] == [0.3, 0.8] and len(r["per_target"]) == 5
+    for b in r["per_target"]:  # the greedy policy is played at every bin's centre: no bin is empty
+        assert b["ratios"] is not None and len(b["ratios"]) == 6
+        assert b["target_lo"] - 1e-9 <= b["episode_target"] <= b["target_hi"] + 1e-9
+        assert b["macs_ratio"] <= b["episode_target"] + 1e-9  # the wall used the episode's own target
+    assert [x["target_hi"] for x in r["per_target"]] == pytest.approx([0.4, 0.5, 0.6, 0.7, 0.8])
+    rounds = r["online_rounds"]
+    assert [x["n_real"] for x in rounds] == [2, 2] and r["real_evals"] == 4
+    # The policy folder answers any target of the range for this model, and refuses others.
+    policy = load(r["policy"], fingerprint=model_fingerprint(digits_task.base_model()))
+    assert policy.target_range == (0.3, 0.8) and policy.spec["meta"]["iterations"] == 2
+    for t in (0.35, 0.45, 0.65):
+        answer = policy.apply(t)
+        assert answer["macs_ratio"] <= t + 1e-9 and answer["meets_target"] and answer["apply_s"] < 1.0
+    with pytest.raises(ConfigError, match="outside the range"):
+        policy.apply(0.2)
+
+    resumed = run_search(_cfg(spn_path, out, target=(0.3, 0.8), iters=3), progress=False)
+    state = json.loads((out / "checkpoint" / "rlprune_search.json").read_text())
+    assert resumed["iterations"] == 3 and len(state["pool"]["bins"]) == 5
+    assert load(resumed["policy"]).spec["meta"]["iterations"] == 3
+    with pytest.raises(ConfigError, match="other settings"):
+        run_search(_cfg(spn_path, out, target=(0.3, 0.7), iters=4), progress=False)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--targets", "0.3:0.8", "--target-macs", "0.5"], "not both"),
+    (["--targets", "0.3-0.8"], "LO:HI"),
+    (["--targets", "0.8:0.3"], "LO < HI"),
+    ([], "give --target-macs"),
+])
+def test_search_targets_flag(argv, match):
+    from rlprune.cli import build_parser
+    from rlprune.cli.search import search_target
+
+    args = build_parser().parse_args(["search", "--spn", "x.pt", "--out", "o", *argv])
+    with pytest.raises(ConfigError, match=match):
+        search_target(args)
+    ok = build_parser().parse_args(["search", "--spn", "x.pt", "--out", "o", "--targets", "0.3:0.8", "--budget",
+                                    "params"])
+    assert search_target(ok) == ((0.3, 0.8), "params")
+    with pytest.raises(ConfigError, match="target"):
+        SearchConfig(spn="x.pt", out="o", target=(0.8, 0.3))

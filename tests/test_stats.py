@@ -430,3 +430,58 @@ def _metric_points(values):
     from rlprune.measure.stats import metric_points
 
     return metric_points(values)
+
+
+# ---------------------------------------------------------------------------------------- rank correlation
+@pytest.mark.filterwarnings("ignore:An input array is constant")
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    from rlprune.measure.stats import spearman
+
+    rng = np.random.default_rng(3)
+    for n in (3, 7, 30):
+        for _ in range(10):
+            x = rng.integers(0, 4, n).astype(float)  # many ties, as accuracies on a small split have
+            y = x + rng.integers(0, 3, n)
+            want = spearmanr(x, y).statistic
+            got = spearman(x, y)
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-12)
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5])) and math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_spearman_ci_contains_its_estimate_and_groups_average_within():
+    from rlprune.measure.stats import spearman, spearman_ci
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=36)
+    groups = np.repeat([0.3, 0.5, 0.7], 12)
+    y = 0.7 * x + rng.normal(size=36) + 10 * groups  # the groups differ in level
+    s = spearman_ci(x, y, seed=1)
+    assert s["ci"][0] <= s["rho"] <= s["ci"][1] and s["n"] == 36 and s["level"] == 0.95
+    assert s == spearman_ci(x, y, seed=1)  # seeded
+    within = spearman_ci(x, y, groups=groups)
+    per_group = [spearman(x[groups == g], y[groups == g]) for g in (0.3, 0.5, 0.7)]
+    assert within["rho"] == pytest.approx(np.mean(per_group))
+    assert within["ci"][0] <= within["rho"] <= within["ci"][1]
+    # A perfect ranking resamples to a perfect ranking; a constant side has no ranking at all.
+    assert spearman_ci(np.arange(10), np.arange(10) ** 2)["ci"] == [1.0, 1.0]
+    flat = spearman_ci([1.0, 2.0, 3.0, 4.0], [2.0] * 4)
+    assert math.isnan(flat["rho"]) and all(math.isnan(v) for v in flat["ci"])
+    # Few items with ties: the interval still reaches the estimate.
+    tied = spearman_ci([97.4, 96.7, 97.0, 97.4], [96.7, 97.0, 97.0, 97.0])
+    assert tied["ci"][0] <= tied["rho"] <= tied["ci"][1]
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (([1, 2, 3], [1, 2]), "x has 3 values but y has 2"),
+    (([1, 2, float("nan")], [1, 2, 3]), "must be finite"),
+])
+def test_spearman_rejects_unpaired_or_missing_values(args, match):
+    from rlprune.measure.stats import spearman, spearman_ci
+
+    for fn in (spearman, spearman_ci):
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
+    with pytest.raises(ValueError, match="one group key per item"):
+        spearman_ci([1, 2, 3], [1, 2, 3], groups=[0, 1])

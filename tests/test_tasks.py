@@ -198,6 +198,45 @@ def test_training_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not torch.equal(states[0]["fc.weight"], states[2]["fc.weight"])
 
 
+def _killed_after(n: int):
+    """Cross-entropy that raises after ``n`` calls: a training killed mid-epoch."""
+    calls = [0]
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] > n:
+            raise KeyboardInterrupt
+        return nn.functional.cross_entropy(out, y)
+    return loss
+
+
+def test_killed_training_resumes_from_its_last_epoch_to_the_same_weights(tmp_path: Path) -> None:
+    from rlprune.tasks.training import BatchLoader, TrainConfig, train
+
+    x, y = torch.randn(96, 6, generator=torch.Generator().manual_seed(0)), torch.arange(96) % 3
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.1, warmup_epochs=1)
+
+    def fit(loss, resume=None) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
+        loader = BatchLoader(x, y, 16, True, 1, None, lambda b, g: b + 0.05 * torch.randn(b.shape, generator=g))
+        return train(model, loader, cfg, 0, loss, "test", resume=resume)
+
+    straight = fit(nn.functional.cross_entropy).state_dict()
+    snapshot = tmp_path / "model.pt.partial"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_killed_after(15), snapshot)  # 6 batches per epoch: killed in the third epoch, two saved
+    assert torch.load(snapshot, weights_only=True)["step"] == 12
+    resumed = fit(_killed_after(24 - 12), snapshot).state_dict()  # only the 12 remaining steps may run
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not snapshot.exists()  # done: the snapshot is gone
+
+    snapshot.write_bytes(b"torn")  # an unusable snapshot restarts from scratch, with a warning
+    with pytest.warns(RuntimeWarning, match="unusable.*starting over"):
+        again = fit(nn.functional.cross_entropy, snapshot).state_dict()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
 def test_corrupt_cache_is_retrained(damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path))

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rlprune.errors import ConfigError
@@ -95,3 +96,29 @@ def _stats_after_restart(ray, wm, timeout_s: float = 60.0) -> dict:
 def test_start_without_a_checkpoint_is_a_clear_error(ray_cluster, tmp_path):
     with pytest.raises(ConfigError, match="no SPN checkpoint"):
         start_world_model(tmp_path / "none.pt", tmp_path / "store", tmp_path / "wm")
+
+
+def test_multi_fidelity_world_model_replays_its_spec_at_every_fidelity(tmp_path):
+    """A plain (actor-less) world model holding a multi-fidelity SPN: online rows of the cheap fidelity are
+    learnt with replayed rows of both fidelities of their spec, never rows of another spec."""
+    from rlprune.measure.spec import MeasureSpec
+    from rlprune.spn.world_model import WorldModel
+    from tests.fidelity_helpers import FP, HIGH, LOW, SPACES, draw, store_rows, truth, write_store
+
+    store, R = tmp_path / "samples", draw(50, 1)
+    l2 = MeasureSpec(importance="l2")
+    write_store(store, [store_rows(R, LOW, truth(R, LOW)), store_rows(R[:15], HIGH, truth(R[:15], HIGH)),
+                        store_rows(R[:10], LOW, truth(R[:10], LOW) + 5, spec=l2)])
+    with pytest.warns(RuntimeWarning, match="set aside"):
+        df = read_samples(store, measure=MeasureSpec(), across_fidelities=True)
+    spn = fit("transformer", df, SPACES, FitConfig(max_steps=40, eval_every=20), multi_fidelity=True)
+    wm = WorldModel(save_spn(spn, tmp_path / "spn.pt"), store, tmp_path / "wm")
+    new_R = draw(8, 2)
+    assert wm.add_samples(store_rows(new_R, LOW, truth(new_R, LOW))) == 8
+    replay = wm._replay(pd.DataFrame(wm.pending))
+    family = {MeasureSpec(label_steps=k).label_id() for k in (LOW, HIGH)}
+    assert len(replay) == 65 and set(replay["measure_id"]) == family  # a plain measure_id match would give 50
+    report = wm.finetune(20)
+    assert report["n_replay"] == 65 and wm.spn.fidelities == [LOW, HIGH]
+    low, high = wm.predict(new_R, FP, fidelity=LOW)[0], wm.predict(new_R, FP)[0]
+    assert not np.allclose(low, high)

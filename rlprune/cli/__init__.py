@@ -14,6 +14,8 @@ import sys
 
 from rlprune.cli.common import resolve_task
 from rlprune.cli.model import add_model_parsers, cmd_groups, cmd_prune, cmd_tasks
+from rlprune.cli.policy import add_policy_parser, cmd_policy
+from rlprune.cli.quantize import add_quantize_parser, cmd_quantize
 from rlprune.cli.run import add_run_parsers, cmd_run, cmd_tune
 from rlprune.cli.sample import add_sample_parser, cmd_sample
 from rlprune.cli.search import add_baselines_parser, add_search_parser, cmd_baselines, cmd_search
@@ -32,6 +34,8 @@ COMMANDS = {
     "tune": cmd_tune,
     "baselines": cmd_baselines,
     "train": cmd_train,
+    "policy": cmd_policy,
+    "quantize": cmd_quantize,
 }
 
 
@@ -53,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_baselines_parser(sub)
     add_search_parser(sub)
     add_spn_parser(sub)
+    add_policy_parser(sub)
+    add_quantize_parser(sub)
     return parser
 
 
@@ -76,6 +82,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("rlprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `rlprune groups ... | head`: the reader left; exit quietly like other Unix tools, and point stdout
+        # at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

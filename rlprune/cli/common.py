@@ -18,7 +18,7 @@ from rlprune.errors import ConfigError
 # Measurement flags by what they decide (flag dest = ``MeasureSpec`` field); defaults are None so a preset
 # or the spec's own default fills what the user leaves out.
 _SPACE_FLAGS = ("round_to", "max_ratio")
-_LABEL_FLAGS = ("importance", "recalibrate", "bn_batches", "eval_batches", "latency_runs")
+_LABEL_FLAGS = ("importance", "recalibrate", "bn_batches", "eval_batches", "label_steps", "latency_runs")
 _FINAL_FLAGS = ("finetune_steps", "finetune_lr")
 
 
@@ -128,8 +128,13 @@ def task_kwargs(args) -> dict:
     return {"seed": args.seed, **task_options(args)}
 
 
-def load_target(args):
+def load_target(args, trained: bool = True):
     """``(task or None, model, example_input)`` from ``--task`` or ``--model``/``--input-shape``.
+
+    Args:
+        args: the parsed command line.
+        trained: a task's trained base model (trained now if not cached); False builds its untrained model,
+            enough for anything that needs the structure only (``rlprune groups``), in a blink.
 
     Raises:
         ConfigError: a missing or misplaced ``--input-shape``, or a factory that fails or returns no module.
@@ -143,7 +148,7 @@ def load_target(args):
         if getattr(args, "input_shape", None) and args.task != "user":
             raise ConfigError("--input-shape goes with --model; a task knows its own input shape")
         task = get_task(args.task, **task_kwargs(args))
-        return task, task.base_model(), task.example_input()
+        return task, (task.base_model() if trained else task.build_model().eval()), task.example_input()
     if not args.input_shape:
         raise ConfigError("--model needs --input-shape C,H,W (e.g. 3,32,32)")
     shape = parse_input_shape(args.input_shape)
@@ -196,6 +201,13 @@ def add_measure_args(p: argparse.ArgumentParser, *, label: bool = True, final: b
         g.add_argument("--bn-batches", type=int, help="calibration batches of 128 for BN recalibration (default 4)")
         g.add_argument("--eval-batches", type=int,
                        help="calibration batches of 128 a sample or real evaluation is scored on (default: all)")
+        g.add_argument("--label-steps", type=int, metavar="K",
+                       help="the label's fidelity: SGD steps of a short fine-tune of its own (train split, cosine "
+                            "from the fine-tune lr to 0) that every sample and online/AMC-style real evaluation "
+                            "gets before it is scored (default 0: scored right after BN recalibration). Each step "
+                            "costs about one training step, so K steps make every label about K training steps "
+                            "dearer; benchmarks/label_fidelity.py measures which K ranks like the fine-tuned "
+                            "accuracy")
         g.add_argument("--latency-runs", type=int, help="timed batch-1 forwards per latency (default 5)")
     if final:
         g.add_argument("--finetune-steps", type=int, help="SGD steps on the train split before the final score")
@@ -236,6 +248,57 @@ def emit(args, obj, lines: list[str]) -> None:
         print("\n".join(lines))
 
 
-__all__ = ["add_json_arg", "add_measure_args", "add_target_args", "add_task_args", "emit", "load_target",
-           "measure_overrides", "measure_spec", "parse_input_shape", "parse_ratios", "read_target", "resolve_task",
-           "task_kwargs", "task_options"]
+# ---------------------------------------------------------------------------------------- several targets
+def add_target_list_args(p: argparse.ArgumentParser, *, default_macs: float) -> None:
+    """The ``--target-macs`` / ``--target-params`` pair of a verb that takes one target or a comma list.
+
+    Read back with :func:`read_target_list` (the values stay text until then, so a bad entry gets one clear
+    error from it rather than argparse's usage message).
+    """
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--target-macs", help=f"pruned/original MACs to reach, e.g. 0.5 (default {default_macs}), "
+                                         "or several, comma-separated and increasing, e.g. 0.3,0.5,0.7")
+    t.add_argument("--target-params", help="pruned/original params to reach, e.g. 0.4, or several: 0.3,0.5")
+
+
+def read_target_list(args, default_macs: float) -> tuple[float | tuple[float, ...], str]:
+    """``(target, budget)`` from :func:`add_target_list_args`'s pair: one number stays a float (exactly what
+    :func:`read_target` returns), a comma list becomes a tuple of floats.
+
+    Args:
+        args: the parsed command line.
+        default_macs: the MACs target when neither flag is given.
+
+    Returns:
+        ``(target, budget)``; ``budget`` is ``"macs"`` or ``"params"``.
+
+    Raises:
+        ConfigError: an entry that is not a number or lies outside (0, 1], a list of fewer than 2 entries,
+            or entries that are not distinct and increasing (one message naming the flag).
+    """
+    budget = "params" if args.target_params is not None else "macs"
+    text = args.target_params if budget == "params" else args.target_macs
+    if text is None:
+        return float(default_macs), budget
+    flag, example = f"--target-{budget}", "e.g. 0.3,0.5,0.7"
+    values = []
+    for v in str(text).split(","):
+        try:
+            x = float(v)
+        except ValueError:
+            raise ConfigError(f"{flag} {text}: {v.strip()!r} is not a number; give ratios in (0, 1], one or "
+                              f"several comma-separated, {example}") from None
+        if not 0 < x <= 1:  # NaN fails this too
+            raise ConfigError(f"{flag} {v.strip()} must lie in (0, 1], e.g. 0.5" if "," not in str(text) else
+                              f"{flag} {text}: {v.strip()} must lie in (0, 1], {example}")
+        values.append(x)
+    if len(values) == 1:
+        return values[0], budget
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ConfigError(f"{flag} {text}: give distinct targets in increasing order, {example}")
+    return tuple(values), budget
+
+
+__all__ = ["add_json_arg", "add_measure_args", "add_target_args", "add_target_list_args", "add_task_args", "emit",
+           "load_target", "measure_overrides", "measure_spec", "parse_input_shape", "parse_ratios", "read_target",
+           "read_target_list", "resolve_task", "task_kwargs", "task_options"]

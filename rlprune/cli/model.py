@@ -69,7 +69,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_groups(args) -> int:
-    _, model, example = load_target(args)
+    _, model, example = load_target(args, trained=False)  # groups depend on the structure, not the weights
     space = measure_spec(args).space_of(model, example)
     obj = {
         "n_groups": space.n_groups,

@@ -8,10 +8,10 @@ import json
 from rlprune.cli.common import (
     add_json_arg,
     add_measure_args,
-    add_target_args,
+    add_target_list_args,
     add_task_args,
     measure_overrides,
-    read_target,
+    read_target_list,
     task_options,
 )
 from rlprune.errors import ConfigError
@@ -19,6 +19,7 @@ from rlprune.errors import ConfigError
 RUN_EPILOG = """examples:
   rlprune run --task digits --target-macs 0.5 --out runs/demo
   rlprune run --task digits --target-params 0.4 --preset standard --out runs/p40
+  rlprune run --task digits --target-macs 0.3,0.5,0.7 --out runs/multi   # one conditioned sweep, 3 models
   rlprune run --task digits --target-macs 0.5 --importance l2 --eval-batches 2 --out runs/l2
   rlprune run --model mynet:build --weights mynet.pt --data mynet:datasets --target-macs 0.5 --out runs/mine
   rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --preset full --out runs/c10 \\
@@ -51,7 +52,7 @@ def add_run_parsers(sub) -> None:
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_task_args(p, default="digits")
-    add_target_args(p, required=False, default_macs=0.5)
+    add_target_list_args(p, default_macs=0.5)
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help="how much work each stage does")
     # `budget` means macs or params everywhere; the old preset flag only explains where it went.
@@ -85,7 +86,7 @@ def cmd_run(args) -> int:
     if args.old_budget is not None:
         raise ConfigError(f"--budget {args.old_budget} is now --preset {args.old_budget} (tiny, quick, standard, "
                           f"full); the budget is what --target-macs / --target-params constrain")
-    target, budget = read_target(args, default_macs=0.5)
+    target, budget = read_target_list(args, default_macs=0.5)
     cfg = RunConfig.preset_config(
         args.preset, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
         samples=args.samples, until=args.until, seed=args.seed, measure=measure_overrides(args),
@@ -114,6 +115,9 @@ def _print(summary: dict, as_json: bool) -> None:
         return
     for stage, t in summary["stages"].items():
         print(f"{stage:<9} {t['wall_s']:8.1f} s  {t['status']}")
+    if "per_target" in summary:
+        _print_targets(summary)
+        return
     if summary["methods"]:
         # Sorted by validation accuracy, the split every choice is made on; the test columns only report.
         metric = (summary.get("metric") or "accuracy")[:8]  # the task's metric, in points
@@ -134,5 +138,29 @@ def _print(summary: dict, as_json: bool) -> None:
         print(f"\nwinner (best validation {summary.get('metric') or 'accuracy'}): {summary['winner']} -> "
               f"{summary['pruned_model']}")
         print(f"report: {summary['out']}/report.html (and report.md)")
+    else:
+        print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")
+
+
+def _print_targets(summary: dict) -> None:
+    """The list form: per target, the methods by validation score, the comparison and the output model."""
+    from rlprune.measure.stats import describe
+
+    metric = summary.get("metric") or "accuracy"
+    for p in summary["per_target"]:
+        budget = summary["budget"]
+        print(f"\ntarget {p['target']:g} ({budget}, {metric})")
+        print(f"  {'method':<34} {'val':>7} {'test':>7} {'95% CI':>11} {budget:>6}")
+        for m in sorted(p["methods"], key=lambda m: -m["val_acc"]):
+            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}" if m.get("acc_ci") else "n/a"
+            print(f"  {m['method']:<34} {m['val_acc']:>7.2f} {m['acc']:>7.2f} {ci:>11} {m[budget + '_ratio']:>6.3f}")
+        c = p.get("comparison")
+        if c:
+            said = describe(c) if c.get("diff_ci") else f"{c['diff']:+.2f} points ({c['note']})"
+            print(f"  RL ({c['rl']}) minus best baseline ({c['best_baseline']}), on the same test images: {said}")
+        if p.get("winner"):
+            print(f"  output (best validation {metric}): {p['winner']} -> {p['pruned_model']}")
+    if summary["per_target"] and summary["per_target"][-1].get("winner"):
+        print(f"\nreport: {summary['out']}/report.html (and report.md)")
     else:
         print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")

@@ -30,11 +30,18 @@ def add_search_parser(sub) -> None:
                     "measurement flags) and the SPN is fine-tuned on them. Rerun the same command to resume.",
         epilog="examples:\n  rlprune search --task digits --spn runs/spn.pt --target-macs 0.5 --out runs/search\n"
                "  rlprune search --task digits --spn runs/spn.pt --target-params 0.4 --mode sequential "
-               "--iters 40 --no-online --out runs/s2 --json",
+               "--iters 40 --no-online --out runs/s2 --json\n"
+               "  rlprune search --task digits --spn runs/spn.pt --targets 0.3:0.8 --out runs/cond   # one policy, "
+               "every budget\n  rlprune policy apply --policy runs/cond/policy --target 0.45",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_task_args(p, default="digits")
-    add_target_args(p)
+    add_target_args(p, required=False)
+    p.add_argument("--targets", metavar="LO:HI",
+                   help="train ONE target-conditioned policy for every target in [LO, HI] (each episode draws its "
+                        "own); saved as OUT/policy for `rlprune policy apply`. Instead of --target-macs/-params")
+    p.add_argument("--budget", choices=["macs", "params"], default="macs",
+                   help="what --targets constrains (default macs)")
     p.add_argument("--spn", help="SPN checkpoint from `rlprune spn train` (required unless --reward real)")
     p.add_argument("--reward", default="spn", choices=["spn", "real"],
                    help="accuracy term: the SPN (default) or real evaluation every episode (AMC-style, slow)")
@@ -59,7 +66,7 @@ def cmd_search(args) -> int:
     """Run ``rlprune search``."""
     from rlprune.search.rl import SearchConfig, run_search
 
-    target, budget = read_target(args)
+    target, budget = search_target(args)
     cfg = SearchConfig(
         spn=args.spn, out=args.out, task=args.task, reward=args.reward,
         task_kwargs=task_options(args),  # the search adds its seed
@@ -71,6 +78,20 @@ def cmd_search(args) -> int:
     result = run_search(cfg, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "top"}, indent=2, default=json_default))
+    elif result["conditioned"]:
+        print(f"one policy for {budget} targets {target[0]:g}..{target[1]:g}; best found per target bin:")
+        print(f"{'targets':<13} {'macs':>6} {'params':>7} {'drop':>6}  ratios")
+        for b in result["per_target"]:
+            span = f"{b['target_lo']:.3f}-{b['target_hi']:.3f}"
+            if b["ratios"] is None:
+                print(f"{span:<13} (nothing found yet)")
+                continue
+            print(f"{span:<13} {b['macs_ratio']:>6.3f} {b['params_ratio']:>7.3f} {b['predicted_acc_drop']:>6.2f}  "
+                  f"{' '.join(f'{r:.2f}' for r in b['ratios'])}")
+        print(f"{result['iterations']} iterations, {result['wall_s']:.1f} s, {result['spn_calls']} SPN calls, "
+              f"{result['real_evals']} real evaluations")
+        print(f"policy: {result['policy']}  (rlprune policy apply --policy {result['policy']} --target "
+              f"{(target[0] + target[1]) / 2:g})")
     else:
         print(f"best ratios: {' '.join(f'{r:.3f}' for r in result['ratios'])}")
         print(f"MACs {result['macs_ratio']:.3f}, params {result['params_ratio']:.3f} of base; predicted drop "
@@ -78,6 +99,26 @@ def cmd_search(args) -> int:
               f"{result['wall_s']:.1f} s; SPN fine-tuned {len(result['online_rounds'])} times")
         print(f"checkpoint: {result['checkpoint']}")
     return 0
+
+
+def search_target(args) -> tuple[float | tuple[float, float], str]:
+    """``(target or (lo, hi), budget)`` from ``--targets LO:HI [--budget]`` or ``--target-macs/-params``.
+
+    Raises:
+        ConfigError: both forms, neither, or a range that does not parse or is empty.
+    """
+    if args.targets is None:
+        return read_target(args)
+    if args.target_macs is not None or args.target_params is not None:
+        raise ConfigError("give either --targets LO:HI (one policy for a range, with --budget) or "
+                          "--target-macs/--target-params (one target), not both")
+    try:
+        lo, hi = (float(x) for x in args.targets.split(":"))
+    except ValueError as e:
+        raise ConfigError(f"--targets {args.targets!r} must be LO:HI, e.g. 0.3:0.8") from e
+    if not 0 < lo < hi <= 1:
+        raise ConfigError(f"--targets {args.targets} must satisfy 0 < LO < HI <= 1, e.g. 0.3:0.8")
+    return (lo, hi), args.budget
 
 
 def add_baselines_parser(sub) -> None:
@@ -124,4 +165,4 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-__all__ = ["add_baselines_parser", "add_search_parser", "cmd_baselines", "cmd_search"]
+__all__ = ["add_baselines_parser", "add_search_parser", "cmd_baselines", "cmd_search", "search_target"]

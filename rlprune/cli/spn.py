@@ -16,6 +16,10 @@ EPILOG = """examples:
   rlprune sample --task digits --n 640 --out runs/samples
   rlprune spn train --samples runs/samples --task digits --out runs/spn.pt
   rlprune spn train --samples runs/samples --fingerprint 6ffb851f66430c1a --arch mlp --out runs/mlp.pt --json
+  rlprune spn train --samples runs/samples --task digits --multi-fidelity --out runs/spn_mf.pt
+      (a store holding labels of several fidelities, e.g. `rlprune sample --n 640` plus
+       `rlprune sample --n 64 --label-steps 100` into the same --out: one SPN learns both and predicts at
+       label_steps 100 by default)
   rlprune spn eval --spn runs/spn.pt --samples runs/samples
   rlprune spn finetune --spn runs/spn.pt --samples runs/other_model --n 64 --out runs/spn_other.pt
 """
@@ -68,6 +72,13 @@ def _add_samples_args(p) -> None:
     which.add_argument("--fingerprint", action="append", help="use only this model's samples (repeatable)")
     p.add_argument("--measure-id", help="use only samples measured under this spec (the store's measure_id); "
                                         "needed when the store holds several")
+    p.add_argument("--multi-fidelity", action="store_true",
+                   help="use the samples of every label fidelity of the spec at once: rows whose measure differs "
+                        "only in its fine-tune (label_steps, and its finetune_lr when it has steps), never in "
+                        "importance, batches or code. `train` then learns them with the fidelity as an input and "
+                        "the SPN predicts at the highest label_steps it saw by default (the final recipe's, when "
+                        "its rows are in the store); held-out metrics are also given per fidelity. With "
+                        "--measure-id: that spec's fidelities; without: the store must hold one such spec")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -78,10 +89,13 @@ def cmd_spn(args) -> int:
 
 # ---------------------------------------------------------------------------------------- helpers
 def _load(args):
-    """(samples frame, space records) of the store, filtered by --task / --fingerprint."""
+    """(samples frame, space records) of the store, filtered by --task / --fingerprint (and, with
+    --multi-fidelity, every fidelity of one spec)."""
     from rlprune.samples.store import read_samples, read_spaces
 
-    df = read_samples(args.samples, task=args.task, measure=args.measure_id)
+    across = args.multi_fidelity
+    measure = _family_id(args) if across and not args.measure_id else args.measure_id
+    df = read_samples(args.samples, task=args.task, measure=measure, across_fidelities=across)
     if args.fingerprint:
         df = df[df["model_fingerprint"].isin(args.fingerprint)].reset_index(drop=True)
     if df.empty:
@@ -89,10 +103,32 @@ def _load(args):
         raise SampleStoreError(f"no samples{which} in {args.samples}; generate some with "
                                f"`rlprune sample --task digits --n 640 --out {args.samples}`")
     ids = df["measure_id"].value_counts()
-    if len(ids) > 1:  # labels measured differently are different targets: never learn them as one
+    if len(ids) > 1 and not across:  # labels measured differently are different targets: never learn them as one
         raise ConfigError(f"{args.samples} holds samples of {len(ids)} measurement specs "
-                          f"({', '.join(f'{i}: {n} rows' for i, n in ids.items())}); pick one with --measure-id")
-    return df, read_spaces(args.samples, args.measure_id)
+                          f"({', '.join(f'{i}: {n} rows' for i, n in ids.items())}); pick one with --measure-id, "
+                          f"or learn labels that differ only in label_steps together with --multi-fidelity")
+    # Group features do not depend on the label, so any fidelity's space record describes the model.
+    return df, read_spaces(args.samples, None if across else args.measure_id)
+
+
+def _family_id(args) -> str | None:
+    """A measure id of the store's one spec family (its highest fidelity's, which names the fine-tune rate)."""
+    from rlprune.samples.store import fidelity_family, read_samples
+    from rlprune.spn.frames import row_fidelities
+
+    df = read_samples(args.samples, task=args.task)
+    if args.fingerprint:
+        df = df[df["model_fingerprint"].isin(args.fingerprint)]
+    if df.empty:
+        return None
+    labels = df.drop_duplicates("measure_id").copy()
+    labels["family"] = labels["measure"].map(fidelity_family)
+    labels["k"] = row_fidelities(labels)
+    if labels["family"].nunique() > 1:
+        raise ConfigError(f"{args.samples} holds samples of {labels['family'].nunique()} specs that differ in more "
+                          f"than their fidelity (measure ids {', '.join(labels['measure_id'])}); pick one with "
+                          f"--measure-id (any fidelity of it)")
+    return str(labels.sort_values("k")["measure_id"].iloc[-1])
 
 
 def _check_out(out: str) -> Path:
@@ -134,24 +170,33 @@ def _train(args) -> int:
 
     out = _check_out(args.out)
     df, spaces = _load(args)
+    mf = args.multi_fidelity
     try:
-        spn, m, train_df, test_df = train_heldout(args.arch, df, spaces, args.test_frac, args.seed, args.max_steps)
+        spn, m, train_df, test_df = train_heldout(args.arch, df, spaces, args.test_frac, args.seed, args.max_steps,
+                                                  multi_fidelity=mf)
     except ConfigError as e:
         raise ConfigError(str(e).replace("test_frac", "--test-frac")) from e
     fc = FitConfig(seed=args.seed, max_steps=args.max_steps)
     n_models = df["model_fingerprint"].nunique()
     save_spn(spn, out)
     result = {"arch": args.arch, "n_train": len(train_df), "n_test": len(test_df), **_metrics(m),
-              "fingerprints": spn.fingerprints, "fit_s": spn.meta["fit_s"], "out": str(out), "baselines": {}}
+              "fingerprints": spn.fingerprints, "fidelities": spn.fidelities, "predicts_at": spn.fidelity,
+              "fit_s": spn.meta["fit_s"], "out": str(out), "baselines": {}}
     lines = [f"trained {args.arch} SPN on {len(train_df)} samples of {n_models} model(s); held-out {len(test_df)}:",
              _metric_line(args.arch, m)]
+    if mf:
+        by = spn.meta.get("test_metrics_by_fidelity", {})
+        result["by_fidelity"] = by
+        lines = [lines[0].replace("samples", f"samples of label_steps {spn.fidelities}", 1), lines[1]]
+        lines += [_metric_line(f"  label_steps {k}", v) for k, v in by.items()]
+        lines.append(f"predicts at label_steps {spn.fidelity} by default (the highest it learnt)")
     for arch in () if args.no_baselines else [a for a in ("transformer", "mlp", "linear") if a != args.arch]:
         if arch != "transformer" and n_models > 1:
             why = f"{arch} takes one model's group count; pass --fingerprint"
             result["baselines"][arch] = {"skipped": why}
             lines.append(f"{arch + ' (baseline)':<24} skipped: {why}")
             continue
-        bm = evaluate(fit(arch, train_df, spaces, fc), test_df)
+        bm = evaluate(fit(arch, train_df, spaces, fc, multi_fidelity=mf), test_df)
         result["baselines"][arch] = _metrics(bm)
         lines.append(_metric_line(f"{arch} (baseline)", bm))
     lines.append(f"saved {out}")

@@ -11,14 +11,15 @@ from rlprune.cli.common import add_json_arg, add_task_args, emit, task_kwargs
 from rlprune.errors import ConfigError
 
 EPILOG = """examples:
-  rlprune train --task fashion-mnist --arch resnet20              # ~8 epochs, tens of minutes on 2 CPU cores
+  rlprune train --task fashion-mnist --arch resnet20              # 15 epochs, ~35 min on 2 idle CPU cores
   rlprune train --task fashion-mnist --arch resnet56 --commit     # also into checkpoints/ with its manifest
   rlprune train --task digits --json
 
 A trained model is cached under $RLPRUNE_CACHE (default ~/.cache/rlprune) in a file whose name hashes the
 model, the recipe, the training code and the data; every later command loads it. --commit copies it into
 checkpoints/ and records how it was made in checkpoints/manifest.json, so other machines load it instead of
-training (only while that hash matches).
+training (only while that hash matches). A training that is killed resumes from its last finished epoch when
+the same command runs again (a snapshot next to the cache file), ending with the same weights.
 """
 
 

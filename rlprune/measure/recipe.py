@@ -9,6 +9,9 @@ choose, test split to report, after the same fine-tune for every method) and ``r
 
     base = measure_base(task, model, spec)
     row, pruned = measure_candidate(task, space, ratios, base, spec)
+
+A label's fine-tune (``label_steps``, 0 by default) and a validated candidate's (``finetune_steps``) are two
+separate short fine-tunes, each with its own cosine-decayed rate.
 """
 
 from __future__ import annotations
@@ -86,16 +89,22 @@ def batch1_latency_ms(model, example, runs: int = 5) -> float:
 
 
 def prune_and_score(task, space: PruningSpace, ratios, spec: MeasureSpec, *, finetune: bool = False,
-                    split: str = "calibration", max_batches: int | None = None):
+                    label: bool = False, split: str = "calibration", max_batches: int | None = None):
     """Prune a copy for real, recalibrate BatchNorm, optionally fine-tune, and score it: the one recipe
     behind samples, online and AMC-style evaluations, validation and ``rlprune prune``.
+
+    Both fine-tunes go through ``task.finetune`` (train split, SGD, cosine-decayed from ``finetune_lr`` to 0
+    over their own steps), so a label of k steps is a short fine-tune of its own, not the first k steps of the
+    validation one.
 
     Args:
         task: the task (calibration split: BN statistics and ``taylor`` gradients; train split: fine-tuning).
         space: the base model's ``PruningSpace`` (traced with ``spec``).
         ratios: per-group ratios.
         spec: importance, recalibration batches and fine-tune settings.
-        finetune: run the spec's fine-tune (``finetune_steps`` at ``finetune_lr``) before scoring.
+        finetune: run the validation fine-tune (``finetune_steps`` at ``finetune_lr``) before scoring.
+        label: run the label's fine-tune (``label_steps`` at ``finetune_lr``) before scoring: what a sample
+            label and every online or AMC-style real evaluation gets.
         split: the split to score on.
         max_batches: batches of 128 to score on (all when None).
 
@@ -105,26 +114,35 @@ def prune_and_score(task, space: PruningSpace, ratios, spec: MeasureSpec, *, fin
     Raises:
         ConfigError: bad ratios.
         TraceError: the pruned model does not run.
+        ValueError: both ``finetune`` and ``label``.
     """
+    if finetune and label:
+        raise ValueError("prune_and_score: pass finetune=True (validation) or label=True (a label), not both")
     data = next(iter(task.loader("calibration", batch_size=128))) if spec.importance == "taylor" else None
     pruned = space.apply(ratios, importance=spec.importance, data=data)
     if spec.recalibrate:
         task.recalibrate_bn(pruned, batches=spec.bn_batches)
-    if finetune and spec.finetune_steps:
-        task.finetune(pruned, spec.finetune_steps, lr=spec.finetune_lr)
+    steps = spec.finetune_steps if finetune else spec.label_steps if label else 0
+    if steps:
+        task.finetune(pruned, steps, lr=spec.finetune_lr)
     return pruned, task.evaluate(pruned, split, max_batches=max_batches)
 
 
 def evaluate_ratios(task, space: PruningSpace, ratios, base: Baseline, spec: MeasureSpec, sampler: str = "?",
                     worker: str = "?") -> dict:
-    """Prune a copy of the base model with ``ratios`` and score it on the calibration split: one sample row.
+    """Prune a copy of the base model with ``ratios``, give it the label's fine-tune (``spec.label_steps``,
+    none by default) and score it on the calibration split: one sample row.
+
+    ``acc_drop`` is measured from ``base``, the unpruned model as it is (never fine-tuned), so a label with
+    fine-tune steps can drop less than 0 points; ``eval_s`` includes the label's fine-tune.
 
     Args:
         task: the task (its calibration split is used for BN statistics and scoring).
         space: the base model's ``PruningSpace``.
         ratios: requested per-group ratios; the achieved ones (after ``round_to``) are stored and hashed.
         base: the base model's :class:`Baseline` (measured under the same ``spec``).
-        spec: the run's measurement spec (stored in the row as ``measure_id`` and ``measure``).
+        spec: the run's measurement spec (stored in the row as ``measure_id`` and ``measure``, the label's
+            fine-tune steps included).
         sampler: recorded in the row: which sampler proposed ``ratios``.
         worker: recorded in the row: who evaluated it.
 
@@ -138,7 +156,7 @@ def evaluate_ratios(task, space: PruningSpace, ratios, base: Baseline, spec: Mea
     t0 = time.perf_counter()
     requested = np.asarray(ratios, dtype=np.float64)
     achieved = space.achieved(requested)
-    pruned, scores = prune_and_score(task, space, achieved, spec, max_batches=spec.eval_batches)
+    pruned, scores = prune_and_score(task, space, achieved, spec, label=True, max_batches=spec.eval_batches)
     latency = batch1_latency_ms(pruned, task.example_input(), spec.latency_runs)
     params_ratio, macs_ratio = space.cost_model.ratios_of(achieved)
     return {

@@ -2,10 +2,11 @@
 
 A sample's accuracy label, an online round's real evaluation, the AMC-style real reward, a validation
 trial and ``rlprune prune`` all measure a ratio vector the same way: prune with ``importance`` (channels
-rounded to ``round_to``), recalibrate BatchNorm on ``bn_batches`` calibration batches, optionally
-fine-tune, score. Two numbers measured under different specs are not comparable, so the spec is built once
-per run, passed down to every stage and stored with every sample row (``measure_id`` + ``measure``) and in
-the space record; the sample store reads back only rows of the spec asked for.
+rounded to ``round_to``), recalibrate BatchNorm on ``bn_batches`` calibration batches, fine-tune (a label:
+``label_steps``, 0 by default; a validated candidate: ``finetune_steps``), score. Two numbers measured
+under different specs are not comparable, so the spec is built once per run, passed down to every stage and
+stored with every sample row (``measure_id`` + ``measure``) and in the space record; the sample store reads
+back only rows of the spec asked for.
 
     spec = MeasureSpec(importance="l2", eval_batches=8)
     space = spec.space_of(task.base_model(), task.example_input())   # the one place a space is traced
@@ -31,8 +32,9 @@ IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "random")
 MAX_RATIO = 0.9
 """Default cap on any group's ratio: removing every channel of a group disconnects the network, and above
 ~0.9 a group of 16 channels keeps one, which no fine-tune recovers from."""
-LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches")
-"""The fields a sample label depends on (fine-tuning and latency settings only affect validation)."""
+LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches", "label_steps")
+"""The fields a sample label depends on (``finetune_lr`` too while ``label_steps`` > 0; the validation
+fine-tune's steps and the latency settings only affect validation)."""
 MEASURE_CODE = ("measure/recipe.py", "space", "tasks")
 """The source a sample label depends on besides the spec (pruning, recalibration, data, scoring): a label
 measured by other code is another label, so its hash is part of :meth:`MeasureSpec.label`."""
@@ -59,6 +61,13 @@ class MeasureSpec:
     """Calibration batches the BatchNorm statistics are re-estimated on."""
     eval_batches: int | None = None
     """Calibration batches a sample label or an online/AMC-style evaluation is scored on (None: all)."""
+    label_steps: int = 0
+    """The label's fidelity: SGD steps of a short fine-tune of its own (train split, cosine-decayed from
+    ``finetune_lr`` to 0 over these steps) that a sample label, an online round's or the AMC-style real
+    evaluation gets after BN recalibration and before it is scored on the calibration split. 0 scores right
+    after recalibration (adaptive-BN accuracy, the cheapest label); each step costs about one training step,
+    so a label of k steps costs about k training steps more. ``benchmarks/label_fidelity.py`` measures which
+    k ranks vectors like the accuracy after the validation fine-tune."""
     finetune_steps: int = 100
     """SGD steps on the train split before a validated candidate (or ``rlprune prune``) is scored; the
     same for every compared method."""
@@ -77,6 +86,8 @@ class MeasureSpec:
             (_is_int(self.bn_batches) and self.bn_batches >= 1, "bn_batches", "an integer >= 1"),
             (self.eval_batches is None or (_is_int(self.eval_batches) and self.eval_batches >= 1), "eval_batches",
              "an integer >= 1, or null for the whole calibration split"),
+            (_is_int(self.label_steps) and self.label_steps >= 0, "label_steps",
+             "an integer >= 0 (0: score right after BN recalibration; e.g. 25 for a short fine-tune per label)"),
             (_is_int(self.finetune_steps) and self.finetune_steps >= 0, "finetune_steps", "an integer >= 0"),
             (isinstance(self.finetune_lr, int | float) and self.finetune_lr > 0, "finetune_lr", "a number > 0"),
             (_is_int(self.latency_runs) and self.latency_runs >= 1, "latency_runs", "an integer >= 1"),
@@ -107,10 +118,13 @@ class MeasureSpec:
         return cls(**d)
 
     def label(self) -> dict:
-        """What a sample label depends on, stored with every sample row: the :data:`LABEL_FIELDS` and
-        ``code``, the hash of the measuring source (:data:`MEASURE_CODE`), so a fix to that code never
-        silently reuses labels the old code measured."""
-        return {**{k: getattr(self, k) for k in LABEL_FIELDS}, "code": source_hash(*MEASURE_CODE)}
+        """What a sample label depends on, stored with every sample row: the :data:`LABEL_FIELDS`, the label
+        fine-tune's ``finetune_lr`` when it has steps, and ``code``, the hash of the measuring source
+        (:data:`MEASURE_CODE`), so a fix to that code never silently reuses labels the old code measured."""
+        # The rate joins only with steps: a label of 0 steps never sees it, and must keep its id when the
+        # validation fine-tune's rate changes.
+        lr = {"finetune_lr": self.finetune_lr} if self.label_steps else {}
+        return {**{k: getattr(self, k) for k in LABEL_FIELDS}, **lr, "code": source_hash(*MEASURE_CODE)}
 
     def label_json(self) -> str:
         """:meth:`label` as canonical JSON (the store's ``measure`` column)."""

@@ -147,7 +147,9 @@ class ValidateStage:
     """Baselines validated at the same budget."""
     n_calls: int | None = None
     """SPN calls random search and CEM may spend (None, the default: as many as the sweep's RL searches
-    made together; they also get as many real evaluations, in as many online rounds as one RL search)."""
+    made together; they also get as many real evaluations, in as many online rounds as one RL search). With a
+    list of K targets this total (and the real evaluations) is split over the targets, 1/K each
+    (``rlprune.pipeline.targets``)."""
 
     def __post_init__(self):
         if not isinstance(self.baselines, tuple):
@@ -189,8 +191,9 @@ class RunConfig:
     """Task name or ``package.module:callable``."""
     task_kwargs: dict = field(default_factory=dict)
     """Extra task arguments (``data_dir`` for tasks that read local data)."""
-    target: float = 0.5
-    """Pruned/original ``budget`` ratio to reach."""
+    target: float | tuple[float, ...] = 0.5
+    """Pruned/original ``budget`` ratio to reach; or several, increasing (a YAML list): one target-conditioned
+    search sweep serves them all, and every method is validated at each (one output model per target)."""
     budget: str = "macs"
     """``macs`` or ``params``."""
     preset: str = "quick"
@@ -217,10 +220,13 @@ class RunConfig:
                               f"the task from it; for your own model use task='user', task_kwargs={{'model': "
                               f"'pkg.mod:build', 'data': 'pkg.mod:datasets', 'weights': 'model.pt'}} (the specs "
                               f"rlprune.make_task is built from)")
+        if isinstance(self.target, list | tuple):
+            object.__setattr__(self, "target", tuple(self.target))
+            _check("run", [(False, "target", self.target, why)] if (why := _targets_problem(self.target)) else [])
         _check("run", [
             (bool(str(self.out).strip()), "out", self.out, "a folder path"),
-            (isinstance(self.target, int | float) and 0 < self.target <= 1, "target", self.target,
-             "a ratio in (0, 1], e.g. 0.5"),
+            (self.multi_target or (isinstance(self.target, int | float) and 0 < self.target <= 1), "target",
+             self.target, "a ratio in (0, 1], e.g. 0.5, or a list of them, e.g. [0.3, 0.5, 0.7]"),
             (self.budget in ("macs", "params"), "budget", self.budget, "macs or params"),
             (self.preset in PRESETS, "preset", self.preset, " / ".join(PRESETS)),
             (isinstance(self.workers, int) and self.workers >= 1, "workers", self.workers, ">= 1"),
@@ -240,6 +246,16 @@ class RunConfig:
     def sample_dir(self) -> Path:
         return Path(self.samples) if self.samples else Path(self.out) / "samples"
 
+    @property
+    def multi_target(self) -> bool:
+        """Whether ``target`` is a list: one conditioned sweep, every method validated at every target."""
+        return isinstance(self.target, tuple)
+
+    @property
+    def targets(self) -> tuple[float, ...]:
+        """Every target, increasing (one for a single target)."""
+        return tuple(float(t) for t in self.target) if self.multi_target else (float(self.target),)
+
     def stages(self) -> tuple[str, ...]:
         """The stages this config runs, in order."""
         return STAGES[: STAGES.index(self.until) + 1]
@@ -252,6 +268,19 @@ class RunConfig:
         d = {**self.to_dict(), "measure_label": self.measure.label()}  # what sample labels depend on
         blob = json.dumps({p: d[p] for p in parts}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _targets_problem(targets: tuple) -> str | None:
+    """What is wrong with a list of targets (None when nothing is), phrased as the fix."""
+    example = "e.g. [0.3, 0.5, 0.7]"
+    if len(targets) < 2:
+        return f"at least 2 targets in a list ({example}), or one plain number such as 0.5"
+    bad = [t for t in targets if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 1]
+    if bad:  # NaN fails the range test too
+        return f"ratios in (0, 1] only ({bad[0]!r} is not one), {example}"
+    if any(b <= a for a, b in zip(targets, targets[1:], strict=False)):
+        return f"distinct targets in increasing order, {example}"
+    return None
 
 
 def from_mapping(data: dict) -> RunConfig:

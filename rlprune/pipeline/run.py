@@ -7,7 +7,9 @@ Stages (``rlprune.pipeline.config.STAGES``): base model -> real samples (Tune, o
 trials (Tune: the best RL strategy and every baseline pruned for real, fine-tuned the same, scored on the
 validation split, which chooses, and the test split, which reports) -> report (the winner, chosen on
 validation, saved as ``pruned_model.pt``; ``results.csv``, ``report.md``/``.html``). Every choice lives in
-``rlprune.pipeline.select``.
+``rlprune.pipeline.select``. With a list of targets (``target=(0.3, 0.5, 0.7)``) each sweep trial trains one
+target-conditioned policy over their range, and validation and the report run once per target, with one
+output model each (``rlprune.pipeline.targets``).
 
 Each finished stage writes ``out/stages/<name>.json`` (atomically) with its wall time, its output and a key
 hashing the settings it and the stages before it depend on. A rerun skips a stage whose marker matches and
@@ -161,12 +163,14 @@ def _stage_sweep(run: _Run) -> dict:
             "samples": str(run.cfg.sample_dir.resolve()), "iters": c.iters, "train_batch": c.train_batch,
             "online_every": c.online_every, "online_top": c.online_top, "online_steps": c.online_steps,
             "search_workers": c.search_workers}
+    if run.cfg.multi_target:  # one conditioned search per trial over the whole range, not one per target
+        spec["target"] = [min(run.cfg.targets), max(run.cfg.targets)]
     sweep_dir = run.out / "sweep" / key
     trials = run_reward_sweep(spec, c.grid(), sweep_dir, run.out / "tune", f"reward_sweep-{key}",
                               1 + c.search_workers, run.progress)
     keep = ("tag", "mode", "enforce", "w_acc", "w_cost", "ratios", "predicted_acc_drop", "predicted_acc_drop_std",
             "real_acc_drop", "macs_ratio", "params_ratio", "reward", "iterations", "episodes", "spn_calls",
-            "real_evals", "wall_s", "online_rounds")
+            "real_evals", "wall_s", "online_rounds") + (("per_target", "policy") if run.cfg.multi_target else ())
     trials = [{k: t.get(k) for k in keep} | {"world_model": str(sweep_dir / t["tag"] / "world_model" /
                                                                  "world_model.pt")} for t in trials]
     return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
@@ -175,6 +179,10 @@ def _stage_sweep(run: _Run) -> dict:
 def _stage_validate(run: _Run) -> dict:
     from rlprune.pipeline.stages import run_validation, search_baselines
 
+    if run.cfg.multi_target:
+        from rlprune.pipeline.targets import validate_targets
+
+        return validate_targets(run)
     cfg, v = run.cfg, run.cfg.validate
     trials = run.done["sweep"]["trials"]
     ranked = rank_rl(trials, cfg.target, cfg.budget)
@@ -218,6 +226,10 @@ def _stage_report(run: _Run) -> dict:
     from rlprune.io import load_pruned, save_pruned
     from rlprune.pipeline.report import write_report
 
+    if run.cfg.multi_target:
+        from rlprune.pipeline.targets import report_targets
+
+        return report_targets(run)
     cfg = run.cfg
     rows = run.done["validate"]["rows"]
     winner = pick_winner(rows, cfg.target, cfg.budget)
@@ -246,6 +258,8 @@ def _still_valid(run: _Run, stage: str, marker: dict) -> bool:
     o = marker.get("output", {})
     if stage == "samples":
         return len(_samples(run)) >= run.cfg.sample.n
+    if "files" in o:  # the list form's stages name every file they produced
+        return all(Path(p).exists() for p in o["files"])
     rows = [Path(o.get("dir", "")) / "rows" / f"{r['method']}.json" for r in o.get("rows", [])]
     paths = {"spn": [o.get("path")], "sweep": [o.get("result_grid")], "validate": [o.get("dir"), *rows],
              "report": [o.get(k) for k in ("pruned_model", "report_md", "report_html")]}.get(stage, [])
@@ -319,10 +333,7 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
 
 def _summary(run: _Run, timing: dict) -> dict:
     cfg, d = run.cfg, run.done
-    rows = d.get("validate", {}).get("rows", [])
-    methods = [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, cfg.target, cfg.budget)}
-               for r in rows]
-    return json.loads(json.dumps({
+    common = {
         "task": cfg.task, "target": cfg.target, "budget": cfg.budget, "preset": cfg.preset, "out": str(run.out),
         # What "acc" means in every row: the task's metric, in points (top-1 accuracy unless the task says).
         "metric": d["base"].get("metric", "accuracy") if "base" in d else None,
@@ -331,12 +342,25 @@ def _summary(run: _Run, timing: dict) -> dict:
         "base": {k: d["base"].get(k) for k in ("acc", "acc_ci", "val_acc", "latency_ms", "params", "macs")}
         if "base" in d else None,
         "spn": d["spn"]["metrics"] if "spn" in d else None,
-        "winner": d.get("report", {}).get("winner"), "methods": methods,
+    }
+    if cfg.multi_target:
+        from rlprune.pipeline.targets import targets_summary
+
+        return json.loads(json.dumps({**common, **targets_summary(run)}, default=json_default))
+    rows = d.get("validate", {}).get("rows", [])
+    return json.loads(json.dumps({
+        **common,
+        "winner": d.get("report", {}).get("winner"), "methods": method_rows(rows, cfg.target, cfg.budget),
         "comparison": comparison(rows, cfg.target, cfg.budget) if rows else None,
         # What each search method (RL's sweep in total, random search, CEM) was allowed to spend.
         "search_budget": {k: d["validate"].get(k) for k in ("n_calls", "n_real", "rounds")} if rows else None,
         "pruned_model": d.get("report", {}).get("pruned_model"),
     }, default=json_default))
+
+
+def method_rows(rows: list[dict], target: float, budget: str) -> list[dict]:
+    """``summary.json``'s ``methods``: each validation row's reported fields and whether it met ``target``."""
+    return [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, target, budget)} for r in rows]
 
 
 #: What each method row of ``summary.json`` carries (``test_correct`` stays in the validation rows).

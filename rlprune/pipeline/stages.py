@@ -37,7 +37,8 @@ def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Pat
     """Run one online RL search per grid point as a Tune experiment; returns their results.
 
     Args:
-        spec: settings shared by every trial: ``task``, ``task_kwargs``, ``target``, ``budget``, ``spn``,
+        spec: settings shared by every trial: ``task``, ``task_kwargs``, ``target`` (a number, or ``[lo, hi]``:
+            each trial then trains one target-conditioned policy over the range), ``budget``, ``spn``,
             ``samples``, ``iters``, ``train_batch``, ``online_every``, ``online_top``, ``online_steps``,
             ``search_workers``, ``seed``, ``measure`` (the run's ``MeasureSpec`` as a dict: the online real
             evaluations must label samples exactly as the sampling stage did), ``cache`` (absolute paths).
@@ -93,8 +94,13 @@ def _sweep_trial(config: dict) -> None:
         samples=config["samples"], seed=config["seed"], measure=config["measure"])
     result = run_search(cfg, progress=False,
                         on_iteration=lambda row: tune.report({k: row[k] for k in _ITER_KEYS if k in row}))
-    tune.report({"iteration": result["iterations"], "predicted_acc_drop": result["predicted_acc_drop"],
-                 "macs_ratio": result["macs_ratio"], "params_ratio": result["params_ratio"], "done": 1})
+    if result["conditioned"]:
+        # One vector per target bin: report their mean predicted drop (the bins' own are in result.json).
+        drops = [b["predicted_acc_drop"] for b in result["per_target"] if b.get("ratios") is not None]
+        final = {"predicted_acc_drop": float(sum(drops) / len(drops))} if drops else {}
+    else:
+        final = {k: result[k] for k in ("predicted_acc_drop", "macs_ratio", "params_ratio")}
+    tune.report({"iteration": result["iterations"], **final, "done": 1})
 
 
 # ====================================================================== baselines

@@ -15,6 +15,13 @@ skipped with a warning naming it, never deleted. Rows with the same ``sample_id`
     append_samples("runs/samples", rows)
     df = read_samples("runs/samples", fingerprint=fp, measure=spec)  # one row per unique sample
     R = np.stack(df["ratios"])                           # (N, n_groups) achieved ratios
+    mf = read_samples("runs/samples", measure=spec, across_fidelities=True)  # every label_steps of the spec
+
+Fidelities. A label's fine-tune (``label_steps``, and ``finetune_lr`` when it has steps) is part of its spec,
+so labels of different fidelity are filed under different ``measure_id``s and a plain read never mixes
+them. A multi-fidelity SPN wants exactly that mix: ``across_fidelities=True`` reads back the rows whose label
+differs from the spec's ONLY in its fine-tune (:func:`fidelity_family`), one label per number of steps;
+anything else (importance, batches, the measuring code's hash) is still set aside.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ _SCHEMA = pa.schema([
     ("created_at", pa.string()),  # ISO 8601, UTC
 ])
 SAMPLE_COLUMNS: tuple[str, ...] = tuple(_SCHEMA.names)
+
+FIDELITY_KEYS = ("label_steps", "finetune_lr")
+"""The label fields that make its fidelity: a multi-fidelity read lets these (and only these) differ."""
 
 _MANIFEST = "manifest.json"
 _SHARDS = "shards"
@@ -241,7 +251,7 @@ def append_samples(path: str | os.PathLike, rows: list[dict]) -> int:
 
 
 def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: str | None = None,
-                 measure=None) -> pd.DataFrame:
+                 measure=None, across_fidelities: bool = False) -> pd.DataFrame:
     """All unique samples of a store, optionally for one base model, task and measurement spec.
 
     Args:
@@ -250,6 +260,10 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
         task: keep only rows of this task.
         measure: keep only rows measured under this spec (a ``MeasureSpec`` or its ``label_id()``); the
             rows set aside are counted in a warning that names their specs, never mixed in silently.
+        across_fidelities: with ``measure``, also keep the rows of every other label fidelity of that spec
+            (see the module docstring): labels of any ``label_steps`` whose other fields and code hash are
+            the spec's, and whose fine-tune rate (when they have steps) is the spec's ``finetune_lr`` (an id
+            of a 0-step label does not name a rate: then any one, as long as each step count has one).
 
     Returns:
         A DataFrame with ``SAMPLE_COLUMNS``, one row per ``sample_id`` (the first stored copy), in the
@@ -257,7 +271,8 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
         an empty frame with the same columns.
 
     Raises:
-        SampleStoreError: ``path`` is missing or not a store of this schema (see :func:`open_store`).
+        SampleStoreError: ``path`` is missing or not a store of this schema (see :func:`open_store`), or an
+            across-fidelity read finds two labels of one step count (two rates) and cannot tell which.
     """
     store = open_store(path, create=False)
     tables = [t for t in (_read_shard(p) for p in _shard_paths(store)) if t is not None]
@@ -269,14 +284,59 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
     df = df.drop_duplicates("sample_id", keep="first")
     if measure is not None:
         want = measure if isinstance(measure, str) else measure.label_id()
-        other = df[df["measure_id"] != want]
+        keep = df["measure_id"] == want
+        if across_fidelities:
+            keep = df["measure_id"].isin(_family_ids(df, measure))
+            want = f"{want} or its other fidelities"
+        other = df[~keep]
         if len(other):
             specs = "; ".join(f"{n} under {m}" for m, n in other["measure"].value_counts().items())
             warnings.warn(f"rlprune: {store} holds {len(other)} sample(s) measured under other specs ({specs}); "
                           f"set aside, only the {len(df) - len(other)} measured under {want} are used",
                           RuntimeWarning, stacklevel=2)
-            df = df[df["measure_id"] == want]
+            df = df[keep]
     return df.reset_index(drop=True)
+
+
+def fidelity_family(label: dict | str) -> str:
+    """A 12-hex-digit id shared by the labels that differ only in their fine-tune (:data:`FIDELITY_KEYS`).
+
+    Args:
+        label: a ``MeasureSpec.label()`` dict or its JSON (a row's ``measure``).
+
+    Returns:
+        The first 12 hex digits of a sha256 of the label without its fine-tune fields.
+    """
+    d = json.loads(label) if isinstance(label, str) else dict(label)
+    rest = {k: v for k, v in d.items() if k not in FIDELITY_KEYS}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _family_ids(df: pd.DataFrame, measure) -> set[str]:
+    """The measure ids of ``df`` that are ``measure``'s label at some fidelity (see :func:`read_samples`)."""
+    if isinstance(measure, str):
+        found = df.loc[df["measure_id"] == measure, "measure"]
+        if found.empty:
+            return set()  # an id the store does not hold: nothing is its family
+        label = json.loads(found.iloc[0])
+    else:
+        label = measure.label()
+        label["finetune_lr"] = measure.finetune_lr  # the spec names its rate even for a 0-step label
+    family, lr = fidelity_family(label), label.get("finetune_lr")
+    by_steps: dict[int, set[str]] = {}
+    for mid, text in dict(zip(df["measure_id"], df["measure"], strict=True)).items():
+        other = json.loads(text)
+        steps = int(other.get("label_steps", 0))
+        if fidelity_family(other) != family or (steps and lr is not None and other.get("finetune_lr") != lr):
+            continue
+        by_steps.setdefault(steps, set()).add(mid)
+    clash = {k: ids for k, ids in by_steps.items() if len(ids) > 1}
+    if clash:
+        k, ids = next(iter(sorted(clash.items())))
+        raise SampleStoreError(f"the store holds {len(ids)} labels of label_steps={k} ({', '.join(sorted(ids))}: "
+                               f"other fine-tune rates), so a fidelity is ambiguous; pass the MeasureSpec (its "
+                               f"finetune_lr picks one) or the measure_id of a label with steps")
+    return set().union(*by_steps.values()) if by_steps else set()
 
 
 # ---------------------------------------------------------------------------------------- spaces
@@ -368,9 +428,11 @@ def read_spaces(path: str | os.PathLike, measure=None) -> dict[str, dict]:
 
 
 __all__ = [
+    "FIDELITY_KEYS",
     "SAMPLE_COLUMNS",
     "SCHEMA_VERSION",
     "append_samples",
+    "fidelity_family",
     "now_iso",
     "open_store",
     "read_samples",

@@ -10,6 +10,10 @@ ensemble disagrees on may be better than it looks, and evaluating it teaches the
     pool.add([env_info, ...])
     for c in pool.most_promising(4, beta=1.0, w_acc=1.0): ...
     pool.record_real(c["ratios"], measured_drop)
+
+A target-conditioned search (episodes draw their target from a range) keeps one pool per target bin
+(:class:`BinnedPool`): rewards at different targets are not comparable (a lower target pays a larger cost
+term and loses more accuracy), so each bin ranks only the vectors found for targets inside it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import numpy as np
 
 TOP_KEPT = 64
 """Candidates remembered across iterations (by predicted reward); enough for several online rounds."""
-_FIELDS = ("reward", "acc_drop", "acc_drop_std", "macs_ratio", "params_ratio", "budget_ratio", "spn_version")
+TARGET_BINS = 5
+"""Equal-width target bins of a conditioned search: one per ~0.1 of a 0.3:0.8 range, enough to read the
+policy's quality across the range without thinning each bin's candidates to nothing."""
+_FIELDS = ("reward", "acc_drop", "acc_drop_std", "macs_ratio", "params_ratio", "budget_ratio", "spn_version",
+           "target")
 
 
 def candidate(info: dict) -> dict:
@@ -90,21 +98,112 @@ class CandidatePool:
         self.evaluated[key(ratios)] = float(acc_drop)
 
     def rescore(self, predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                reward: Callable[[float, float], float]) -> None:
+                reward: Callable[[float, float, float | None], float]) -> None:
         """Re-predict every candidate with a new world model and re-rank (older rewards are stale).
 
         Args:
             predict: ``(N, G) ratios -> (mean drop, std)``.
-            reward: ``(acc_drop, budget_ratio) -> reward``, the env's team reward.
+            reward: ``(acc_drop, budget_ratio, target) -> reward``, the env's team reward at the candidate's
+                episode target (None for candidates saved before targets were recorded).
         """
         if not self.items:
             return
         mean, std = predict(np.array([c["ratios"] for c in self.items]))
         for c, m, s in zip(self.items, mean, std, strict=True):
             c["acc_drop"], c["acc_drop_std"] = float(m), float(s)
-            c["reward"] = float(reward(float(m), c["budget_ratio"]))
+            c["reward"] = float(reward(float(m), c["budget_ratio"], c.get("target")))
         self.items.sort(key=lambda c: -c["reward"])
 
     def state(self) -> dict:
         """JSON-ready ``{"candidates", "evaluated"}`` (what :class:`CandidatePool` takes back)."""
         return {"candidates": self.items, "evaluated": self.evaluated}
+
+
+class BinnedPool:
+    """One :class:`CandidatePool` per target bin of a conditioned search, sharing the real evaluations.
+
+    Args:
+        lo, hi: the target range; ``bins`` equal-width bins cover it.
+        bins: how many bins.
+        items: per bin, candidates from a saved state.
+        evaluated: ``{key(ratios): real acc_drop}`` from a saved state.
+    """
+
+    def __init__(self, lo: float, hi: float, bins: int = TARGET_BINS, items: list[list[dict]] | None = None,
+                 evaluated: dict[str, float] | None = None):
+        self.lo, self.hi, self.n_bins = float(lo), float(hi), int(bins)
+        self.evaluated = dict(evaluated or {})
+        keep = max(16, TOP_KEPT // self.n_bins)
+        self.bins = [CandidatePool(b, self.evaluated, keep) for b in (items or [[]] * self.n_bins)]
+        for b in self.bins:
+            b.evaluated = self.evaluated  # one record of real evaluations for every bin
+
+    @property
+    def edges(self) -> np.ndarray:
+        """``bins + 1`` bin edges from ``lo`` to ``hi``."""
+        return np.linspace(self.lo, self.hi, self.n_bins + 1)
+
+    @property
+    def centers(self) -> list[float]:
+        """Each bin's middle target (where a search plays its greedy policy)."""
+        e = self.edges
+        return [float(x) for x in (e[:-1] + e[1:]) / 2]
+
+    def bin_of(self, target: float) -> int:
+        """The bin holding ``target`` (targets outside the range go to the nearest end bin)."""
+        i = int((float(target) - self.lo) / (self.hi - self.lo) * self.n_bins)
+        return min(max(i, 0), self.n_bins - 1)
+
+    @property
+    def items(self) -> list[dict]:
+        """Every bin's candidates, bin by bin."""
+        return [c for b in self.bins for c in b.items]
+
+    def add(self, infos: list[dict]) -> None:
+        """Merge finished episodes' infos (each carries its episode ``target``) into their bins."""
+        per_bin: list[list[dict]] = [[] for _ in self.bins]
+        for info in infos:
+            per_bin[self.bin_of(info["target"])].append(info)
+        for b, got in zip(self.bins, per_bin, strict=True):
+            if got:
+                b.add(got)
+
+    def best_per_bin(self) -> list[dict | None]:
+        """Each bin's best candidate by predicted reward (None for a bin nothing was found in yet)."""
+        return [b.items[0] if b.items else None for b in self.bins]
+
+    def real_drop(self, ratios) -> float | None:
+        """The measured accuracy drop of ``ratios`` (None if it was never evaluated for real)."""
+        return self.evaluated.get(key(ratios))
+
+    def most_promising(self, n: int, beta: float, w_acc: float) -> list[dict]:
+        """Up to ``n`` unevaluated candidates, taken from the bins in turn (each bin's by its UCB score), so
+        the real evaluations spread over the range instead of piling up where rewards run highest."""
+        queues = [b.most_promising(n, beta, w_acc) for b in self.bins]
+        out, seen = [], set()
+        for rank in range(n):
+            for q in queues:
+                if rank < len(q) and key(q[rank]["ratios"]) not in seen and len(out) < n:
+                    seen.add(key(q[rank]["ratios"]))
+                    out.append(q[rank])
+        return out
+
+    def record_real(self, ratios, acc_drop: float) -> None:
+        """Remember a real evaluation of ``ratios`` (seen by every bin)."""
+        self.evaluated[key(ratios)] = float(acc_drop)
+
+    def rescore(self, predict, reward) -> None:
+        """:meth:`CandidatePool.rescore` in every bin."""
+        for b in self.bins:
+            b.rescore(predict, reward)
+
+    def state(self) -> dict:
+        """JSON-ready ``{"lo", "hi", "bins", "evaluated"}`` (what :func:`pool_from_state` takes back)."""
+        return {"lo": self.lo, "hi": self.hi, "bins": [b.items for b in self.bins], "evaluated": self.evaluated}
+
+
+def pool_from_state(state: dict) -> CandidatePool | BinnedPool:
+    """Rebuild a pool from its ``state()`` (a binned one when the state has ``bins``)."""
+    if "bins" in state:
+        return BinnedPool(state["lo"], state["hi"], len(state["bins"]), state["bins"], state["evaluated"])
+    return CandidatePool(state["candidates"], state["evaluated"])

@@ -3,6 +3,10 @@
     result = run_search(SearchConfig(task="digits", spn="runs/spn.pt", out="runs/search", target=0.5))
     result["ratios"], result["predicted_acc_drop"], result["macs_ratio"]
 
+    # One policy for every target in a range, saved as a folder that answers any of them (rlprune.policy):
+    result = run_search(SearchConfig(task="digits", spn="runs/spn.pt", out="runs/cond", target=(0.3, 0.8)))
+    result["per_target"], result["policy"]
+
 One iteration = one ``algo.train()`` of RLlib PPO (every group an agent, one shared module). After each
 iteration the finished episodes' vectors are drained from the env copies and the greedy policy's vector is
 scored; the best by predicted reward is kept. Online (default): every ``online_every`` iterations the top
@@ -10,6 +14,11 @@ candidates by an optimistic score (predicted reward plus ``ucb_beta`` x the SPN 
 and evaluated for real by Ray tasks, appended to the sample store through the world-model actor, which
 fine-tunes the SPN; the new weights are pushed into every env copy. Each round's report says how wrong the
 SPN was on the fresh real samples before and after.
+
+Target-conditioned (``target=(lo, hi)``): every episode draws its target from the range, the candidates are
+kept per target bin (``rlprune.search.candidates.BinnedPool``), the greedy policy is played at every bin's
+centre after each iteration, and an online round takes its candidates from the bins in turn. Either way the
+trained policy is saved as ``out/policy`` (``rlprune.policy``: weights, space, settings, SPN).
 
 Durable: the algorithm checkpoint and the search state are written together into ``out/checkpoint`` through
 a rename after every iteration; rerunning with the same ``out`` continues from there (``iters`` may grow).
@@ -24,103 +33,20 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_json, json_default
-from rlprune.measure.spec import MeasureSpec
-from rlprune.search.candidates import CandidatePool
+from rlprune.search.candidates import BinnedPool, CandidatePool, pool_from_state
+from rlprune.search.config import RESUME_KEYS, SearchConfig
+from rlprune.search.remote import _evaluate, evaluate_remote  # noqa: F401  (re-exported: older imports)
 
 STATE_FILE = "rlprune_search.json"
 """Search state stored inside the algorithm checkpoint folder (so the two are renamed into place together)."""
-# Settings that must match to resume a search in the same folder; the others (iters, online cadence) may change.
-_RESUME_KEYS = ("task", "reward", "target", "budget", "mode", "enforce", "attention", "w_acc", "w_cost",
-                "w_violation", "seed", "measure")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """One RL search (the ``rlprune search`` flags map onto it one to one)."""
-
-    spn: str | None
-    """Initial SPN checkpoint (``rlprune spn train``); unused with ``reward="real"``."""
-    out: str
-    """Folder for the checkpoint, the world model's state and the result."""
-    reward: str = "spn"
-    """Where the accuracy term comes from: ``"spn"`` (the world model) or ``"real"`` (prune and evaluate
-    every episode: the AMC-style search, kept for the speed comparison)."""
-    task: str = "digits"
-    """Task name or ``package.module:callable``."""
-    task_kwargs: dict = field(default_factory=dict)
-    """Extra task arguments (e.g. ``data_dir`` for cifar10)."""
-    target: float = 0.5
-    """Pruned/original ratio of ``budget`` to reach."""
-    budget: str = "macs"
-    """``"macs"`` or ``"params"``."""
-    mode: str = "simultaneous"
-    """Env mode: ``"simultaneous"`` or ``"sequential"``."""
-    enforce: str = "wall"
-    """Budget enforcement: ``"wall"`` (AMC-style) or ``"penalty"``."""
-    iters: int = 20
-    """Training iterations in total (a resumed search runs only the missing ones)."""
-    train_batch: int = 256
-    """Env steps per iteration."""
-    attention: bool = False
-    """Use the RLModule whose agents attend over every group's features."""
-    w_acc: float = 1.0
-    """Reward weight of the (negative) predicted accuracy drop, per point."""
-    w_cost: float = 10.0
-    """Reward weight of the compression ``1 - budget_ratio``."""
-    w_violation: float = 100.0
-    """Reward weight of the target violation (penalty mode)."""
-    online: bool = True
-    """Evaluate top candidates for real and fine-tune the SPN during the search."""
-    online_every: int = 5
-    """Iterations between two online rounds."""
-    online_top: int = 4
-    """Candidates evaluated for real per round."""
-    online_steps: int = 100
-    """SPN fine-tuning steps per round."""
-    ucb_beta: float = 1.0
-    """Optimism: candidates are ranked by reward + beta x w_acc x predicted std."""
-    workers: int = 2
-    """Ray tasks evaluating candidates in parallel."""
-    samples: str | None = None
-    """Sample store for the real evaluations (default ``out/samples``)."""
-    measure: MeasureSpec = field(default_factory=MeasureSpec)
-    """How real evaluations are measured and the space traced: the run's spec, the one its samples used
-    (a dict is converted)."""
-    seed: int = 0
-    """Seeds the env, the policy and the task."""
-
-    def __post_init__(self):
-        object.__setattr__(self, "measure", MeasureSpec.from_dict(self.measure))
-        checks = [
-            (0 < self.target <= 1, "target", "a ratio in (0, 1], e.g. 0.5"),
-            (self.budget in ("macs", "params"), "budget", "'macs' or 'params'"),
-            (self.mode in ("simultaneous", "sequential"), "mode", "'simultaneous' or 'sequential'"),
-            (self.enforce in ("wall", "penalty"), "enforce", "'wall' or 'penalty'"),
-            (self.iters >= 1, "iters", ">= 1"),
-            (self.train_batch >= 8, "train_batch", ">= 8 env steps"),
-            (self.online_every >= 1, "online_every", ">= 1"),
-            (self.online_top >= 1, "online_top", ">= 1"),
-            (self.online_steps >= 1, "online_steps", ">= 1"),
-            (self.ucb_beta >= 0, "ucb_beta", ">= 0"),
-            (self.workers >= 1, "workers", ">= 1"),
-            (self.reward in ("spn", "real"), "reward", "'spn' or 'real'"),
-            (self.reward == "real" or bool(self.spn), "spn", "a checkpoint path (rlprune spn train)"),
-            (self.reward == "spn" or not self.online, "online", "online=False with reward='real' (nothing to refine)"),
-        ]
-        for ok, name, fix in checks:
-            if not ok:
-                raise ConfigError(f"search {name}={getattr(self, name)!r} is invalid; use {fix}")
-
-    @property
-    def sample_dir(self) -> Path:
-        return Path(self.samples) if self.samples else Path(self.out) / "samples"
+POLICY_DIR = "policy"
+"""Where a search saves its trained policy (``rlprune.policy``), inside its ``out`` folder."""
 
 
 # ====================================================================== the search
@@ -149,18 +75,20 @@ class Search:
         self.record = space_record(self.task.name, self.space, self.base.acc, self.base.loss, self.fingerprint,
                                    cfg.measure, self.task.metric_name)
         write_space(self.store, self.record)
-        self.pool = CandidatePool()
+        self.pool = BinnedPool(*cfg.target_range) if cfg.conditioned else CandidatePool()
         self.state = {"config": dataclasses.asdict(cfg), "iteration": 0, "history": [], "online": [], "wall_s": 0.0}
         self.algo = None
         self.world_model = None
         self._eval_env = None
         self._weights = None  # the world model's latest {"version", "state"}, once an online round ran
         self._reward_cfg = None
+        self._spn_now = cfg.spn  # the SPN the env copies start from (the world model's, when resuming)
 
     # ------------------------------------------------------------------ setup
     def env_config(self, spn_path) -> dict:
         c = self.cfg
-        common = {"target": c.target, "budget": c.budget, "enforce": c.enforce, "mode": c.mode, "w_acc": c.w_acc,
+        target = list(c.target) if c.conditioned else c.target
+        common = {"target": target, "budget": c.budget, "enforce": c.enforce, "mode": c.mode, "w_acc": c.w_acc,
                   "w_cost": c.w_cost, "w_violation": c.w_violation, "seed": c.seed}
         if c.reward == "real":
             return {**common, "task": c.task, "task_kwargs": {"seed": c.seed, **c.task_kwargs}, "reward": "real",
@@ -176,7 +104,7 @@ class Search:
 
         init_ray(None, os.cpu_count() or 2)  # joins a running instance (a Tune trial's) or starts one
         wm_dir = self.out / "world_model"
-        spn_now = wm_dir / CHECKPOINT if (wm_dir / CHECKPOINT).is_file() else self.cfg.spn
+        self._spn_now = spn_now = wm_dir / CHECKPOINT if (wm_dir / CHECKPOINT).is_file() else self.cfg.spn
         if self.cfg.online:
             self.world_model = start_world_model(self.cfg.spn, self.store, wm_dir, seed=self.cfg.seed)
             self._weights = ray.get(self.world_model.get_weights.remote())
@@ -189,7 +117,7 @@ class Search:
             _check_resumable(saved["config"], dataclasses.asdict(self.cfg), self.out)
             self.algo.restore_from_path(str(ckpt.resolve()))
             self.state.update({k: saved[k] for k in ("iteration", "history", "online", "wall_s")})
-            self.pool = CandidatePool(saved["pool"]["candidates"], saved["pool"]["evaluated"])
+            self.pool = pool_from_state(saved["pool"])
             self.state["config"] = dataclasses.asdict(self.cfg)
 
     # ------------------------------------------------------------------ main loop
@@ -212,13 +140,15 @@ class Search:
                 t0 = time.perf_counter()
                 train = self.algo.train()
                 it = self.state["iteration"] + 1
-                found = self._drain() + [self.greedy()]
+                greedy = self.greedy_all()
+                found = self._drain() + greedy
                 calls = sum(self._envs(lambda e: e.drain_reward_calls())) + self._eval_env.drain_reward_calls()
                 self.pool.add(found)
-                row = {"iteration": it, "episodes": len(found) - 1,
+                row = {"iteration": it, "episodes": len(found) - len(greedy),
                        "reward_mean": float(np.mean([f["reward"] for f in found])),
-                       "best_reward": self.pool.best["reward"],
-                       "greedy_reward": found[-1]["reward"], "spn_version": found[-1]["spn_version"],
+                       "best_reward": self.best_reward(),
+                       "greedy_reward": float(np.mean([g["reward"] for g in greedy])),
+                       "spn_version": greedy[-1]["spn_version"],
                        "train_s": time.perf_counter() - t0,
                        "env_steps": int(train.get("env_runners", {}).get("num_env_steps_sampled_lifetime", 0))}
                 if self.cfg.online and it % self.cfg.online_every == 0:
@@ -235,6 +165,7 @@ class Search:
                 bar.update(1)
                 bar.set_postfix(best=f"{row['best_reward']:.2f}", greedy=f"{row['greedy_reward']:.2f}")
             bar.close()
+            self.save_policy()
             return self.result()
         finally:
             self.close()
@@ -261,11 +192,26 @@ class Search:
     def _drain(self) -> list[dict]:
         return [f for fs in self._envs(lambda e: e.drain_finished()) for f in fs]
 
-    def greedy(self) -> dict:
+    def best_reward(self) -> float:
+        """The best predicted reward found (conditioned: the mean over the bins' bests)."""
+        if isinstance(self.pool, BinnedPool):
+            return float(np.mean([b["reward"] for b in self.pool.best_per_bin() if b is not None]))
+        return self.pool.best["reward"]
+
+    def greedy_all(self) -> list[dict]:
+        """The greedy policy's episodes: one at the target, or one at each bin's centre when conditioned."""
+        if isinstance(self.pool, BinnedPool):
+            return [self.greedy(t) for t in self.pool.centers]
+        return [self.greedy()]
+
+    def greedy(self, target: float | None = None) -> dict:
         """One episode of the current policy's deterministic action, played in a local env copy.
 
         The action is what RLlib's env runners would send the env for the distribution's mode: the same
         unsquashing/clipping, read from the algorithm's config (``rlprune.policies.greedy_actions``).
+
+        Args:
+            target: the episode's target (conditioned searches); None: the search's fixed target.
         """
         from rlprune.envs import LayerPruningEnv
         from rlprune.policies import greedy_episode
@@ -275,7 +221,7 @@ class Search:
         env = self._eval_env
         if self._weights is not None:
             env.set_spn_state(self._weights["state"], self._weights["version"])
-        info = greedy_episode(self.algo, env, seed=self.cfg.seed)
+        info = greedy_episode(self.algo, env, seed=self.cfg.seed, target=target)
         env.finished.clear()
         return dict(info, source="greedy")
 
@@ -309,13 +255,37 @@ class Search:
         self.state["online"].append(report)
         return report
 
-    def _reward(self, acc_drop: float, budget_ratio: float) -> float:
+    def _reward(self, acc_drop: float, budget_ratio: float, target: float | None = None) -> float:
         from rlprune.envs import LayerPruningEnvConfig
         from rlprune.envs.rewards import team_reward
 
         if self._reward_cfg is None:
             self._reward_cfg = LayerPruningEnvConfig.from_dict({**self.env_config(self.cfg.spn), "space": self.record})
-        return team_reward(acc_drop, budget_ratio, self._reward_cfg)[0]
+        return team_reward(acc_drop, budget_ratio, self._reward_cfg, target=target)[0]
+
+    def save_policy(self) -> Path | None:
+        """Save the trained shared module as ``out/policy`` (``rlprune.policy``), against the latest SPN.
+
+        Returns:
+            The folder, or None for the AMC-style search (its reward is real evaluation: no SPN to pack).
+        """
+        from rlprune.policies import SHARED_POLICY
+        from rlprune.policy import save
+
+        if self.cfg.reward != "spn":
+            return None
+        env_config = dict(self.algo.config.env_config)
+        spn = self._weights["state"] if self._weights is not None else str(self._spn_now)
+        c = self.cfg
+        meta = {"task": c.task, "task_kwargs": c.task_kwargs, "seed": c.seed, "iterations": self.state["iteration"],
+                "attention": c.attention, "measure": c.measure.to_dict(), "spn_calls": self.spn_calls()}
+        return save(self.out / POLICY_DIR, self.algo.get_module(SHARED_POLICY), env_config, spn,
+                    normalize_actions=self.algo.config.normalize_actions, clip_actions=self.algo.config.clip_actions,
+                    meta=meta)
+
+    def spn_calls(self) -> int:
+        """Every counted call of the env's reward source so far (SPN calls, or real evaluations)."""
+        return int(sum(h.get("reward_calls", 0) for h in self.state["history"]))
 
     # ------------------------------------------------------------------ persistence
     def _checkpoint(self) -> None:
@@ -331,19 +301,23 @@ class Search:
         shutil.rmtree(old, ignore_errors=True)
 
     def result(self) -> dict:
-        """The best vector found, its exact cost and predicted drop, and what the search did."""
-        best = self.pool.best
-        calls = int(sum(h.get("reward_calls", 0) for h in self.state["history"]))
+        """The best vector found (per target bin when conditioned), its exact cost and predicted drop, and
+        what the search did."""
+        calls = self.spn_calls()
         online_evals = int(sum(r.get("n_real", 0) for r in self.state["online"]))
+        if isinstance(self.pool, BinnedPool):
+            edges = self.pool.edges
+            found = {"per_target": [{"target_lo": float(edges[i]), "target_hi": float(edges[i + 1]),
+                                     **(self._describe(b) if b is not None else {"ratios": None})}
+                                    for i, b in enumerate(self.pool.best_per_bin())],
+                     "target": list(self.cfg.target)}
+        else:
+            found = {**self._describe(self.pool.best), "target": self.cfg.target}
+        policy = self.out / POLICY_DIR
         return {
-            "ratios": best["ratios"],
-            "predicted_acc_drop": best["acc_drop"],
-            "predicted_acc_drop_std": best.get("acc_drop_std"),
-            "real_acc_drop": self.pool.real_drop(best["ratios"]),
-            "macs_ratio": best["macs_ratio"],
-            "params_ratio": best["params_ratio"],
-            "reward": best["reward"],
-            "target": self.cfg.target,
+            **found,
+            "conditioned": self.cfg.conditioned,
+            "policy": str(policy) if (policy / "policy.json").is_file() else None,
             "budget": self.cfg.budget,
             "iterations": self.state["iteration"],
             "episodes": int(sum(h["episodes"] for h in self.state["history"])),
@@ -356,6 +330,18 @@ class Search:
             "online_rounds": self.state["online"],
             "spn_versions": sorted({h["spn_version"] for h in self.state["history"] if h["spn_version"] is not None}),
             "top": self.pool.items[:8],
+        }
+
+    def _describe(self, best: dict) -> dict:
+        return {
+            "ratios": best["ratios"],
+            "predicted_acc_drop": best["acc_drop"],
+            "predicted_acc_drop_std": best.get("acc_drop_std"),
+            "real_acc_drop": self.pool.real_drop(best["ratios"]),
+            "macs_ratio": best["macs_ratio"],
+            "params_ratio": best["params_ratio"],
+            "reward": best["reward"],
+            "episode_target": best.get("target"),
         }
 
 
@@ -376,50 +362,11 @@ def run_search(cfg: SearchConfig, progress: bool = True, on_iteration=None) -> d
     return result
 
 
-def evaluate_remote(task: str, task_kwargs: dict, ratios_list: list, base: dict, measure: MeasureSpec,
-                    workers: int, tag: str) -> list[dict]:
-    """Real samples (calibration split) for ratio vectors, spread over ``workers`` Ray tasks of one CPU each.
-
-    Args:
-        task, task_kwargs: rebuilt in each task (the base model comes from the disk cache).
-        ratios_list: the vectors to evaluate.
-        base: the base model's ``Baseline.to_dict()`` under ``measure``.
-        measure: the run's measurement spec (the rows are labelled with it).
-        workers: Ray tasks at most.
-        tag: recorded as each row's ``worker`` (with the task's index).
-
-    Returns:
-        One sample row per vector (``evaluate_ratios``), in the order of ``ratios_list``.
-    """
-    import ray
-
-    chunks = [list(range(i, len(ratios_list), workers)) for i in range(min(workers, len(ratios_list)))]
-    remote = ray.remote(num_cpus=1)(_evaluate)
-    futures = [remote.remote(task, task_kwargs, [ratios_list[j] for j in ch], base, measure.to_dict(), f"{tag}-{i}")
-               for i, ch in enumerate(chunks)]
-    rows: list = [None] * len(ratios_list)
-    for ch, got in zip(chunks, ray.get(futures), strict=True):
-        for j, row in zip(ch, got, strict=True):
-            rows[j] = row
-    return rows
-
-
-def _evaluate(task_spec, task_kwargs, ratios_list, base, measure, worker):
-    """Real samples for a few ratio vectors, in a Ray worker (the base model comes from the disk cache)."""
-    from rlprune.measure.recipe import Baseline, evaluate_ratios
-    from rlprune.tasks import get_task
-
-    spec = MeasureSpec.from_dict(measure)
-    task = get_task(task_spec, **task_kwargs)
-    space = spec.task_space(task)
-    b = Baseline(**base)
-    return [evaluate_ratios(task, space, r, b, spec, sampler="online", worker=worker) for r in ratios_list]
-
-
 def _check_resumable(saved: dict, now: dict, out: Path) -> None:
-    diff = {k: (saved.get(k), now.get(k)) for k in _RESUME_KEYS if saved.get(k) != now.get(k)}
+    now = json.loads(json.dumps(now, default=json_default))  # as saved: a target range is a list in JSON
+    diff = {k: (saved.get(k), now.get(k)) for k in RESUME_KEYS if saved.get(k) != now.get(k)}
     if diff:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"{out} holds a search with other settings ({what}); use a new --out or the same settings")
 
-__all__ = ["STATE_FILE", "Search", "SearchConfig", "run_search"]
+__all__ = ["POLICY_DIR", "STATE_FILE", "Search", "SearchConfig", "evaluate_remote", "run_search"]

@@ -5,12 +5,17 @@ A frame has one row per real sample (``rlprune.samples.store`` schema: achieved 
 so nothing is re-traced. Rows of models with different group counts are padded into one batch (the
 transformer's padding mask hides the padding). Training lives in ``rlprune.spn.train``.
 
+A row's fidelity (its label's fine-tune steps) is its ``label_steps`` column if the frame has one, else the
+``label_steps`` of its ``measure`` JSON (absent: 0, as every label measured before fidelities existed). A
+row's ``loss`` may be NaN (a label measured without it); it then teaches ``acc_drop`` only.
+
     train_df, test_df = split_samples(df, test_frac=0.2)
     evaluate(spn, test_df)          # {"mae", "rmse", "spearman", "r2", "n"}: acc_drop in points
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +25,9 @@ from scipy.stats import spearmanr
 
 from rlprune.errors import ConfigError, SampleStoreError
 from rlprune.spn.predictor import SPN, TARGETS
+
+FIDELITY = "label_steps"
+"""The column (and ``measure`` key) naming a row's fidelity: its label's fine-tune steps."""
 
 
 # ====================================================================== data
@@ -31,8 +39,9 @@ class SampleRows:
     model: torch.Tensor  # (N,) long
     R: torch.Tensor  # (N, Gmax) float32, 0 where padded
     mask: torch.Tensor  # (N, Gmax) bool
-    Y: torch.Tensor  # (N, T) float32, raw units
+    Y: torch.Tensor  # (N, T) float32, raw units (NaN: a target the row lacks)
     sample_ids: list[str]
+    fidelity: np.ndarray  # (N,) int64: label fine-tune steps of each row
 
     def __len__(self):
         return len(self.model)
@@ -66,9 +75,33 @@ def sample_rows(df: pd.DataFrame, n_groups: dict[str, int]) -> SampleRows:
         mask[i, : r.size] = True
     index = {fp: i for i, fp in enumerate(fps)}
     ids = df["sample_id"].astype(str).tolist() if "sample_id" in df else [str(i) for i in range(len(df))]
+    fid = row_fidelities(df)
     return SampleRows(fps, torch.tensor([index[fp] for fp in df["model_fingerprint"]], dtype=torch.long),
-                 torch.from_numpy(R), torch.from_numpy(mask),
-                 torch.tensor(df[list(TARGETS)].to_numpy(np.float32)), ids)
+                      torch.from_numpy(R), torch.from_numpy(mask),
+                      torch.tensor(df[list(TARGETS)].to_numpy(np.float32)), ids,
+                      np.zeros(len(df), np.int64) if fid is None else fid)
+
+
+def row_fidelities(df: pd.DataFrame) -> np.ndarray | None:
+    """Each row's label fine-tune steps (see the module docstring), or None when the frame does not say.
+
+    Raises:
+        SampleStoreError: a ``measure`` that is not JSON, or a negative or non-integer fidelity.
+    """
+    if FIDELITY in df:
+        k = df[FIDELITY].to_numpy(np.float64)
+    elif "measure" in df:
+        try:
+            steps = {m: json.loads(m).get(FIDELITY, 0) for m in dict.fromkeys(df["measure"])}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise SampleStoreError(f"a row's measure is not a MeasureSpec label ({e}); read rows with "
+                                   f"rlprune.samples.store.read_samples") from e
+        k = df["measure"].map(steps).to_numpy(np.float64)
+    else:
+        return None
+    if len(k) and not (np.isfinite(k).all() and (k >= 0).all() and (k == np.round(k)).all()):
+        raise SampleStoreError(f"{FIDELITY} must be whole numbers >= 0; got {sorted(set(k.tolist()))[:5]}")
+    return k.astype(np.int64)
 
 
 def space_features(spaces: dict, fp: str) -> tuple[np.ndarray, list[str]]:
@@ -97,13 +130,16 @@ def register_models(spn: SPN, fingerprints, spaces: dict | None) -> None:
         spn.add_model(fp, f, names)
 
 
-def split_samples(df: pd.DataFrame, test_frac: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_samples(df: pd.DataFrame, test_frac: float = 0.2, seed: int = 0,
+                  by_vector: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Random held-out split, per model (every model keeps the same share in both parts).
 
     Args:
         df: samples.
         test_frac: share of each model's rows in the test part, in (0, 1).
         seed: seeds the permutation.
+        by_vector: split ratio vectors instead of rows, so every label of a vector (one per fidelity)
+            falls on the same side: a held-out final is then never of a vector whose cheap label trained.
 
     Returns:
         ``(train_df, test_df)`` with fresh indices.
@@ -115,10 +151,22 @@ def split_samples(df: pd.DataFrame, test_frac: float = 0.2, seed: int = 0) -> tu
         raise ConfigError(f"test_frac={test_frac} must lie in (0, 1), e.g. 0.2")
     rng = np.random.default_rng(seed)
     test = np.zeros(len(df), bool)
-    for _, pos in df.groupby("model_fingerprint", sort=True).indices.items():
-        pos = rng.permutation(pos)
-        test[pos[: int(round(len(pos) * test_frac))]] = True
+    if by_vector:
+        keys = vector_keys(df)
+        for _, pos in df.groupby("model_fingerprint", sort=True).indices.items():
+            vecs = rng.permutation(np.array(list(dict.fromkeys(keys[pos]))))
+            test[pos[np.isin(keys[pos], vecs[: int(round(len(vecs) * test_frac))])]] = True
+    else:
+        for _, pos in df.groupby("model_fingerprint", sort=True).indices.items():
+            pos = rng.permutation(pos)
+            test[pos[: int(round(len(pos) * test_frac))]] = True
     return df[~test].reset_index(drop=True), df[test].reset_index(drop=True)
+
+
+def vector_keys(df: pd.DataFrame) -> np.ndarray:
+    """One string per row naming its ratio vector (model + ratios to 6 decimals, as sample ids round them)."""
+    return np.array([fp + ":" + ",".join(f"{float(r):.6f}" for r in rs)
+                     for fp, rs in zip(df["model_fingerprint"], df["ratios"], strict=True)])
 
 
 # ====================================================================== metrics
@@ -145,45 +193,67 @@ def metrics(y_true, y_pred) -> dict:
     return out
 
 
-def predict_frame(spn: SPN, df: pd.DataFrame, spaces: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_frame(spn: SPN, df: pd.DataFrame, spaces: dict | None = None,
+                  fidelity=None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted ``acc_drop`` mean and std for every row of a samples frame (any mix of models).
 
     Args:
         spn: the SPN; features of new models are registered on it from ``spaces``.
         df: samples (``ratios``, ``model_fingerprint``).
         spaces: ``read_spaces`` records, needed for models the SPN does not know.
+        fidelity: label fine-tune steps to predict every row at; None: each row at its own fidelity (the
+            SPN's default where the frame does not say).
 
     Returns:
         ``(mean, std)`` float32 arrays aligned with the rows of ``df``.
 
     Raises:
         SampleStoreError: a model the SPN does not know and ``spaces`` does not describe.
+        ConfigError: a fidelity the SPN was not trained to predict (a row of another label, for a
+            single-fidelity SPN).
     """
     register_models(spn, df["model_fingerprint"], spaces)
+    own = row_fidelities(df) if fidelity is None else None
     mean, std = np.zeros(len(df), np.float32), np.zeros(len(df), np.float32)
     for fp, pos in df.groupby("model_fingerprint", sort=False).indices.items():
         R = np.stack([np.asarray(r, np.float32) for r in df["ratios"].iloc[pos]])
-        mean[pos], std[pos] = spn.predict(R, fp)
+        mean[pos], std[pos] = spn.predict(R, fp, fidelity=fidelity if own is None else own[pos])
     return mean, std
 
 
-def evaluate(spn: SPN, df: pd.DataFrame, spaces: dict | None = None) -> dict:
+def evaluate(spn: SPN, df: pd.DataFrame, spaces: dict | None = None, fidelity=None) -> dict:
     """:func:`metrics` of ``spn`` on the rows of ``df`` (models it never saw are scored zero-shot).
 
     Args:
         spn: the SPN; features of new models are registered on it from ``spaces``.
         df: samples (real ``acc_drop``).
         spaces: ``read_spaces`` records, needed for models the SPN does not know.
+        fidelity: as :func:`predict_frame` (None: each row at its own fidelity).
 
     Returns:
         ``{"mae", "rmse", "spearman", "r2", "n"}`` plus ``mean_std`` (average ensemble spread).
 
     Raises:
         SampleStoreError: a model the SPN does not know and ``spaces`` does not describe.
+        ConfigError: see :func:`predict_frame`.
     """
-    mean, std = predict_frame(spn, df, spaces)
+    mean, std = predict_frame(spn, df, spaces, fidelity)
     return {**metrics(df["acc_drop"].to_numpy(), mean), "mean_std": float(std.mean()) if len(std) else float("nan")}
 
 
-__all__ = ["SampleRows", "evaluate", "metrics", "predict_frame", "register_models", "sample_rows",
-           "space_features", "split_samples"]
+def evaluate_by_fidelity(spn: SPN, df: pd.DataFrame, spaces: dict | None = None) -> dict[int, dict]:
+    """:func:`evaluate` on each fidelity's rows apart, each at its own fidelity.
+
+    Returns:
+        ``{k: metrics}`` by label fine-tune steps k, ascending.
+
+    Raises:
+        ConfigError: a fidelity the SPN cannot predict.
+    """
+    k = row_fidelities(df)
+    k = np.zeros(len(df), np.int64) if k is None else k
+    return {int(f): evaluate(spn, df[k == f], spaces) for f in sorted(set(k.tolist()))}
+
+
+__all__ = ["FIDELITY", "SampleRows", "evaluate", "evaluate_by_fidelity", "metrics", "predict_frame",
+           "register_models", "row_fidelities", "sample_rows", "space_features", "split_samples", "vector_keys"]

@@ -69,17 +69,21 @@ class LocalSPN:
         got = self.fetch(self.version)
         return got is not None and self.set_weights(got[1], got[0])
 
-    def predict(self, R, fingerprint: str, target: str = "acc_drop"):
+    def predict(self, R, fingerprint: str, target: str = "acc_drop", fidelity=None):
         """:meth:`SPN.predict` after a (rate-limited) version check.
+
+        Args:
+            R, fingerprint, target: as :meth:`SPN.predict`.
+            fidelity: label fine-tune steps to predict at (None: the SPN's default, the highest it learnt).
 
         Returns:
             ``(mean, std)`` arrays of shape ``(N,)``.
 
         Raises:
-            ConfigError: unknown model or a ratio matrix of the wrong shape.
+            ConfigError: unknown model, a ratio matrix of the wrong shape, or a fidelity the SPN cannot predict.
         """
         self.maybe_sync()
-        return self.spn.predict(R, fingerprint, target)
+        return self.spn.predict(R, fingerprint, target, fidelity=fidelity)
 
 
 def spn_predictor(spn_path, space, fingerprint: str):

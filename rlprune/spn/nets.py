@@ -9,6 +9,11 @@ that normalises, registers models and saves checkpoints)::
                  -> masked mean over groups -> LN -> MLP -> (acc_drop, loss)            shape (E, N, T)
     mlp          [r_1 .. r_G] -> MLP -> (acc_drop, loss)          the published SPN: one model's G only
     linear       ridge on [r, r^2] (scikit-learn, closed form)     the floor any SPN must beat
+
+A multi-fidelity net (``SPNConfig.fidelity_input``) also takes each row's label fidelity ``phi`` in [0, 1]
+(``rlprune.spn.predictor`` encodes the label's fine-tune steps k as log1p(k) / log1p(k_max)): the
+transformer adds ``phi * w_fid`` to every group token, ``mlp`` appends it to the ratio vector and
+``linear`` to its design as ``[phi, phi * r]``. Without it a net is exactly the single-fidelity one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +63,9 @@ class SPNConfig:
     """Dropout inside transformer blocks during training."""
     ridge: float = 1e-3
     """L2 penalty of ``linear`` (per sample; ``rlprune.spn.train`` picks it on the validation split)."""
+    fidelity_input: bool = False
+    """The net also takes each row's label fidelity (several fidelities learnt at once); False: the
+    single-fidelity net every checkpoint written before fidelities existed holds."""
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -156,14 +165,18 @@ class TransformerNet(nn.Module):
         self.pos = nn.Parameter(torch.randn(E, cfg.max_groups, D) * 0.02)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layers))
         self.head1, self.head2 = _Linear(E, D, cfg.d_ff), _Linear(E, cfg.d_ff, len(TARGETS))
+        # One direction per member that the fidelity moves every token along; registered only when used, so
+        # a single-fidelity net's state dict is the one older checkpoints hold.
+        self.fid = _Linear(E, 1, D, bias=False) if cfg.fidelity_input else None
 
-    def forward(self, R, feats, mask=None):
+    def forward(self, R, feats, mask=None, fidelity=None):
         """Normalised predictions ``(E, N, T)``.
 
         Args:
             R: ``(N, G)`` ratios (padded entries: any value).
             feats: ``(N, G, F)`` or ``(1, G, F)`` (one model for the whole batch) normalised features.
             mask: ``(N, G)`` bool, True for real groups; None when nothing is padded.
+            fidelity: ``(N,)`` encoded label fidelities; required by (and only by) a multi-fidelity net.
         """
         N, G = R.shape
         E, _, D = self.pos.shape
@@ -178,7 +191,11 @@ class TransformerNet(nn.Module):
         tok_f = tok_f + (self.embed.bias + self.pos[:, :G]).view(E, 1, G, D)
         r = R.unsqueeze(-1)
         phi = torch.cat([r, F.relu(r - self.knots)], -1).view(1, N * G, -1)
-        x = (tok_f + torch.matmul(phi, w_ratio).view(E, N, G, D)).reshape(E, N * G, D)
+        x = tok_f + torch.matmul(phi, w_ratio).view(E, N, G, D)
+        if self.fid is not None:
+            # Broadcast to every group token: the fidelity changes how every group's ratio reads.
+            x = x + self.fid(_fidelity(fidelity, N, E)).view(E, N, 1, D)
+        x = x.reshape(E, N * G, D)
         key_mask = None if mask is None else mask.view(1, N, 1, 1, G).expand(E, N, 1, 1, G).reshape(E * N, 1, 1, G)
         for block in self.blocks:
             x = block(x, N, G, key_mask)
@@ -197,11 +214,15 @@ class MLPNet(nn.Module):
     def __init__(self, cfg: SPNConfig):
         super().__init__()
         E, H = cfg.members, cfg.hidden
-        self.fc1, self.fc2 = _Linear(E, cfg.n_groups, H), _Linear(E, H, H)
+        self.fidelity_input = cfg.fidelity_input
+        self.fc1, self.fc2 = _Linear(E, cfg.n_groups + cfg.fidelity_input, H), _Linear(E, H, H)
         self.fc3 = _Linear(E, H, len(TARGETS))
 
-    def forward(self, R, feats=None, mask=None):
-        x = R.unsqueeze(0).expand(self.fc1.weight.shape[0], -1, -1)
+    def forward(self, R, feats=None, mask=None, fidelity=None):
+        E = self.fc1.weight.shape[0]
+        if self.fidelity_input:
+            R = torch.cat([R, _fidelity(fidelity, len(R), 1)[0]], -1)
+        x = R.unsqueeze(0).expand(E, -1, -1)
         return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
 
 
@@ -211,36 +232,71 @@ class LinearNet(nn.Module):
     def __init__(self, cfg: SPNConfig):
         super().__init__()
         E, G = cfg.members, cfg.n_groups
-        self.register_buffer("weight", torch.zeros(E, 2 * G, len(TARGETS)))
+        self.fidelity_input = cfg.fidelity_input
+        # With a fidelity: [r, r^2, phi, phi * r], so the fidelity moves the level and each group's slope.
+        width = 2 * G + (1 + G) * cfg.fidelity_input
+        self.register_buffer("weight", torch.zeros(E, width, len(TARGETS)))
         self.register_buffer("bias", torch.zeros(E, 1, len(TARGETS)))
 
     @staticmethod
-    def design(R):
-        return torch.cat([R, R * R], dim=-1)
+    def design(R, fidelity=None):
+        """The regressors: ``[r, r^2]``, and ``[phi, phi * r]`` after them when ``fidelity`` is given."""
+        if fidelity is None:
+            return torch.cat([R, R * R], dim=-1)
+        phi = fidelity.to(R.dtype).view(-1, 1)
+        return torch.cat([R, R * R, phi, phi * R], dim=-1)
 
-    def forward(self, R, feats=None, mask=None):
-        x = self.design(R).unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+    def _design(self, R, fidelity):
+        return self.design(R, _fidelity(fidelity, len(R), 1)[0, :, 0] if self.fidelity_input else None)
+
+    def forward(self, R, feats=None, mask=None, fidelity=None):
+        x = self._design(R, fidelity).unsqueeze(0).expand(self.weight.shape[0], -1, -1)
         return torch.baddbmm(self.bias, x, self.weight)
 
-    def fit(self, R, Y, sample_weight, ridge: float) -> None:
+    def fit(self, R, Y, sample_weight, ridge: float, fidelity=None) -> None:
         """Weighted ridge per member (scikit-learn's ``Ridge`` in float64; 2G unknowns, so this is instant).
 
         Args:
-            R: ``(N, G)`` ratios. Y: ``(N, T)`` normalised targets.
+            R: ``(N, G)`` ratios. Y: ``(N, T)`` normalised targets (a NaN target teaches nothing: its
+                weight is 0 for that target).
             sample_weight: ``(E, N)`` bootstrap weights, one row per member.
             ridge: penalty per unit of total weight.
+            fidelity: ``(N,)`` encoded fidelities (a multi-fidelity net only).
         """
         from sklearn.linear_model import Ridge  # deferred: scikit-learn costs ~1 s to import, inference never needs it
 
-        X, Y = self.design(R).double().numpy(), Y.double().numpy()
-        for e, w in enumerate(sample_weight.double().numpy()):
+        X, Y = self._design(R, fidelity).double().numpy(), Y.double().numpy()
+        sample_weight = sample_weight.double().numpy()
+        if np.isnan(Y).any():  # rows without some target (a final without its loss): fit each target apart
+            for t in range(Y.shape[1]):
+                known = ~np.isnan(Y[:, t])
+                if not known.any():  # no row has this target: predict its (normalised) mean, 0
+                    self.weight[..., t], self.bias[..., t] = 0.0, 0.0
+                    continue
+                self._fit_columns(Ridge, X[known], Y[known], sample_weight[:, known], ridge, [t])
+            return
+        self._fit_columns(Ridge, X, Y, sample_weight, ridge, list(range(Y.shape[1])))
+
+    def _fit_columns(self, Ridge, X, Y, sample_weight, ridge: float, cols: list[int]) -> None:
+        Y = Y[:, cols]
+        for e, w in enumerate(sample_weight):
             if w.sum() <= 0:  # a bootstrap that drew no row (Ridge refuses it): predict the mean target
-                self.weight[e], self.bias[e] = 0.0, 0.0
+                self.weight[e][:, cols], self.bias[e, 0, cols] = 0.0, 0.0
                 continue
             # Weights summing to 1 make ``alpha`` a penalty per unit of total weight.
             fitted = Ridge(alpha=ridge).fit(X, Y, sample_weight=w / w.sum())
-            self.weight[e] = torch.from_numpy(fitted.coef_.T)
-            self.bias[e, 0] = torch.from_numpy(fitted.intercept_)
+            # One target column may come back flattened: shape both as (targets, ...) first.
+            coef = np.reshape(fitted.coef_, (len(cols), -1)).T
+            self.weight[e][:, cols] = torch.from_numpy(coef).to(self.weight.dtype)
+            self.bias[e, 0, cols] = torch.from_numpy(np.reshape(fitted.intercept_, len(cols))).to(self.bias.dtype)
+
+
+def _fidelity(fidelity, n: int, members: int) -> torch.Tensor:
+    """``(members, n, 1)`` view of the ``(n,)`` encoded fidelities a multi-fidelity net needs."""
+    if fidelity is None:
+        raise ConfigError("this SPN was trained on several label fidelities and needs each row's fidelity; "
+                          "pass fidelity= (SPN.predict does: the highest trained fidelity by default)")
+    return fidelity.reshape(1, n, 1).expand(members, n, 1)
 
 
 _NETS = {"transformer": TransformerNet, "mlp": MLPNet, "linear": LinearNet}

@@ -12,6 +12,16 @@ several models in one batch), ``mlp`` (the published SPN: one model's fixed rati
 (ridge on ratios and their squares: the floor). Each is an ensemble of ``members`` independently
 initialised nets whose spread is the prediction's ``std``.
 
+Fidelity. A label is measured after ``label_steps`` = k fine-tune steps (``MeasureSpec``); an SPN records the
+k it was trained on (:attr:`SPN.fidelities`; ``[0]`` for checkpoints written before fidelities existed,
+whose labels were all k = 0). A single-fidelity SPN predicts its own k only. A multi-fidelity SPN
+(``rlprune.spn.train.fit(..., multi_fidelity=True)``) learns rows of several k at once, k encoded as
+``log1p(k) / log1p(k_max)`` in [0, 1] (the label moves most over the first steps, so a log scale spaces
+0, 10, 25, 100 evenly enough), and predicts at any k from the lowest to the highest it was trained on; the
+highest (the final recipe's, when its rows are in the store) by default. Outside that range it refuses
+with a ConfigError rather than clamp: a clamped "final" prediction from cheaper labels would look like a
+final one and is not.
+
 Targets are standardised with the training mean/std; group features are centred and scaled with the
 training statistics (std floored, so a feature constant in training cannot blow up on a new model).
 Both are stored with the weights. This module imports torch and numpy only (no Ray, no torch-pruning), so
@@ -36,7 +46,11 @@ from rlprune.io import atomic_write_bytes
 from rlprune.spn.nets import ARCHS, TARGETS, LinearNet, MLPNet, SPNConfig, TransformerNet, build_net, one_thread
 
 CHECKPOINT_FORMAT = "rlprune-spn"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""1: single-fidelity SPNs (still written for them, so older rlprune keeps reading them); 2: an SPN with a
+fidelity input, which an rlprune without one cannot run."""
+DEFAULT_FIDELITIES = (0,)
+"""What a checkpoint without ``fidelities`` was trained on: labels before ``label_steps`` existed had none."""
 FEATURE_STD_FLOOR = 0.2
 """Features are designed to lie in [0, 1]; a floor keeps one that never varied in training (e.g.
 ``depthwise`` on ResNets) from being scaled by 1/1e-6 when a new model sets it."""
@@ -51,11 +65,23 @@ class SPN:
         net: the ensemble ``nn.Module`` (outputs normalised targets).
         feature_names: names of the feature columns (checked when a model is added).
         fingerprints: models it was trained on (a subset of ``known``).
+        fidelities: the label fine-tune steps k it was trained on, ascending (one unless
+            ``config.fidelity_input``).
         meta: JSON-serialisable notes (training metrics, sample ids, world-model version).
+
+    Raises:
+        ConfigError: ``fidelities`` empty, negative, or several for a net without a fidelity input.
     """
 
     def __init__(self, config: SPNConfig, feature_names, norm: dict, features: dict | None = None,
-                 fingerprints=(), meta: dict | None = None, net: nn.Module | None = None, seed: int = 0):
+                 fingerprints=(), meta: dict | None = None, net: nn.Module | None = None, seed: int = 0,
+                 fidelities=DEFAULT_FIDELITIES):
+        self.fidelities = sorted({int(k) for k in fidelities})
+        if not self.fidelities or self.fidelities[0] < 0:
+            raise ConfigError(f"fidelities={list(fidelities)} must hold label fine-tune steps >= 0")
+        if len(self.fidelities) > 1 and not config.fidelity_input:
+            raise ConfigError(f"fidelities {self.fidelities} need SPNConfig(fidelity_input=True); a net without "
+                              f"the input learns one fidelity")
         self.config = config
         self.feature_names = list(feature_names)
         self.norm = {k: np.asarray(v, dtype=np.float32) for k, v in norm.items()}
@@ -124,20 +150,61 @@ class SPN:
             table[i, : f.shape[1]] = f[0]
         return table
 
+    # ------------------------------------------------------------------ fidelity
+    @property
+    def fidelity(self) -> int:
+        """The fidelity predictions are made at by default: the highest one trained on."""
+        return self.fidelities[-1]
+
+    def encode_fidelity(self, fidelity, n: int) -> torch.Tensor | None:
+        """The net's fidelity input for ``n`` rows, after checking that the SPN can predict there.
+
+        Args:
+            fidelity: label fine-tune steps k: None (the default, :attr:`fidelity`), one number for every row,
+                or ``n`` numbers.
+            n: the number of rows.
+
+        Returns:
+            ``(n,)`` float32 tensor of ``log1p(k) / log1p(max(fidelities))``, or None for a single-fidelity SPN.
+
+        Raises:
+            ConfigError: a k this SPN was not trained to predict (see the module docstring).
+        """
+        try:
+            k = np.broadcast_to(np.asarray(self.fidelity if fidelity is None else fidelity, np.float64), (n,))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"fidelity={fidelity!r} must be one number of label fine-tune steps or one per "
+                              f"row ({n})") from e
+        lo, hi = self.fidelities[0], self.fidelities[-1]
+        bad = ~np.isfinite(k) | (k < lo) | (k > hi)
+        if bad.any():
+            got = float(k[bad][0])
+            if lo == hi:
+                raise ConfigError(f"this SPN learnt labels of label_steps={lo} only and cannot predict label_steps="
+                                  f"{got:g}; train one on both with `rlprune spn train --multi-fidelity`")
+            raise ConfigError(f"this SPN learnt label_steps {self.fidelities} and predicts from {lo} to {hi} only, not "
+                              f"{got:g} (it refuses to extrapolate); add rows of that fidelity and retrain")
+        if not self.config.fidelity_input:
+            return None
+        # max(hi, 1): a hand-built SPN with the input but only fidelity 0 encodes 0, not 0 / 0.
+        return torch.from_numpy((np.log1p(k) / np.log1p(max(hi, 1))).astype(np.float32))
+
     # ------------------------------------------------------------------ inference
-    def predict_mixed(self, ratios, fingerprints, target: str = "acc_drop"):
+    def predict_mixed(self, ratios, fingerprints, target: str = "acc_drop", fidelity=None):
         """Score ratio vectors of different models (different group counts) in one padded batch.
 
         Args:
             ratios: N ratio vectors, each as long as its model's group count.
             fingerprints: the N models (registered).
             target: ``"acc_drop"`` or ``"loss"``.
+            fidelity: label fine-tune steps to predict at (None: :attr:`fidelity`; one number or N).
 
         Returns:
             ``(mean, std)`` arrays of shape ``(N,)``, equal to :meth:`predict` per model.
 
         Raises:
-            ConfigError: not a transformer SPN, unknown models, or a vector of the wrong length.
+            ConfigError: not a transformer SPN, unknown models, a vector of the wrong length, or a fidelity
+                outside the trained ones.
         """
         if self.config.arch != "transformer":
             raise ConfigError(f"a {self.config.arch} SPN takes one model's group count; use the transformer")
@@ -153,14 +220,16 @@ class SPN:
             R[i, : r.size], mask[i, : r.size] = r, True
         which = torch.tensor([models.index(fp) for fp in fingerprints], dtype=torch.long)
         feats = self.feature_table(models, G)[which]
+        fid = self.encode_fidelity(fidelity, len(R))
         with torch.inference_mode(), one_thread():
-            y = self.denormalise(self.net(torch.from_numpy(R), feats, torch.from_numpy(mask)))
+            y = self.denormalise(self.net(torch.from_numpy(R), feats, torch.from_numpy(mask), fidelity=fid))
         y = y[..., _target_index(target)].numpy()
         return y.mean(0), y.std(0)
 
-    def forward_normalised(self, R: torch.Tensor, feats: torch.Tensor, mask=None) -> torch.Tensor:
-        """Raw ensemble output ``(E, N, T)`` in normalised target units (training uses this)."""
-        return self.net(R, feats, mask)
+    def forward_normalised(self, R: torch.Tensor, feats: torch.Tensor, mask=None, fidelity=None) -> torch.Tensor:
+        """Raw ensemble output ``(E, N, T)`` in normalised target units (training uses this; ``fidelity`` is
+        :meth:`encode_fidelity`'s tensor)."""
+        return self.net(R, feats, mask, fidelity=fidelity)
 
     def denormalise(self, y: torch.Tensor) -> torch.Tensor:
         """Normalised targets (..., T) -> points / nats."""
@@ -168,19 +237,21 @@ class SPN:
         std = torch.from_numpy(self.norm["target_std"])
         return y * std + mean
 
-    def predict_members(self, R, fingerprint: str, batch_size: int = 1024) -> np.ndarray:
+    def predict_members(self, R, fingerprint: str, batch_size: int = 1024, fidelity=None) -> np.ndarray:
         """Every member's prediction of every target, in real units (points for ``acc_drop``).
 
         Args:
             R: ``(N, n_groups)`` (or one ``(n_groups,)`` vector) of achieved ratios, numpy or list.
             fingerprint: a registered model.
             batch_size: rows per forward pass (1024 keeps activations in cache: faster than larger).
+            fidelity: label fine-tune steps to predict at (None: :attr:`fidelity`; one number or N).
 
         Returns:
             A float32 array ``(members, N, len(TARGETS))``.
 
         Raises:
-            ConfigError: unknown model or a ratio matrix of the wrong shape / non-finite values.
+            ConfigError: unknown model, a ratio matrix of the wrong shape / non-finite values, or a fidelity
+                outside the trained ones.
         """
         feats = self._feat_t.get(fingerprint)
         if feats is None:
@@ -194,15 +265,17 @@ class SPN:
         if not np.isfinite(R).all():
             raise ConfigError("ratios must be finite numbers")
         Rt = torch.from_numpy(R)
+        fid = self.encode_fidelity(fidelity, len(Rt))
         out = []
         with torch.inference_mode(), one_thread():
             for i in range(0, len(Rt), batch_size):
-                out.append(self.denormalise(self.net(Rt[i:i + batch_size], feats)))
+                part = None if fid is None else fid[i:i + batch_size]
+                out.append(self.denormalise(self.net(Rt[i:i + batch_size], feats, fidelity=part)))
         if not out:
             return np.zeros((self.config.members, 0, len(TARGETS)), np.float32)
         return torch.cat(out, 1).numpy()
 
-    def predict(self, R, fingerprint: str, target: str = "acc_drop", batch_size: int = 1024):
+    def predict(self, R, fingerprint: str, target: str = "acc_drop", batch_size: int = 1024, fidelity=None):
         """Ensemble mean and std of one target for each ratio vector.
 
         Args:
@@ -210,14 +283,17 @@ class SPN:
             fingerprint: the model (see :attr:`known`).
             target: ``"acc_drop"`` (percentage points) or ``"loss"``.
             batch_size: rows per forward pass.
+            fidelity: label fine-tune steps k to predict at: None for :attr:`fidelity` (the highest trained),
+                one number, or one per row.
 
         Returns:
             ``(mean, std)``: float32 arrays of shape ``(N,)``.
 
         Raises:
-            ConfigError: unknown model or target, or a ratio matrix of the wrong shape.
+            ConfigError: unknown model or target, a ratio matrix of the wrong shape, or a fidelity outside
+                the trained ones.
         """
-        y = self.predict_members(R, fingerprint, batch_size)[..., _target_index(target)]
+        y = self.predict_members(R, fingerprint, batch_size, fidelity)[..., _target_index(target)]
         return y.mean(0), y.std(0)
 
     # ------------------------------------------------------------------ state
@@ -226,8 +302,9 @@ class SPN:
         ``torch.load(weights_only=True)`` and cheap to ship to env workers)."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
+            "format_version": CHECKPOINT_VERSION if self.config.fidelity_input else 1,
             "config": asdict(self.config),
+            "fidelities": list(self.fidelities),
             "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
             "feature_names": list(self.feature_names),
             "features": {fp: torch.from_numpy(f.copy()) for fp, f in self._features.items()},
@@ -252,20 +329,21 @@ class SPN:
         """
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{source} is not an rlprune SPN checkpoint; train one with `rlprune spn train`")
-        if state.get("format_version") != CHECKPOINT_VERSION:
+        if state.get("format_version") not in range(1, CHECKPOINT_VERSION + 1):
             raise CheckpointError(f"{source} has SPN checkpoint format {state.get('format_version')!r}; this rlprune "
-                                  f"reads format {CHECKPOINT_VERSION}: retrain it with `rlprune spn train`")
+                                  f"reads formats 1 to {CHECKPOINT_VERSION}: retrain it with `rlprune spn train`")
         try:
             known = {f.name for f in fields(SPNConfig)}
             cfg = SPNConfig(**{k: v for k, v in state["config"].items() if k in known})
             spn = cls(cfg, state["feature_names"], {k: v.numpy() for k, v in state["norm"].items()},
-                      fingerprints=state["fingerprints"], meta=json.loads(state["meta"]))
+                      fingerprints=state["fingerprints"], meta=json.loads(state["meta"]),
+                      fidelities=state.get("fidelities", DEFAULT_FIDELITIES))
             spn.net.load_state_dict(state["weights"])
             for fp, f in state["features"].items():
                 spn.add_model(fp, f.numpy())
         except CheckpointError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ConfigError) as e:
             raise CheckpointError(f"{source} is an incompatible SPN checkpoint ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0]}); retrain it with `rlprune spn train`") from e
         return spn
@@ -273,11 +351,13 @@ class SPN:
     def copy(self) -> SPN:
         """An independent deep copy (fine-tuning a copy leaves the original untouched)."""
         return SPN(self.config, self.feature_names, self.norm, features=self._features,
-                   fingerprints=self.fingerprints, meta=copy.deepcopy(self.meta), net=copy.deepcopy(self.net))
+                   fingerprints=self.fingerprints, meta=copy.deepcopy(self.meta), net=copy.deepcopy(self.net),
+                   fidelities=self.fidelities)
 
     def __repr__(self) -> str:
         return (f"SPN(arch={self.config.arch!r}, members={self.config.members}, "
-                f"trained_on={len(self.fingerprints)} model(s), known={len(self._features)})")
+                f"trained_on={len(self.fingerprints)} model(s), known={len(self._features)}, "
+                f"fidelities={self.fidelities})")
 
 
 def _target_index(target: str) -> int:
@@ -329,6 +409,7 @@ def load_spn(path: str | os.PathLike) -> SPN:
 
 __all__ = [
     "ARCHS",
+    "DEFAULT_FIDELITIES",
     "TARGETS",
     "LinearNet",
     "MLPNet",

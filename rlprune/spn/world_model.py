@@ -58,9 +58,10 @@ class WorldModel:
         self.history: list[dict] = list(self.spn.meta.get("world_model_history", []))
 
     # ------------------------------------------------------------------ serving
-    def predict(self, R, fingerprint: str, target: str = "acc_drop"):
-        """:meth:`rlprune.spn.SPN.predict` on the current weights: ``(mean, std)`` arrays of shape ``(N,)``."""
-        return self.spn.predict(R, fingerprint, target)
+    def predict(self, R, fingerprint: str, target: str = "acc_drop", fidelity=None):
+        """:meth:`rlprune.spn.SPN.predict` on the current weights (at ``fidelity``; None: the SPN's default,
+        its highest): ``(mean, std)`` arrays of shape ``(N,)``."""
+        return self.spn.predict(R, fingerprint, target, fidelity=fidelity)
 
     def version(self) -> int:
         """Number of fine-tunes applied (0: the initial checkpoint)."""
@@ -152,19 +153,26 @@ class WorldModel:
     def _replay(self, new: pd.DataFrame) -> pd.DataFrame:
         """Up to ``replay_max`` older rows of the models in ``new``, read back from the store.
 
-        Only rows of the new rows' measurement spec qualify.
+        Only rows of the new rows' measurement spec qualify; for a multi-fidelity SPN, rows of that spec at
+        any fidelity it was trained on (``rlprune.samples.store.fidelity_family``).
         Rows the SPN is known to have trained on come first; a checkpoint that does not list them (one
         from ``rlprune spn train``) replays the store's other rows of the same models, so a fine-tune on a
         handful of new rows never forgets what the SPN learnt before.
         """
-        from rlprune.samples.store import read_samples
+        from rlprune.samples.store import fidelity_family, read_samples
+        from rlprune.spn.frames import row_fidelities
 
         if not (self.store / "manifest.json").exists():
             return new.iloc[:0]
         old = read_samples(self.store)
         old = old[~old["sample_id"].astype(str).isin(set(new["sample_id"].astype(str)))]
         # Only labels measured like the new rows: a store shared by runs of other specs must not leak in.
-        old = old[old["measure_id"].isin(set(new["measure_id"]))]
+        if self.spn.config.fidelity_input and len(old):
+            families = {fidelity_family(m) for m in set(new["measure"])}
+            old = old[old["measure"].map(lambda m: fidelity_family(m) in families)]
+            old = old[np.isin(row_fidelities(old), self.spn.fidelities)] if len(old) else old
+        else:
+            old = old[old["measure_id"].isin(set(new["measure_id"]))]
         trained = set(self.spn.meta.get("train_ids", []))
         if trained:
             old = old[old["sample_id"].astype(str).isin(trained)]

@@ -184,9 +184,10 @@ class Task(abc.ABC):
         """The trained weights: from the cache, or trained now and cached (a task given weights overrides this)."""
         state, source = training.cached_state(
             self.cache_path(), self._seeded_model,
-            lambda m: training.train(m, self.loader("train", self.train_config.batch_size, shuffle=True,
-                                                    augment=True),
-                                     self.train_config, self.seed, self.loss, f"train {self.name}"),
+            lambda m, snapshot: training.train(m, self.loader("train", self.train_config.batch_size, shuffle=True,
+                                                              augment=True),
+                                               self.train_config, self.seed, self.loss, f"train {self.name}",
+                                               resume=snapshot),
             {"task": self.name, "seed": self.seed})
         self.base_model_source = self.base_model_source or source
         return state

@@ -126,7 +126,8 @@ class BatchLoader:
             yield x, y
 
 
-def train(model: nn.Module, loader, cfg: TrainConfig, seed: int, loss: Loss, desc: str) -> nn.Module:
+def train(model: nn.Module, loader, cfg: TrainConfig, seed: int, loss: Loss, desc: str,
+          resume: Path | None = None) -> nn.Module:
     """Train ``model`` in place with ``cfg`` on a shuffling, augmenting train ``loader``; deterministic.
 
     Args:
@@ -136,6 +137,7 @@ def train(model: nn.Module, loader, cfg: TrainConfig, seed: int, loss: Loss, des
         seed: seeds anything the model draws (dropout); the loader has its own generator.
         loss: ``loss(outputs, targets)``.
         desc: the progress bar's label.
+        resume: where to keep an end-of-epoch snapshot (see :func:`sgd_steps`); None keeps none.
 
     Returns:
         The model, in eval mode.
@@ -151,13 +153,20 @@ def train(model: nn.Module, loader, cfg: TrainConfig, seed: int, loss: Loss, des
     # fork_rng keeps the caller's global RNG untouched while seeding anything the model draws.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sgd_steps(model, loader, total, cfg.lr, lr_factor, cfg.momentum, cfg.weight_decay, loss, desc)
+        sgd_steps(model, loader, total, cfg.lr, lr_factor, cfg.momentum, cfg.weight_decay, loss, desc,
+                  resume=resume)
     return model.eval()
 
 
 def sgd_steps(model: nn.Module, loader: Iterable, steps: int, lr: float, lr_factor: Callable[[int], float],
-              momentum: float, weight_decay: float, loss: Loss, desc: str) -> None:
+              momentum: float, weight_decay: float, loss: Loss, desc: str, resume: Path | None = None) -> None:
     """``steps`` SGD steps over ``loader``'s batches (cycled, so each pass reshuffles), with a progress bar.
+
+    With ``resume``, a snapshot of everything the remaining steps depend on (weights, optimiser, schedule, the
+    loader's and torch's RNG states) is written there atomically after every pass over the loader, and a
+    snapshot found there at the start is continued from: a killed training loses at most one epoch and ends
+    with the weights an uninterrupted one would have had. The file is removed when the steps are done. Only
+    loaders with a ``generator`` (like :class:`BatchLoader`) can be resumed exactly; others train without one.
 
     Args:
         model: trained in place (any device).
@@ -167,6 +176,7 @@ def sgd_steps(model: nn.Module, loader: Iterable, steps: int, lr: float, lr_fact
         momentum, weight_decay: SGD settings.
         loss: ``loss(outputs, targets)``.
         desc: the progress bar's label (the bar shows on a terminal only).
+        resume: the snapshot file (see above), or None.
     """
     device = device_of(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -174,10 +184,16 @@ def sgd_steps(model: nn.Module, loader: Iterable, steps: int, lr: float, lr_fact
     # LambdaLR with the closed-form factor, not LinearLR/CosineAnnealingLR: those update the rate
     # recursively, which drifts from the closed form by float ulps and changes the trained weights.
     schedule = LambdaLR(opt, lr_factor)
+    generator = getattr(loader, "generator", None)
+    snapshot = _Snapshot(resume, model, opt, schedule, generator) if resume and generator is not None else None
+    first = snapshot.restore() if snapshot else 0
     model.train()
     batches = iter(loader)
-    with tqdm(total=steps, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False) as bar:
-        for step in range(steps):
+    with tqdm(total=steps, initial=first, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for step in range(first, steps):
+            if snapshot and step > first and step % len(loader) == 0:
+                snapshot.save(step)
             try:
                 x, y = next(batches)
             except StopIteration:  # cycle through the split, reshuffling on every pass
@@ -191,6 +207,41 @@ def sgd_steps(model: nn.Module, loader: Iterable, steps: int, lr: float, lr_fact
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{value.item():.3f}")
+    if snapshot:
+        snapshot.path.unlink(missing_ok=True)
+
+
+class _Snapshot:
+    """An end-of-epoch training snapshot: written atomically, restored exactly, refused when foreign."""
+
+    def __init__(self, path: Path, model: nn.Module, opt, schedule, generator: torch.Generator) -> None:
+        self.path, self.model, self.opt, self.schedule, self.generator = Path(path), model, opt, schedule, generator
+
+    def save(self, step: int) -> None:
+        buf = io.BytesIO()
+        torch.save({"step": step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                    "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+                    "rng": torch.get_rng_state()}, buf)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+    def restore(self) -> int:
+        """Load the snapshot if there is a usable one; returns the step to continue from (0 for none)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            snap = torch.load(self.path, map_location=device_of(self.model), weights_only=True)
+            self.model.load_state_dict(snap["model"])
+            self.opt.load_state_dict(snap["opt"])
+            self.schedule.load_state_dict(snap["schedule"])
+            self.generator.set_state(snap["generator"])
+            torch.set_rng_state(snap["rng"])
+        except Exception as e:  # noqa: BLE001 - a torn or foreign snapshot means "start over", never a crash
+            warnings.warn(f"training snapshot {self.path} is unusable ({type(e).__name__}); starting over",
+                          RuntimeWarning, stacklevel=3)
+            return 0
+        logger.info("resuming training from step %d (%s)", snap["step"], self.path)
+        return int(snap["step"])
 
 
 def weights_key(model: nn.Module, code: Iterable[Callable], meta: dict, data: Iterable[tuple]) -> str:
@@ -232,7 +283,7 @@ def committed_dir() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "checkpoints"
 
 
-def cached_state(path: Path, build: Callable[[], nn.Module], fit: Callable[[nn.Module], nn.Module],
+def cached_state(path: Path, build: Callable[[], nn.Module], fit: Callable[[nn.Module, Path], nn.Module],
                  meta: dict) -> tuple[dict[str, torch.Tensor], str]:
     """The trained weights at ``path``, or trained now with ``fit`` and written there atomically.
 
@@ -242,7 +293,8 @@ def cached_state(path: Path, build: Callable[[], nn.Module], fit: Callable[[nn.M
     Args:
         path: the cache file (its name carries the key).
         build: returns the freshly initialised model (seeded by the caller).
-        fit: trains that model in place.
+        fit: ``fit(model, snapshot)`` trains that model in place, keeping an end-of-epoch snapshot at
+            ``snapshot`` (next to ``path``) so a killed training resumes there (see :func:`sgd_steps`).
         meta: stored with the weights (task name, seed).
 
     Returns:
@@ -263,7 +315,7 @@ def cached_state(path: Path, build: Callable[[], nn.Module], fit: Callable[[nn.M
         model = build()
         started = time.perf_counter()
         # Train on a GPU when there is one; the cached weights are always CPU tensors.
-        fit(model.to("cuda" if torch.cuda.is_available() else "cpu"))
+        fit(model.to("cuda" if torch.cuda.is_available() else "cpu"), path.with_name(path.name + ".partial"))
         model.cpu()
         logger.info("trained %s in %.1f s", meta.get("task", "a base model"), time.perf_counter() - started)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}

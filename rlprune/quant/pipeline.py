@@ -1,0 +1,160 @@
+"""``rlprune quantize``: from an fp32 (base or pruned) model to the best mixed-precision model at a size budget.
+
+    summary = run_quantize(QuantizeConfig(task="digits", target=0.125, out="runs/q"))
+    summary["winner"], summary["methods"]["rl"]["bits"], summary["methods"]["rl"]["acc_ci"]
+
+Steps (all on the task's splits, see ``rlprune.tasks.base``):
+
+1. the fp32 model (the task's base model, or ``pruned/pruned_model.pt`` from ``rlprune prune --out`` or
+   ``rlprune run``), its validation and test accuracy;
+2. the sensitivity scan (calibration) and every rule's vector at the target (``rlprune.quant.baselines``);
+3. ``samples`` random vectors with their measured post-training drops (calibration), split into a fitting
+   set and a held-out quarter: the bits world model and its held-out Spearman/MAE
+   (``rlprune.quant.worldmodel``);
+4. the RL search on the bits env against that world model (``rlprune.quant.search``; the only Ray step);
+5. every candidate fine-tuned the same number of steps with its fake quantizers (QAT), scored on validation
+   (which chooses) and test (which reports, with a 95% bootstrap interval) (``rlprune.quant.qat``);
+6. the winner exported as ``out/quantized_model.pt`` (``rlprune.load_quantized``) and everything in
+   ``out/summary.json``, both written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlprune.errors import ConfigError
+from rlprune.io import atomic_write_json
+from rlprune.quant.baselines import baseline_bits, sensitivity_scan
+from rlprune.quant.export import export_quantized
+from rlprune.quant.qat import QATSpec, choose, qat_validate
+from rlprune.quant.size import QuantSpace, validate_bits
+from rlprune.quant.worldmodel import BitsWorldModel, measure_drops, random_bits
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything ``rlprune quantize`` does, in one place."""
+
+    task: str = "digits"
+    """Task name (``rlprune tasks``)."""
+    target: float = 0.125
+    """Size budget: stored size relative to the fp32 model, in (0, 1] (0.125 is about 4 bits per weight)."""
+    out: str = "runs/quantize"
+    """Folder for ``quantized_model.pt`` and ``summary.json``."""
+    pruned: str | None = None
+    """A folder holding ``pruned_model.pt`` (``rlprune prune --out`` / ``rlprune run``); None: the base model."""
+    seed: int = 0
+    """Seeds the task, the samples, the world model and the RL search."""
+    samples: int = 64
+    """Measured (bits -> drop) samples for the world model (a quarter is held out to measure it)."""
+    rl_iters: int = 3
+    """PPO iterations of the RL search."""
+    rl_batch: int = 64
+    """Episodes per PPO iteration."""
+    qat_steps: int = 100
+    """Quantization-aware fine-tune steps, the same for every candidate."""
+    bits: tuple[int, ...] | None = None
+    """Your own bit vector, validated as one more candidate (``given``); it must fit the target."""
+
+    def __post_init__(self) -> None:
+        t = self.target
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 < t <= 1:
+            raise ConfigError(f"target size {t!r} is outside (0, 1]; pass the stored size relative to fp32, "
+                              "e.g. --target-size 0.125 for about 4 bits per weight")
+        for name, low in (("samples", 8), ("rl_iters", 1), ("rl_batch", 1), ("qat_steps", 0), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
+        if self.pruned is not None and not (Path(self.pruned) / "pruned_model.pt").is_file():
+            raise ConfigError(f"--pruned {self.pruned} holds no pruned_model.pt; pass the --out folder of "
+                              "`rlprune prune` or `rlprune run`")
+
+
+def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
+    """Run every step of the module docstring and return the summary (also written to ``out/summary.json``).
+
+    Args:
+        cfg: the settings.
+        log: called with one line per finished step (``print`` by default; the CLI's ``--json`` passes a no-op).
+
+    Returns:
+        ``{"task", "target", "fp32", "winner", "methods": {name: row}, "world_model", "rl", "sensitivity",
+        "config", "model"}``; each row has ``bits``, ``size_ratio``, ``meets_target``, ``val_acc``, ``acc``,
+        ``acc_ci`` and ``correct``.
+
+    Raises:
+        ConfigError: an unreachable target, bad ``bits``, an unknown task.
+        CheckpointError: an unreadable pruned model.
+    """
+    from rlprune.io import load_pruned
+    from rlprune.quant.search import rl_bits_search
+    from rlprune.tasks import get_task
+
+    started = time.perf_counter()
+    task = get_task(cfg.task, seed=cfg.seed)
+    model = load_pruned(cfg.pruned)[0] if cfg.pruned else task.base_model()
+    space = QuantSpace.from_model(model)
+    target = space.check_target(cfg.target)
+    given = None
+    if cfg.bits is not None:
+        given = validate_bits(cfg.bits, space.n_layers)
+        if not space.fits(given, target)[0]:
+            raise ConfigError(f"--bits {','.join(map(str, given))} has size_ratio {space.size_ratio(given)[0]:.4f} > "
+                              f"target {target:g}; lower some layers' bits or raise --target-size")
+    fp32 = {"val_acc": task.evaluate(model, "validation")["acc"], "acc": task.evaluate(model, "test")["acc"],
+            "params": space.params}
+    log(f"fp32 model: {space.n_layers} quantizable layers, {space.params:,} params, "
+        f"val {fp32['val_acc']:.2f}%, test {fp32['acc']:.2f}%")
+
+    sens = sensitivity_scan(task, model)
+    candidates = {k: v.tolist() for k, v in baseline_bits(space, target, sens).items()}
+    log("sensitivity scan (2 bits, calibration drop): " + ", ".join(f"{s:.1f}" for s in sens))
+
+    B = np.vstack([random_bits(space, cfg.samples, seed=cfg.seed), np.array(list(candidates.values()))])
+    drops = measure_drops(task, model, B)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(B))
+    held, fit = order[: max(2, len(B) // 4)], order[max(2, len(B) // 4):]
+    wm = BitsWorldModel(space.n_layers, seed=cfg.seed).fit(B[fit], drops[fit])
+    fidelity = wm.fidelity(B[held], drops[held])
+    wm = BitsWorldModel(space.n_layers, seed=cfg.seed).fit(B, drops)  # the search gets every sample
+    log(f"world model: held-out Spearman {fidelity['spearman']:.3f}, MAE {fidelity['mae']:.2f} points "
+        f"(n={fidelity['n']})")
+
+    rl = rl_bits_search(space, wm, target, iters=cfg.rl_iters, train_batch_env_steps=cfg.rl_batch, seed=cfg.seed)
+    candidates["rl"] = rl["bits"]
+    if given is not None:
+        candidates["given"] = given.tolist()
+    log(f"RL search: {rl['episodes']} episodes in {rl['search_s']:.1f} s, predicted drop "
+        f"{rl['predicted_drop']:.2f} points")
+
+    spec = QATSpec(steps=cfg.qat_steps)
+    methods, models = {}, {}
+    for name, bits in candidates.items():
+        row, wrapped = qat_validate(task, model, bits, spec)
+        row["meets_target"] = bool(space.fits(bits, target)[0])
+        row["predicted_drop"] = float(wm.predict(bits)[0])
+        methods[name], models[name] = row, wrapped
+        log(f"validated {name}: val {row['val_acc']:.2f}%, test {row['acc']:.2f}%")
+    winner = choose({k: v for k, v in methods.items() if v["meets_target"]})
+    out = Path(cfg.out)
+    manifest = {"task": cfg.task, "seed": cfg.seed, "method": winner, "target": target,
+                "size_ratio": methods[winner]["size_ratio"], "val_acc": methods[winner]["val_acc"],
+                "acc": methods[winner]["acc"], "space": space.to_record(), "pruned": cfg.pruned,
+                "activations": "fp32"}
+    export_quantized(models[winner], out / "quantized_model.pt", manifest)
+    summary = {"task": cfg.task, "target": target, "selection_split": "validation", "activations": "fp32",
+               "fp32": fp32, "winner": winner, "methods": methods, "layers": list(space.names),
+               "world_model": fidelity, "rl": rl, "sensitivity": sens.tolist(),
+               "config": {**asdict(cfg), "bits": list(cfg.bits) if cfg.bits else None},
+               "model": str(out / "quantized_model.pt"), "total_s": round(time.perf_counter() - started, 1)}
+    atomic_write_json(out / "summary.json", summary, sort_keys=False)
+    return summary
+
+
+__all__ = ["QuantizeConfig", "run_quantize"]

@@ -1,0 +1,169 @@
+"""The bits world model: measured (bit vector -> accuracy drop) samples and a small net that predicts them.
+
+Samples are generated in-process (no Ray): each bit vector fake-quantizes the fp32 model
+(``rlprune.quant.fake.wrap``, no fine-tune) and the drop is the calibration accuracy of the fp32 model minus
+that of the quantized one, in points. Vectors are drawn per row from a random band ``lo..hi`` of widths, so a
+sample set covers near-uniform vectors at every level as well as mixed ones.
+
+The model (:class:`BitsWorldModel`) is a two-layer MLP on the layers' *noise powers* ``4 ** -(b_l - 2)``
+(one more bit quarters the rounding noise, so the drop is closer to smooth in these than in ``b``); its
+output is the drop in points. It is small enough to train in a second on a CPU and to sit inside every env
+copy; :meth:`BitsWorldModel.state` is a JSON-able dict that env configs carry. Its fidelity on held-out
+samples is measured like the SPN's: Spearman's rank correlation and the mean absolute error in points.
+This is a separate model of its own, not the multi-fidelity SPN in ``rlprune.spn``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlprune.errors import ConfigError
+from rlprune.measure.stats import spearman
+from rlprune.quant.fake import wrap
+from rlprune.quant.size import MAX_BITS, MIN_BITS, QuantSpace
+
+_SCALE = 100.0  # drops are in points; the net works in fractions
+
+
+def random_bits(space: QuantSpace, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random bit vectors, each drawn uniformly from a random band ``lo..hi`` within 2..8.
+
+    Args:
+        space: the model's quantizable layers.
+        n: how many vectors.
+        seed: seeds the draw.
+
+    Returns:
+        An int64 array of shape ``(n, n_layers)``.
+    """
+    rng = np.random.default_rng(seed)
+    ends = np.sort(rng.integers(MIN_BITS, MAX_BITS + 1, size=(n, 2)), axis=1)
+    return rng.integers(ends[:, :1], ends[:, 1:] + 1, size=(n, space.n_layers)).astype(np.int64)
+
+
+def measure_drops(task, model: nn.Module, B, split: str = "calibration", max_batches: int | None = None) -> np.ndarray:
+    """The real accuracy drop (points) of each bit vector, post-training (no fine-tune).
+
+    Args:
+        task: an ``rlprune.tasks.Task``.
+        model: the fp32 (pruned or base) model; not modified.
+        B: ``(N, n_layers)`` bit vectors.
+        split: the split measured (calibration: what a search may look at).
+        max_batches: evaluate only this many batches of 128 (None: all).
+
+    Returns:
+        A float64 array of shape ``(N,)``: fp32 accuracy minus quantized accuracy.
+
+    Raises:
+        ConfigError: a bad bit vector.
+    """
+    ref = task.evaluate(model, split, max_batches=max_batches)["acc"]
+    return np.array([ref - task.evaluate(wrap(model, row), split, max_batches=max_batches)["acc"]
+                     for row in np.asarray(B)], dtype=np.float64)
+
+
+def noise_features(B) -> np.ndarray:
+    """The net's input: ``4 ** -(b - 2)`` per layer (1 at 2 bits, about 2e-4 at 8 bits), float32."""
+    return (4.0 ** -(np.asarray(B, dtype=np.float64) - MIN_BITS)).astype(np.float32)
+
+
+class BitsWorldModel:
+    """Predicts the post-training accuracy drop (points) of bit vectors of one model.
+
+    Args:
+        n_layers: the model's quantizable layers.
+        hidden: width of the two hidden layers.
+        seed: seeds the weights' initialisation and nothing else.
+    """
+
+    def __init__(self, n_layers: int, hidden: int = 32, seed: int = 0) -> None:
+        if not isinstance(n_layers, int) or n_layers < 1:
+            raise ConfigError(f"n_layers={n_layers!r} must be a positive integer")
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"hidden={hidden!r} must be a positive integer, e.g. 32")
+        self.n_layers, self.hidden, self.seed = n_layers, hidden, seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(n_layers, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, 1))
+
+    def fit(self, B, drops, steps: int = 1500, lr: float = 1e-2, weight_decay: float = 1e-4) -> BitsWorldModel:
+        """Train on measured samples (full batch Adam on the squared error; deterministic).
+
+        Args:
+            B: ``(N, n_layers)`` bit vectors.
+            drops: their measured drops (points).
+            steps: Adam steps.
+            lr, weight_decay: Adam settings.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ConfigError: shapes that do not match, fewer than 2 samples, or NaN drops.
+        """
+        x, y = self._xy(B, drops)
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.net.train()
+        for _ in range(steps):
+            loss = ((self.net(x).squeeze(1) - y) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.net.eval()
+        return self
+
+    def predict(self, B) -> np.ndarray:
+        """Predicted drops (points) of an ``(N, n_layers)`` bit matrix (or one vector), float64 ``(N,)``."""
+        B = np.atleast_2d(np.asarray(B))
+        if B.shape[1] != self.n_layers:
+            raise ConfigError(f"bit matrix has {B.shape[1]} columns; this world model has {self.n_layers} layers")
+        with torch.no_grad():
+            return self.net(torch.from_numpy(noise_features(B))).squeeze(1).double().numpy() * _SCALE
+
+    def fidelity(self, B, drops) -> dict:
+        """How well the model ranks and predicts held-out samples.
+
+        Returns:
+            ``{"spearman": rho, "mae": mean |predicted - measured| in points, "n": samples}``.
+        """
+        y = np.asarray(drops, dtype=np.float64)
+        pred = self.predict(B)
+        return {"spearman": spearman(pred, y), "mae": float(np.abs(pred - y).mean()), "n": int(y.size)}
+
+    def state(self) -> dict:
+        """A JSON-able snapshot (:meth:`from_state` inverts it; env configs carry it)."""
+        return {"n_layers": self.n_layers, "hidden": self.hidden, "seed": self.seed,
+                "weights": {k: v.tolist() for k, v in self.net.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, state) -> BitsWorldModel:
+        """Rebuild from :meth:`state` (a ``BitsWorldModel`` is returned as is).
+
+        Raises:
+            ConfigError: a malformed state.
+        """
+        if isinstance(state, BitsWorldModel):
+            return state
+        try:
+            wm = cls(int(state["n_layers"]), int(state["hidden"]), int(state["seed"]))
+            wm.net.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state["weights"].items()})
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"not a BitsWorldModel state ({type(e).__name__}); pass BitsWorldModel.state()") from e
+        wm.net.eval()
+        return wm
+
+    def _xy(self, B, drops) -> tuple[torch.Tensor, torch.Tensor]:
+        B = np.atleast_2d(np.asarray(B))
+        y = np.asarray(drops, dtype=np.float64).reshape(-1)
+        if B.shape != (y.size, self.n_layers) or y.size < 2:
+            raise ConfigError(f"need N >= 2 bit vectors of {self.n_layers} layers and N drops; got bits {B.shape} "
+                              f"and {y.size} drops")
+        if not np.isfinite(y).all():
+            raise ConfigError("drops hold NaN/inf; measure them again")
+        return torch.from_numpy(noise_features(B)), torch.from_numpy((y / _SCALE).astype(np.float32))
+
+
+__all__ = ["BitsWorldModel", "measure_drops", "noise_features", "random_bits"]

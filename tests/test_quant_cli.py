@@ -1,0 +1,48 @@
+"""``rlprune quantize`` end to end on digits (tiny budgets): a pruned folder in, the winner exported, and the
+errors a user meets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rlprune
+from rlprune.cli import main
+
+
+def test_bad_bits_and_target_are_one_clear_error(digits_task, tmp_path, capsys):
+    cases = [(["--target-size", "1.5"], "outside (0, 1]"), (["--target-size", "nan"], "outside (0, 1]"),
+             (["--target-size", "0.2", "--bits", "4,nan,4"], "bits nan for layer_01"),
+             (["--target-size", "0.2", "--bits", "4,1,4"], "bits 1 for layer_01 is not an integer in 2..8"),
+             (["--target-size", "0.2", "--bits", "4,4,4"], "got 3 bit widths but the model has 10"),
+             (["--target-size", "0.01"], "unreachable")]
+    for extra, words in cases:
+        assert main(["quantize", "--task", "digits", "--out", str(tmp_path / "q"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rlprune quantize: error:") and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_quantize_a_pruned_folder_exports_the_validated_winner(digits_task, ray_cluster, tmp_path, capsys):
+    assert main(["prune", "--task", "digits", "--uniform", "0.3", "--out", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "q"
+    code = main(["quantize", "--task", "digits", "--pruned", str(tmp_path / "p"), "--target-size", "0.15",
+                 "--out", str(out), "--samples", "16", "--rl-iters", "1", "--rl-batch", "16", "--qat-steps", "10",
+                 "--bits", "4,4,4,4,4,4,3,3,3,8", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    methods = summary["methods"]
+    assert set(methods) == {"uniform8", "uniform6", "uniform4", "sensitivity", "rl", "given"}
+    assert all(r["meets_target"] and r["size_ratio"] <= 0.15 and r["qat_steps"] == 10 for r in methods.values())
+    assert methods["given"]["bits"] == [4, 4, 4, 4, 4, 4, 3, 3, 3, 8]
+    best = max(r["val_acc"] for r in methods.values())
+    assert methods[summary["winner"]]["val_acc"] == best
+    assert summary["world_model"]["n"] >= 2 and summary["rl"]["episodes"] >= 16
+    model, manifest = rlprune.load_quantized(out)
+    assert manifest["method"] == summary["winner"] and manifest["bits"] == methods[summary["winner"]]["bits"]
+    assert digits_task.evaluate(model, "test")["acc"] == methods[summary["winner"]]["acc"]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["winner"] == summary["winner"] and on_disk["selection_split"] == "validation"
