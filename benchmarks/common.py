@@ -165,10 +165,18 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
                         "(with --data-dir)")
     p.add_argument("--arch", help="the task's architecture (fashion-mnist: resnet20, resnet56, mobilenet)")
     p.add_argument("--data-dir", help="the task's data folder (cifar10; fashion-mnist when not in the default place)")
+    p.add_argument("--model-seed", type=int,
+                   help="the base model's seed (its training and its data splits) for every benchmark seed, which "
+                        "then seeds sampling, the SPN and the searches only (default: each seed its own base model "
+                        "on digits, which trains in seconds; seed 0's on other tasks, whose base models take an "
+                        "hour to train and are committed)")
 
 
 def task_choice(args) -> tuple[dict, str]:
     """The task's keyword arguments and its label (``fashion-mnist/resnet20``) from :func:`add_task_args`' flags.
+
+    The keyword arguments hold ``seed`` when the base model is shared by every benchmark seed (``--model-seed``);
+    every consumer gives it precedence over the benchmark seed (``{"seed": seed, **kw}``).
 
     Raises:
         RlpruneError: an unknown task or architecture, or missing data: checked now, before any work, with the
@@ -178,8 +186,18 @@ def task_choice(args) -> tuple[dict, str]:
 
     data_dir = args.data_dir and str(Path(args.data_dir).expanduser().resolve())
     kw = {k: v for k, v in (("arch", args.arch), ("data_dir", data_dir)) if v}
+    model_seed = args.model_seed if args.model_seed is not None else (None if args.task == "digits" else 0)
+    if model_seed is not None:
+        kw["seed"] = model_seed
     get_task(args.task, **kw)
     return kw, f"{args.task}/{args.arch}" if args.arch else args.task
+
+
+def task_of(name: str, seed: int, task_kwargs: dict):
+    """The task for benchmark ``seed``; a ``seed`` in ``task_kwargs`` (``--model-seed``) takes precedence."""
+    from rlprune.tasks import get_task
+
+    return get_task(name, **{"seed": seed, **task_kwargs})
 
 
 def result_name(name: str, label: str) -> str:

@@ -307,7 +307,6 @@ def main(argv=None) -> None:
     import torch
 
     from rlprune.measure.spec import MeasureSpec
-    from rlprune.tasks import get_task
 
     torch.set_num_threads(args.threads)
     q = args.quick
@@ -316,7 +315,7 @@ def main(argv=None) -> None:
     ft = args.finetune_steps if args.finetune_steps is not None else (30 if q else MeasureSpec().finetune_steps)
     spec = MeasureSpec(finetune_steps=ft)
     kw, label = common.task_choice(args)  # a missing data folder fails now, with the task's message
-    task = get_task(args.task, seed=args.seed, **kw)
+    task = common.task_of(args.task, args.seed, kw)
     share = args.spn_share if args.spn_share is not None else (0.9 if q else BUDGET_SHARE)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

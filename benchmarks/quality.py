@@ -77,7 +77,6 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
     from rlprune.measure.spec import MeasureSpec
     from rlprune.search.rl import SearchConfig, run_search
     from rlprune.spn.nets import one_thread
-    from rlprune.tasks import get_task
 
     label = label or task_name
     work = Path(work) / f"{label.replace('/', '-')}-{seed}"
@@ -87,7 +86,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
     if not todo:
         return rows
     spec = MeasureSpec()
-    task = get_task(task_name, seed=seed, **task_kwargs)
+    task = common.task_of(task_name, seed, task_kwargs)
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())
@@ -246,11 +245,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def comparisons(rows: list[dict]) -> list[dict]:
+def comparisons(rows: list[dict], budget: str = BUDGET) -> list[dict]:
     """RL minus the best baseline (chosen on validation, per seed) on the same test images.
 
     Args:
-        rows: the per-seed rows, with ``source``, ``val_acc`` and packed ``test_correct``.
+        rows: the per-seed rows, with ``source``, ``val_acc``, ``<budget>_ratio`` and packed ``test_correct``.
+        budget: which ratio meets the target (``macs`` here; ``size`` for the bit widths of quantize.py).
 
     Returns:
         Per (task, target, fine-tune): one row per seed and one with ``seed == "all"`` (every seed's test
@@ -265,7 +265,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
         a_all, b_all, diffs, chosen = [], [], [], []
         for seed in sorted({r["seed"] for r in group}):
             mine = [r for r in group if r["seed"] == seed]
-            comp = comparison(mine, target, BUDGET)
+            comp = comparison(mine, target, budget)
             if comp is None or comp.get("diff_ci") is None:
                 continue  # no feasible candidate on one side, or no per-image outcomes: nothing to pair
             by = {r["method"]: r for r in mine}

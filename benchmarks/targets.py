@@ -69,11 +69,10 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, train_targets: list[f
     from rlprune.search.rl import SearchConfig, run_search
     from rlprune.spn.local import spn_predictor
     from rlprune.spn.nets import one_thread
-    from rlprune.tasks import get_task
 
     work = Path(work) / f"{label.replace('/', '-')}-{seed}"
     spec = MeasureSpec()
-    task = get_task(task_name, seed=seed, **task_kwargs)
+    task = common.task_of(task_name, seed, task_kwargs)
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())

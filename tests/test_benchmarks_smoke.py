@@ -38,6 +38,7 @@ HEADLINE = {
                 "spn_inference_vectors_per_s", "env_steps_per_s_simultaneous", "env_steps_per_s_sequential"},
     "targets": {"targets_selection_split", "targets_conditioned_minus_best_other_acc_unseen",
                 "targets_unseen_answer_s_conditioned", "targets_unseen_answer_s_cem", "targets_spn_calls_conditioned"},
+    "quantize": {"rl_minus_best_baseline_acc_at_size0.125", "rl_minus_best_baseline_acc_at_size0.125_ci"},
 }
 # script -> (columns its CSV must have, the column naming each row's kind, kinds that must all appear)
 EXPECTED = {
@@ -57,6 +58,9 @@ EXPECTED = {
     "targets": ({"seed", "target", "kind", "method", "macs_ratio", "val_acc", "acc", "acc_ci_lo", "acc_ci_hi",
                  "spn_calls", "search_s", "answer_s", "chosen"},
                 "method", {"conditioned_rl", "per_target_rl", "random_search", "cem"}),
+    "quantize": ({"seed", "target", "finetune_steps", "method", "source", "size_ratio", "val_acc", "acc", "acc_ci_lo",
+                  "acc_ci_hi", "wm_calls", "bits", "test_correct"},
+                 "method", {"fp32", "rl", "uniform8", "uniform4", "sensitivity", "random_search", "cem"}),
 }
 
 
@@ -68,7 +72,7 @@ def quick(tmp_path_factory, digits_task):
     def run(name: str):
         if name not in done:
             out = tmp_path_factory.mktemp(f"bench-{name}")
-            resumable = ["--work", str(out / "work")] if name in ("quality", "label_fidelity") else []
+            resumable = ["--work", str(out / "work")] if name in ("quality", "label_fidelity", "quantize") else []
             proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(out),
                                    *resumable], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
                                   timeout=900)
@@ -410,3 +414,51 @@ def test_quick_targets_answers_every_target_with_equal_budgets(quick, bench):
     assert summary["conditioned_rl"]["spn_calls"] == train[0]["spn_calls"] + 2 * len({r["target"] for r in answers})
     md = (out / "targets_quick.md").read_text()
     assert "## Per method" in md and "## Per target" in md
+
+
+def test_model_seed_shares_one_base_model_across_benchmark_seeds(bench, tmp_path):
+    """``--model-seed`` fixes the base model (and its splits) for every benchmark seed; the search built from the
+    benchmark's keyword arguments uses it, not its own seed; digits keeps one base model per seed by default."""
+    from rlprune.search.config import SearchConfig
+    from rlprune.search.rl import Search
+
+    common = bench("common")
+
+    def choice(*flags):
+        p = common.parser("x")
+        common.add_task_args(p)
+        return common.task_choice(p.parse_args(list(flags)))
+
+    assert choice() == ({}, "digits")
+    kw, label = choice("--model-seed", "0")
+    assert (kw, label) == ({"seed": 0}, "digits")
+    assert common.task_of("digits", 2, kw).seed == 0
+    assert common.task_of("digits", 2, {}).seed == 2
+    search = Search(SearchConfig(spn=None, out=str(tmp_path), reward="real", online=False, task_kwargs=kw, seed=2))
+    assert search.task.seed == 0 and search.env_config(None)["seed"] == 2
+    assert search.env_config(None)["task_kwargs"]["seed"] == 0  # the AMC-style env prunes the same base model
+
+
+@pytest.mark.slow
+def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick, bench):
+    """Every bits method is within the size budget after the same QAT, with an interval around its accuracy;
+    random search and CEM score exactly the RL search's counted world-model calls; a rerun reads the seed back."""
+    out, _ = quick("quantize")
+    rows = _csv(out / "quantize_quick.csv")
+    methods = {r["method"]: r for r in rows}
+    assert methods["fp32"]["size_ratio"] == 1.0
+    for r in rows:
+        if r["method"] != "fp32":
+            assert r["size_ratio"] <= 0.125 + 1e-9 and r["finetune_steps"] == 10
+            _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
+    assert methods["random_search"]["wm_calls"] == methods["cem"]["wm_calls"] == methods["rl"]["wm_calls"] > 0
+    comps = bench("quality").comparisons(rows, budget="size")
+    base = [r for r in rows if r["source"] == "baseline"]
+    best = max(base, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))
+    assert comps[0]["best_baseline"] == best["method"]  # chosen on validation
+    assert comps[0]["diff"] == pytest.approx(methods["rl"]["acc"] - best["acc"], abs=0.01)
+    proc = subprocess.run([sys.executable, str(BENCH / "quantize.py"), "--quick", "--results-dir", str(out / "again"),
+                           "--work", str(out / "work")], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "seed 0: done" not in proc.stderr, proc.stderr[-2000:]
+    assert (out / "again" / "quantize_quick.csv").read_text() == (out / "quantize_quick.csv").read_text()

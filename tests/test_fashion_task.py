@@ -74,8 +74,8 @@ def test_real_files_give_the_documented_splits():
 @pytest.mark.slow
 def test_every_verb_takes_the_task_and_its_arch(tiny_folder, rlprune_cache, monkeypatch, tmp_path, capsys,
                                                 ray_cluster):
-    """groups, prune, sample, spn, search and baselines on fashion-mnist (a tiny IDX folder, the depthwise net):
-    the task and its --arch reach the Ray workers, and groups needs no trained model at all."""
+    """groups, prune, sample, spn, search, baselines and quantize on fashion-mnist (a tiny IDX folder, the
+    depthwise net): the task and its --arch reach the Ray workers, and groups needs no trained model at all."""
     monkeypatch.setenv("RLPRUNE_CHECKPOINTS", str(tmp_path / "committed"))
     task = ["--task", "fashion-mnist", "--arch", "mobilenet", "--data-dir", str(tiny_folder)]
 
@@ -101,3 +101,11 @@ def test_every_verb_takes_the_task_and_its_arch(tiny_folder, rlprune_cache, monk
     assert len(found["ratios"]) == 12 and found["macs_ratio"] <= 0.5 + 1e-9
     rules = run("baselines", "--target-macs", "0.5", "--finetune-steps", "0")
     assert {"uniform", "global_l1"} <= {r["method"] for r in rules}
+    quant = run("quantize", "--target-size", "0.2", "--samples", "8", "--rl-iters", "1", "--rl-batch", "8",
+                "--qat-steps", "0", "--out", str(tmp_path / "q"))
+    from rlprune.quant.size import QuantSpace
+    from rlprune.tasks import get_task
+
+    net = get_task("fashion-mnist", arch="mobilenet", data_dir=str(tiny_folder)).base_model()
+    assert quant["task"] == "fashion-mnist" and quant["config"]["task_kwargs"]["arch"] == "mobilenet"
+    assert {len(r["bits"]) for r in quant["methods"].values()} == {QuantSpace.from_model(net).n_layers}

@@ -172,6 +172,26 @@ def test_report_renders_tables_and_figures(killed_and_resumed):
         assert f"| {m['method']} | {m['val_acc']:.2f} | {m['acc']:.2f} |" in md
         assert f"<td>{m['method']}</td>" in page
     assert "Pareto" in md and "both chosen on the validation split" in md and "estimate" not in md
+    assert "Against what the user gets" in md or "too few (or too alike)" in md
+
+
+def test_spn_is_scored_against_the_fine_tuned_validation_drop():
+    """The report's second SPN panel pairs each validated candidate's prediction with its drop after the
+    fine-tune on validation (not the label the SPN learned), within each target when given."""
+    from rlprune.measure.stats import spearman
+    from rlprune.pipeline.report import describe_spn_vs_final, spn_vs_final
+
+    rows = [{"predicted_acc_drop": p, "val_drop": v} for p, v in [(1, 2), (2, 1), (3, 4), (4, 3), (5, 6)]]
+    rows += [{"predicted_acc_drop": None, "val_drop": 9.0}, {"predicted_acc_drop": float("nan"), "val_drop": 0.0}]
+    got = spn_vs_final(rows)
+    assert got["n"] == 5 and got["spearman"] == pytest.approx(spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 6]))
+    assert got["ci"][0] <= got["spearman"] <= got["ci"][1]
+    assert f"Spearman {got['spearman']:.2f}" in describe_spn_vs_final(got, "accuracy")
+    # Within targets: two targets, each ranked perfectly, though their levels disagree across targets.
+    within = [{"predicted_acc_drop": p, "val_drop": v} for p, v in [(1, 11), (2, 12), (3, 13), (4, 1), (5, 2), (6, 3)]]
+    assert spn_vs_final(within, [0.3, 0.3, 0.3, 0.7, 0.7, 0.7])["spearman"] == pytest.approx(1.0)
+    assert spn_vs_final(within)["spearman"] < 1.0
+    assert "too few" in describe_spn_vs_final(spn_vs_final(rows[:2]), "accuracy")
 
 
 def test_tune_experiments_are_on_disk(killed_and_resumed):

@@ -124,6 +124,7 @@ def test_report_plots_accuracy_against_macs_across_targets(multi_run):
     for p in full["per_target"]:
         assert f"## Target {p['target']:g}" in md and f"t{p['target']:g}/pruned_model.pt" in md
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert "Spearman is taken within each target" in md
 
 
 @pytest.mark.parametrize("value, words", [

@@ -210,3 +210,49 @@ def test_world_model_predicts_held_out_drops(digits_task, base, space):
     assert fid["mae"] < constant  # better than predicting the mean
     again = BitsWorldModel.from_state(wm.state())
     assert np.array_equal(again.predict(B[45:]), wm.predict(B[45:]))
+
+
+# ----------------------------------------------------------------------------- black-box bit searches
+@pytest.fixture(scope="module")
+def toy():
+    """A 6-layer space and a world model fitted to a known drop: layer 1 is 50x as sensitive as the others."""
+    toy_space = QuantSpace(names=tuple(f"l{i}" for i in range(6)), kinds=("conv",) * 5 + ("linear",),
+                           numel=(900, 9000, 9000, 18000, 18000, 640), channels=(16, 32, 32, 64, 64, 10),
+                           other_params=400)
+    sens = np.array([1.0, 50.0, 1.0, 1.0, 1.0, 1.0])
+    B = random_bits(toy_space, 300, seed=1)
+    drops = (sens * 4.0 ** -(B - 2)).sum(axis=1)
+    return toy_space, BitsWorldModel(6, seed=0).fit(B, drops), sens
+
+
+def test_fit_many_lowers_the_widest_largest_layer_first_like_one_at_a_time(toy):
+    toy_space = toy[0]
+    B = random_bits(toy_space, 40, seed=3)
+    got = toy_space.fit_many(B, 0.15)
+    numel = np.asarray(toy_space.numel)
+    for row, fitted in zip(B, got, strict=True):
+        b = row.copy()
+        while toy_space.size_ratio(b)[0] > 0.15 + 1e-12:  # the rule, spelled out one bit at a time
+            cand = np.flatnonzero(b == b.max())
+            b[cand[np.argmax(numel[cand])]] -= 1
+        assert np.array_equal(fitted, b)
+    assert np.array_equal(B, random_bits(toy_space, 40, seed=3))  # the input is left alone
+
+
+def test_black_box_bit_searches_spend_exactly_the_calls_and_find_the_sensitive_layer(toy):
+    from rlprune.quant.blackbox import cem_bits_search, random_bits_search
+
+    toy_space, wm, sens = toy
+    rs = random_bits_search(toy_space, wm, 0.15, n_calls=700, seed=0)
+    cem = cem_bits_search(toy_space, wm, 0.15, n_calls=700, seed=0)
+    for r in (rs, cem):
+        assert r["wm_calls"] == 700 and r["size_ratio"] <= 0.15 + 1e-12
+        assert r["predicted_drop"] == pytest.approx(float(wm.predict(r["bits"])[0]), abs=1e-4)  # float32 batches
+    assert cem["bits"][1] == max(cem["bits"]) > min(cem["bits"])  # more bits where accuracy is most sensitive
+    uniform = toy_space.fit_to_budget(uniform_bits(6, 4), 0.15)
+    assert cem["predicted_drop"] < float(wm.predict(uniform)[0])  # beats the uniform rule on its own world model
+    assert cem == {**cem_bits_search(toy_space, wm, 0.15, n_calls=700, seed=0), "search_s": cem["search_s"]}
+    with pytest.raises(ConfigError, match="n_calls=0 must be a positive integer"):
+        random_bits_search(toy_space, wm, 0.15, n_calls=0)
+    with pytest.raises(ConfigError, match="population=1"):
+        cem_bits_search(toy_space, wm, 0.15, n_calls=10, population=1)

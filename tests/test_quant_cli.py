@@ -35,7 +35,9 @@ def test_quantize_a_pruned_folder_exports_the_validated_winner(digits_task, ray_
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     methods = summary["methods"]
-    assert set(methods) == {"uniform8", "uniform6", "uniform4", "sensitivity", "rl", "given"}
+    assert set(methods) == {"uniform8", "uniform6", "uniform4", "sensitivity", "rl", "random_search", "cem", "given"}
+    # Equal, counted budgets: the black-box searches score exactly the vectors the RL search's env did.
+    assert methods["random_search"]["wm_calls"] == methods["cem"]["wm_calls"] == methods["rl"]["wm_calls"] > 0
     assert all(r["meets_target"] and r["size_ratio"] <= 0.15 and r["qat_steps"] == 10 for r in methods.values())
     assert methods["given"]["bits"] == [4, 4, 4, 4, 4, 4, 3, 3, 3, 8]
     best = max(r["val_acc"] for r in methods.values())

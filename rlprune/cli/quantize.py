@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlprune.cli.common import add_json_arg, emit
+from rlprune.cli.common import add_json_arg, add_task_args, emit, task_options
 from rlprune.errors import ConfigError
 from rlprune.quant.size import validate_bits
 
@@ -13,7 +13,8 @@ EPILOG = """what it does:
   2. a one-shot sensitivity scan (each layer alone at 2 bits, calibration split) and the rules at the budget:
      uniform8 / uniform6 / uniform4 (fitted down to the budget) and sensitivity (HAQ-style greedy)
   3. --samples measured (bits -> accuracy drop) samples and a small world model (held-out Spearman/MAE shown)
-  4. an RL search: one agent per conv/linear layer, shared PPO policy, the wall on size_ratio
+  4. an RL search: one agent per conv/linear layer, shared PPO policy, the wall on size_ratio; then random
+     search and CEM on the same world model with as many world-model calls as the RL search counted
   5. every candidate fine-tuned --qat-steps steps with fake-quantized weights (QAT), scored on validation
      (which chooses the winner) and test (which reports, with a 95% bootstrap interval)
   6. the winner saved as DIR/quantized_model.pt (integer weights + scales; rlprune.load_quantized(DIR))
@@ -26,6 +27,7 @@ examples:
   rlprune quantize --task digits --target-size 0.125 --out runs/q
   rlprune quantize --task digits --pruned runs/p1 --target-size 0.15 --out runs/pq --json
   rlprune quantize --task digits --target-size 0.2 --bits 8,4,4,4,4,4,4,4,4,8 --out runs/q2
+  rlprune quantize --task fashion-mnist --arch resnet20 --target-size 0.125 --out runs/q-fm
 """
 
 
@@ -38,8 +40,7 @@ def add_quantize_parser(sub) -> None:
                     "RL search compared after the same quantization-aware fine-tune.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default="digits", help="task name (see `rlprune tasks`; default digits)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the task and every random choice (default 0)")
+    add_task_args(p, default="digits")
     p.add_argument("--pruned", metavar="DIR", help="folder with pruned_model.pt from `rlprune prune --out` or "
                                                    "`rlprune run` (default: the task's unpruned base model)")
     p.add_argument("--target-size", type=float, required=True, metavar="R",
@@ -77,7 +78,8 @@ def parse_bits(text: str | None) -> tuple[int, ...] | None:
 def cmd_quantize(args) -> int:
     from rlprune.quant.pipeline import QuantizeConfig, run_quantize
 
-    cfg = QuantizeConfig(task=args.task, target=args.target_size, out=args.out, pruned=args.pruned, seed=args.seed,
+    cfg = QuantizeConfig(task=args.task, task_kwargs=task_options(args), target=args.target_size, out=args.out,
+                         pruned=args.pruned, seed=args.seed,
                          samples=args.samples, rl_iters=args.rl_iters, rl_batch=args.rl_batch,
                          qat_steps=args.qat_steps, bits=parse_bits(args.bits))
     summary = run_quantize(cfg, log=(lambda line: None) if args.json else print)

@@ -15,7 +15,17 @@ import numpy as np
 
 from rlprune.io import atomic_write_bytes
 from rlprune.measure.stats import describe
-from rlprune.pipeline.report import _ci, _fig_spn, _fmt, _html, _markdown, _save, _stage_times
+from rlprune.pipeline.report import (
+    _ci,
+    _fig_spn,
+    _fmt,
+    _html,
+    _markdown,
+    _save,
+    _stage_times,
+    describe_spn_vs_final,
+    spn_vs_final,
+)
 from rlprune.pipeline.select import comparison
 from rlprune.pipeline.targets import target_dir
 
@@ -41,7 +51,7 @@ def write_targets_report(out: Path, cfg, done: dict, winners: dict) -> dict:
     figdir.mkdir(parents=True, exist_ok=True)
     per = done["validate"]["targets"]
     figs = {"targets": fig_acc_vs_targets(per, done["base"], cfg, figdir / "acc_vs_targets.png"),
-            "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png")}
+            "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", _spn_vs_final(per))}
     blocks = _blocks(cfg, done, winners, per, figs, _stage_times(out))
     md, page = _markdown(blocks), _html(blocks, f"rlprune report: {done['base'].get('task', cfg.task)}")
     atomic_write_bytes(out / "report.md", md.encode())
@@ -93,6 +103,11 @@ def fig_acc_vs_targets(per: list[dict], base: dict, cfg, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _spn_vs_final(per: list[dict]) -> dict:
+    rows = [r for p in per for r in p["rows"]]
+    return spn_vs_final(rows, [p["target"] for p in per for _ in p["rows"]])
+
+
 def _blocks(cfg, done, winners, per, figs, stage_wall: dict) -> list[tuple]:
     base = done["base"]
     what = "MACs" if cfg.budget == "macs" else "params"
@@ -142,6 +157,8 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict) -> list[tuple]:
     b.append(("h2", "State predictor network"))
     b.append(("p", f"{done['spn']['arch']} SPN trained on {done['spn']['n_train']} real samples; on {m['n']} "
                    f"held-out samples: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}."))
+    b.append(("p", describe_spn_vs_final(_spn_vs_final(per), metric) + " Spearman is taken within each target "
+                   "and averaged."))
     b.append(("img", figs["spn"], f"SPN predicted vs real {metric} drop"))
     b.append(("h2", "Conditioned sweep"))
     b.append(("table", ["trial", "episodes", "SPN calls", "real evals", "wall s", "policy"],

@@ -11,7 +11,9 @@ Steps (all on the task's splits, see ``rlprune.tasks.base``):
 3. ``samples`` random vectors with their measured post-training drops (calibration), split into a fitting
    set and a held-out quarter: the bits world model and its held-out Spearman/MAE
    (``rlprune.quant.worldmodel``);
-4. the RL search on the bits env against that world model (``rlprune.quant.search``; the only Ray step);
+4. the RL search on the bits env against that world model (``rlprune.quant.search``; the only Ray step), then
+   random search and CEM on the same world model with the RL search's counted calls
+   (``rlprune.quant.blackbox``);
 5. every candidate fine-tuned the same number of steps with its fake quantizers (QAT), scored on validation
    (which chooses) and test (which reports, with a 95% bootstrap interval) (``rlprune.quant.qat``);
 6. the winner exported as ``out/quantized_model.pt`` (``rlprune.load_quantized``) and everything in
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ import numpy as np
 from rlprune.errors import ConfigError
 from rlprune.io import atomic_write_json
 from rlprune.quant.baselines import baseline_bits, sensitivity_scan
+from rlprune.quant.blackbox import cem_bits_search, random_bits_search
 from rlprune.quant.export import export_quantized
 from rlprune.quant.qat import QATSpec, choose, qat_validate
 from rlprune.quant.size import QuantSpace, validate_bits
@@ -42,6 +45,9 @@ class QuantizeConfig:
 
     task: str = "digits"
     """Task name (``rlprune tasks``)."""
+    task_kwargs: dict = field(default_factory=dict)
+    """The task's other arguments (``arch``, ``data_dir``, or your model's specs); a ``seed`` here fixes the base
+    model (a benchmark's ``--model-seed``) while ``seed`` still seeds the samples and the searches."""
     target: float = 0.125
     """Size budget: stored size relative to the fp32 model, in (0, 1] (0.125 is about 4 bits per weight)."""
     out: str = "runs/quantize"
@@ -70,6 +76,9 @@ class QuantizeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
+        if not isinstance(self.task_kwargs, dict):
+            raise ConfigError(f"task_kwargs={self.task_kwargs!r} must be a dict of the task's arguments, e.g. "
+                              "{'arch': 'resnet20'}")
         if self.pruned is not None and not (Path(self.pruned) / "pruned_model.pt").is_file():
             raise ConfigError(f"--pruned {self.pruned} holds no pruned_model.pt; pass the --out folder of "
                               "`rlprune prune` or `rlprune run`")
@@ -96,7 +105,7 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
     from rlprune.tasks import get_task
 
     started = time.perf_counter()
-    task = get_task(cfg.task, seed=cfg.seed)
+    task = get_task(cfg.task, **{"seed": cfg.seed, **cfg.task_kwargs})
     model = load_pruned(cfg.pruned)[0] if cfg.pruned else task.base_model()
     space = QuantSpace.from_model(model)
     target = space.check_target(cfg.target)
@@ -128,10 +137,17 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
 
     rl = rl_bits_search(space, wm, target, iters=cfg.rl_iters, train_batch_env_steps=cfg.rl_batch, seed=cfg.seed)
     candidates["rl"] = rl["bits"]
-    if given is not None:
-        candidates["given"] = given.tolist()
     log(f"RL search: {rl['episodes']} episodes in {rl['search_s']:.1f} s, predicted drop "
         f"{rl['predicted_drop']:.2f} points")
+    # The black-box baselines get exactly the world-model calls the RL search counted.
+    searches = {"rl": rl, "random_search": random_bits_search(space, wm, target, rl["wm_calls"], seed=cfg.seed),
+                "cem": cem_bits_search(space, wm, target, rl["wm_calls"], seed=cfg.seed)}
+    for name in ("random_search", "cem"):
+        candidates[name] = searches[name]["bits"]
+        log(f"{name}: {rl['wm_calls']} world-model calls in {searches[name]['search_s']:.1f} s, predicted drop "
+            f"{searches[name]['predicted_drop']:.2f} points")
+    if given is not None:
+        candidates["given"] = given.tolist()
 
     spec = QATSpec(steps=cfg.qat_steps)
     methods, models = {}, {}
@@ -139,11 +155,13 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
         row, wrapped = qat_validate(task, model, bits, spec)
         row["meets_target"] = bool(space.fits(bits, target)[0])
         row["predicted_drop"] = float(wm.predict(bits)[0])
+        row["wm_calls"] = searches[name]["wm_calls"] if name in searches else 0
+        row["search_s"] = searches[name]["search_s"] if name in searches else 0.0
         methods[name], models[name] = row, wrapped
         log(f"validated {name}: val {row['val_acc']:.2f}%, test {row['acc']:.2f}%")
     winner = choose({k: v for k, v in methods.items() if v["meets_target"]})
     out = Path(cfg.out)
-    manifest = {"task": cfg.task, "seed": cfg.seed, "method": winner, "target": target,
+    manifest = {"task": cfg.task, "task_kwargs": cfg.task_kwargs, "seed": cfg.seed, "method": winner, "target": target,
                 "size_ratio": methods[winner]["size_ratio"], "val_acc": methods[winner]["val_acc"],
                 "acc": methods[winner]["acc"], "space": space.to_record(), "pruned": cfg.pruned,
                 "activations": "fp32"}

@@ -203,13 +203,25 @@ class QuantSpace:
         Returns:
             The fitted int64 vector (unchanged when it already fits).
         """
-        b = validate_bits(bits, self.n_layers).copy()
+        return self.fit_many(validate_bits(bits, self.n_layers)[None], target)[0]
+
+    def fit_many(self, B, target: float) -> np.ndarray:
+        """:meth:`fit_to_budget` for every row of an ``(N, n_layers)`` bit matrix at once.
+
+        Raises:
+            ConfigError: an unreachable target, or entries outside 2..8.
+        """
+        B = self._matrix(B, validate=True).astype(np.int64)
         t = self.check_target(target)
-        numel = np.asarray(self.numel)
-        while not self.fits(b, t)[0]:
-            cand = np.flatnonzero(b == b.max())
-            b[cand[np.argmax(numel[cand])]] -= 1
-        return b
+        numel = np.asarray(self.numel, dtype=np.int64)
+        # Most bits first, then most weights; argmax takes the first layer of a full tie, as a loop would.
+        weight = numel.max() + 1
+        rows = np.flatnonzero(~self.fits(B, t))
+        while rows.size:
+            key = B[rows] * weight + numel
+            B[rows, np.argmax(key, axis=1)] -= 1
+            rows = rows[~self.fits(B[rows], t)]
+        return B
 
     # ----- features -----------------------------------------------------------------------------------
     def features(self) -> np.ndarray:

@@ -66,7 +66,7 @@ class Search:
             raise ConfigError(f"--out {self.out} is a file; pass a folder")
         if cfg.reward == "spn":
             load_spn(cfg.spn)  # fail now, with the checkpoint's own message, not inside an env runner
-        self.task = get_task(cfg.task, seed=cfg.seed, **cfg.task_kwargs)
+        self.task = get_task(cfg.task, **{"seed": cfg.seed, **cfg.task_kwargs})  # a model seed given wins
         model = self.task.base_model()
         self.space = cfg.measure.space_of(model, self.task.example_input())
         self.fingerprint = model_fingerprint(model)
