@@ -64,18 +64,14 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
         rows.append({**common_fields, "method": name, "source": "rl" if name == "rl" else "baseline",
                      "size_ratio": round(r["size_ratio"], 5),
                      "params_ratio": 1.0,  # one fp32 model for every method: the tie-break sees no difference
-                     "val_acc": round(r["val_acc"], 4), "acc": round(r["acc"], 4), "acc_ci_lo": _round(lo),
-                     "acc_ci_hi": _round(hi), "acc_drop": round(fp32["acc"] - r["acc"], 4),
-                     "predicted_drop": _round(r.get("predicted_drop")), "wm_calls": int(r.get("wm_calls", 0)),
+                     "val_acc": round(r["val_acc"], 4), "acc": round(r["acc"], 4), "acc_ci_lo": quality._round(lo),
+                     "acc_ci_hi": quality._round(hi), "acc_drop": round(fp32["acc"] - r["acc"], 4),
+                     "predicted_drop": quality._round(r.get("predicted_drop")), "wm_calls": int(r.get("wm_calls", 0)),
                      "search_s": round(float(r.get("search_s", 0.0)), 2), "bits": " ".join(map(str, r["bits"])),
                      "test_correct": r.get("correct", "")})
     atomic_write_json(done, rows)
     print(f"{label} seed {seed}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return rows
-
-
-def _round(x, nd: int = 2):
-    return "" if x is None or x == "" or not np.isfinite(float(x)) else round(float(x), nd)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -94,7 +90,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"method": m, "seeds": len(v), "size_ratio": round(float(np.mean([float(r["size_ratio"])
                                                                                      for r in v])), 4),
                     "val_acc": round(float(np.mean([float(r["val_acc"]) for r in v])), 2),
-                    "acc": round(float(np.mean(acc)), 2), "acc_ci_lo": _round(lo), "acc_ci_hi": _round(hi),
+                    "acc": round(float(np.mean(acc)), 2), "acc_ci_lo": quality._round(lo),
+                    "acc_ci_hi": quality._round(hi),
                     "acc_std": round(float(np.std(acc, ddof=1)), 2) if len(acc) > 1 else 0.0,
                     "wm_calls": round(float(np.mean([float(r["wm_calls"]) for r in v]))),
                     "search_s": round(float(np.mean([float(r["search_s"]) for r in v])), 2)})

@@ -46,13 +46,14 @@ def write_report(out: Path, cfg, done: dict, winner: dict) -> dict:
     figdir.mkdir(parents=True, exist_ok=True)
     stage_wall = _stage_times(out)
     timing = search_timing(done, stage_wall)
+    final = spn_vs_final(rows)
     figs = {
         "ratios": _fig_ratios(rows, done["base"]["groups"], figdir / "ratios.png"),
         "pareto": _fig_pareto(rows, done["base"], cfg, figdir / "acc_vs_macs.png"),
-        "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", spn_vs_final(rows)),
+        "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", final),
         "time": _fig_time(timing, figdir / "search_time.png"),
     }
-    blocks = _blocks(cfg, done, winner, rows, timing, figs, stage_wall)
+    blocks = _blocks(cfg, done, winner, rows, timing, figs, stage_wall, final)
     md, page = _markdown(blocks), _html(blocks, f"rlprune report: {done['base'].get('task', cfg.task)}")
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", page.encode())
@@ -281,7 +282,7 @@ def _count(v) -> str:
     return "" if v is None else str(int(v))
 
 
-def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict) -> list[tuple]:
+def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict, final: dict) -> list[tuple]:
     base = done["base"]
     what = "MACs" if cfg.budget == "macs" else "params"
     metric = base.get("metric", "accuracy")  # what every "acc" holds: the task's metric, in points
@@ -323,7 +324,7 @@ def _blocks(cfg, done, winner, rows, timing, figs, stage_wall: dict) -> list[tup
     b.append(("p", f"{done['spn']['arch']} SPN trained on {done['spn']['n_train']} real samples; on "
                    f"{m['n']} held-out samples: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}, "
                    f"R^2 {_fmt(m.get('r2'), 3)}."))
-    b.append(("p", describe_spn_vs_final(spn_vs_final(rows), metric)))
+    b.append(("p", describe_spn_vs_final(final, metric)))
     b.append(("img", figs["spn"], f"SPN predicted vs real {metric} drop"))
     b.append(("h2", "Search time and budgets"))
     b.append(("p", f"Measured: the best search (`{timing['best_tag']}`) took {timing['best_wall_s']:.1f} s for "

@@ -50,9 +50,10 @@ def write_targets_report(out: Path, cfg, done: dict, winners: dict) -> dict:
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     per = done["validate"]["targets"]
+    final = _spn_vs_final(per)
     figs = {"targets": fig_acc_vs_targets(per, done["base"], cfg, figdir / "acc_vs_targets.png"),
-            "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", _spn_vs_final(per))}
-    blocks = _blocks(cfg, done, winners, per, figs, _stage_times(out))
+            "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", final)}
+    blocks = _blocks(cfg, done, winners, per, figs, _stage_times(out), final)
     md, page = _markdown(blocks), _html(blocks, f"rlprune report: {done['base'].get('task', cfg.task)}")
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", page.encode())
@@ -108,7 +109,7 @@ def _spn_vs_final(per: list[dict]) -> dict:
     return spn_vs_final(rows, [p["target"] for p in per for _ in p["rows"]])
 
 
-def _blocks(cfg, done, winners, per, figs, stage_wall: dict) -> list[tuple]:
+def _blocks(cfg, done, winners, per, figs, stage_wall: dict, final: dict) -> list[tuple]:
     base = done["base"]
     what = "MACs" if cfg.budget == "macs" else "params"
     metric = base.get("metric", "accuracy")
@@ -157,7 +158,7 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict) -> list[tuple]:
     b.append(("h2", "State predictor network"))
     b.append(("p", f"{done['spn']['arch']} SPN trained on {done['spn']['n_train']} real samples; on {m['n']} "
                    f"held-out samples: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}."))
-    b.append(("p", describe_spn_vs_final(_spn_vs_final(per), metric) + " Spearman is taken within each target "
+    b.append(("p", describe_spn_vs_final(final, metric) + " Spearman is taken within each target "
                    "and averaged."))
     b.append(("img", figs["spn"], f"SPN predicted vs real {metric} drop"))
     b.append(("h2", "Conditioned sweep"))
