@@ -34,6 +34,22 @@ def init_ray(address: str | None, workers: int) -> bool:
     return True
 
 
+def report(metrics: dict) -> None:
+    """``tune.report`` with the id of the node the trial runs on (where trials ran ends up in the summary)."""
+    import ray
+    from ray import tune
+
+    tune.report({**metrics, "node_id": ray.get_runtime_context().get_node_id()})
+
+
+def merge_placements(*placements: dict | None) -> dict:
+    """One stage's placement from several experiments' (:func:`fit_experiment`): nodes, trials, retries added."""
+    done = [p for p in placements if p]
+    return {"nodes": sorted({n for p in done for n in p["nodes"]}), "trials": sum(p["trials"] for p in done),
+            "retries": sum(p["retries"] for p in done),
+            "per_trial": {k: v for p in done for k, v in p["per_trial"].items()}}
+
+
 class TrialsFailed(RlpruneError, RuntimeError):
     """Some trials of a Tune experiment failed; finished trials' outputs are kept, a rerun resumes."""
 
@@ -56,7 +72,9 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
         max_failures: Tune restarts of a trial whose worker died.
 
     Returns:
-        The ``ResultGrid``.
+        ``(ResultGrid, placement)``; ``placement`` is ``{"nodes", "trials", "retries", "per_trial"}``: the node
+        ids trials reported from (trainables that report through :func:`report`), how many trials, how often
+        Tune restarted one (a worker or its node died), and those per trial name.
 
     Raises:
         TrialsFailed: a trial failed after its retries (what finished trials wrote is kept).
@@ -68,14 +86,27 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
                disable=None if progress is None else not progress)
 
     class Progress(tune.Callback):
-        """Moves the bar to the sum of every trial's latest count."""
+        """Moves the bar to the sum of every trial's latest count; notes each trial's nodes and restarts."""
 
         def __init__(self):
             self.done: dict[str, int] = {}
+            self.trials: dict[str, dict] = {}
+
+        def _trial(self, trial) -> dict:
+            return self.trials.setdefault(str(trial), {"nodes": [], "retries": 0})
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.done[trial.trial_id] = max(self.done.get(trial.trial_id, 0), count(result))
             bar.update(min(total, initial + sum(self.done.values())) - bar.n)
+            nodes = self._trial(trial)["nodes"]
+            if result.get("node_id") and result["node_id"] not in nodes:
+                nodes.append(result["node_id"])
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._trial(trial)["retries"] += 1
+            bar.write(f"{desc}: trial {trial} failed (its worker or node died); Tune restarts it")
+
+    progress_cb = Progress()
 
     tuner = tune.Tuner(
         trainable, param_space=param_space,
@@ -83,7 +114,7 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
                                     trial_dirname_creator=dirname, trial_name_creator=dirname),
         run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  callbacks=[Progress()]),
+                                  callbacks=[progress_cb]),
     )
     # Tune's own SIGINT handler ends the experiment quietly and returns as if it had finished, so a caller that
     # tops up what is missing (sampling) would start another round: Ctrl-C must stop the command instead.
@@ -101,4 +132,7 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
         raise TrialsFailed(f"{len(errors)} of {len(grid)} {desc} trials failed ({type(errors[0]).__name__}: "
                            f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
                            f"the same command to resume")
-    return grid
+    per_trial = progress_cb.trials
+    return grid, merge_placements({"nodes": [n for t in per_trial.values() for n in t["nodes"]],
+                                   "trials": len(grid), "retries": sum(t["retries"] for t in per_trial.values()),
+                                   "per_trial": per_trial})

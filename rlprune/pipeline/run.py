@@ -166,14 +166,15 @@ def _stage_sweep(run: _Run) -> dict:
     if run.cfg.multi_target:  # one conditioned search per trial over the whole range, not one per target
         spec["target"] = [min(run.cfg.targets), max(run.cfg.targets)]
     sweep_dir = run.out / "sweep" / key
-    trials = run_reward_sweep(spec, c.grid(), sweep_dir, run.out / "tune", f"reward_sweep-{key}",
-                              1 + c.search_workers, run.progress)
+    trials, placement = run_reward_sweep(spec, c.grid(), sweep_dir, run.out / "tune", f"reward_sweep-{key}",
+                                         1 + c.search_workers, run.progress)
     keep = ("tag", "mode", "enforce", "w_acc", "w_cost", "ratios", "predicted_acc_drop", "predicted_acc_drop_std",
             "real_acc_drop", "macs_ratio", "params_ratio", "reward", "iterations", "episodes", "spn_calls",
             "real_evals", "wall_s", "online_rounds") + (("per_target", "policy") if run.cfg.multi_target else ())
     trials = [{k: t.get(k) for k in keep} | {"world_model": str(sweep_dir / t["tag"] / "world_model" /
                                                                  "world_model.pt")} for t in trials]
-    return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv")}
+    return {"dir": str(sweep_dir), "trials": trials, "result_grid": str(sweep_dir / "result_grid.csv"),
+            "placement": placement}
 
 
 def _stage_validate(run: _Run) -> dict:
@@ -218,8 +219,10 @@ def _stage_validate(run: _Run) -> dict:
                              n_real=spent["real_evals"], rounds=rounds, workers=cfg.sweep.search_workers,
                              steps=cfg.sweep.online_steps, seed=cfg.seed)
     cands += [{**b, "source": "baseline", "candidates": 1} for b in found]
-    rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers, run.progress)
-    return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "n_real": spent["real_evals"], "rounds": rounds}
+    rows, placement = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}", cfg.workers,
+                                     run.progress)
+    return {"dir": str(val_dir), "rows": rows, "n_calls": n_calls, "n_real": spent["real_evals"], "rounds": rounds,
+            "placement": placement}
 
 
 def _stage_report(run: _Run) -> dict:
@@ -283,7 +286,7 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
         progress: progress bars on stderr.
 
     Returns:
-        ``{"target", "budget", "task", "preset", "stages": {name: {"wall_s", "status"}}, "methods": [...],
+        ``{"target", "budget", "task", "preset", "stages": {name: {"wall_s", "status"}}, "placement", "methods": [...],
         "winner", ...}``; ``methods`` is empty when the run stops before validation.
 
     Raises:
@@ -342,6 +345,10 @@ def _summary(run: _Run, timing: dict) -> dict:
         "base": {k: d["base"].get(k) for k in ("acc", "acc_ci", "val_acc", "latency_ms", "params", "macs")}
         if "base" in d else None,
         "spn": d["spn"]["metrics"] if "spn" in d else None,
+        # Where each Tune stage's trials ran (node ids) and how often Tune restarted one whose worker or node
+        # died, as of the time that stage ran (a reused stage keeps what it recorded then).
+        "placement": {s: {k: d[s]["placement"][k] for k in ("nodes", "trials", "retries")}
+                      for s in ("samples", "sweep", "validate") if (d.get(s) or {}).get("placement")},
     }
     if cfg.multi_target:
         from rlprune.pipeline.targets import targets_summary

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rlprune.orchestration import fit_experiment
+from rlprune.orchestration import fit_experiment, report
 
 #: Metrics a sweep trial reports each iteration (the history row has more, not all of it scalar).
 _ITER_KEYS = ("iteration", "episodes", "reward_mean", "best_reward", "greedy_reward", "train_s", "wall_s")
@@ -33,7 +33,7 @@ _ROW_KEYS = ("params_ratio", "macs_ratio", "val_acc", "acc", "acc_drop", "loss",
 
 # ====================================================================== the sweep
 def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Path, name: str,
-                     cpus_per_trial: int, progress: bool = True) -> list[dict]:
+                     cpus_per_trial: int, progress: bool = True) -> tuple[list[dict], dict | None]:
     """Run one online RL search per grid point as a Tune experiment; returns their results.
 
     Args:
@@ -49,7 +49,8 @@ def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Pat
         progress: show a bar over all trials' iterations.
 
     Returns:
-        One dict per grid point, in grid order: the grid row plus the search's ``result.json``.
+        ``(results, placement)``: one dict per grid point, in grid order (the grid row plus the search's
+        ``result.json``), and where the trials that ran now ran (``fit_experiment``; None if none had to).
 
     Raises:
         TrialsFailed: a trial failed after its retries (finished searches are kept).
@@ -57,15 +58,16 @@ def run_reward_sweep(spec: dict, grid: list[dict], sweep_dir: Path, storage: Pat
     from ray import tune
 
     todo = [g for g in grid if not _search_done(sweep_dir / g["tag"], spec["iters"])]
+    placement = None
     if todo:
         bar_total = len(todo) * spec["iters"]
         resources = tune.PlacementGroupFactory([{"CPU": 1}] * cpus_per_trial)
-        fit_experiment(tune.with_resources(_sweep_trial, resources),
+        _, placement = fit_experiment(tune.with_resources(_sweep_trial, resources),
              {**spec, "sweep_dir": str(sweep_dir), "point": tune.grid_search(todo)},
              storage, name, max_concurrent=0, total=bar_total, unit="iter", desc="reward sweep",
              count=lambda r: int(r.get("iteration", 0)), progress=progress,
              csv=sweep_dir / "result_grid.csv", dirname=lambda t: t.config["point"]["tag"])
-    return [{**g, **json.loads((sweep_dir / g["tag"] / "result.json").read_text())} for g in grid]
+    return [{**g, **json.loads((sweep_dir / g["tag"] / "result.json").read_text())} for g in grid], placement
 
 
 def _search_done(folder: Path, iters: int) -> bool:
@@ -79,7 +81,6 @@ def _sweep_trial(config: dict) -> None:
     """Tune function trainable: one online RL search, reported every iteration."""
     os.environ["RLPRUNE_CACHE"] = config["cache"]  # remote nodes do not inherit the driver's environment
     import torch
-    from ray import tune
 
     from rlprune.search.rl import SearchConfig, run_search
 
@@ -93,14 +94,14 @@ def _sweep_trial(config: dict) -> None:
         online_top=config["online_top"], online_steps=config["online_steps"], workers=config["search_workers"],
         samples=config["samples"], seed=config["seed"], measure=config["measure"])
     result = run_search(cfg, progress=False,
-                        on_iteration=lambda row: tune.report({k: row[k] for k in _ITER_KEYS if k in row}))
+                        on_iteration=lambda row: report({k: row[k] for k in _ITER_KEYS if k in row}))
     if result["conditioned"]:
         # One vector per target bin: report their mean predicted drop (the bins' own are in result.json).
         drops = [b["predicted_acc_drop"] for b in result["per_target"] if b.get("ratios") is not None]
         final = {"predicted_acc_drop": float(sum(drops) / len(drops))} if drops else {}
     else:
         final = {k: result[k] for k in ("predicted_acc_drop", "macs_ratio", "params_ratio")}
-    tune.report({"iteration": result["iterations"], **final, "done": 1})
+    report({"iteration": result["iterations"], **final, "done": 1})
 
 
 # ====================================================================== baselines
@@ -175,7 +176,7 @@ def search_baselines(task, space, measure, spec: dict, val_dir: Path, *, spn: st
 
 # ====================================================================== validation
 def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: Path, name: str,
-                   workers: int, progress: bool = True) -> list[dict]:
+                   workers: int, progress: bool = True) -> tuple[list[dict], dict | None]:
     """Measure every candidate for real in a Tune experiment; returns the rows in candidate order.
 
     Args:
@@ -189,6 +190,10 @@ def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: P
         workers: trials run at once (one CPU each).
         progress: show a bar over the candidates.
 
+    Returns:
+        ``(rows, placement)``: the rows in candidate order, and where the trials that ran now ran
+        (``fit_experiment``; None if every row was there already).
+
     Raises:
         TrialsFailed: a trial failed after its retries (finished rows are kept).
     """
@@ -198,20 +203,20 @@ def run_validation(spec: dict, candidates: list[dict], val_dir: Path, storage: P
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
     todo = [c for c in candidates if not (val_dir / "rows" / f"{c['method']}.json").is_file()]
+    placement = None
     if todo:
-        fit_experiment(tune.with_resources(_validate_trial, {"cpu": 1}),
+        _, placement = fit_experiment(tune.with_resources(_validate_trial, {"cpu": 1}),
              {**spec, "val_dir": str(val_dir), "candidate": tune.grid_search(todo)},
              storage, name, max_concurrent=workers, total=len(todo), unit="candidate", desc="validation",
              count=lambda r: 1, progress=progress, csv=val_dir / "result_grid.csv",
              dirname=lambda t: t.config["candidate"]["method"])
-    return [json.loads((val_dir / "rows" / f"{m}.json").read_text()) for m in names]
+    return [json.loads((val_dir / "rows" / f"{m}.json").read_text()) for m in names], placement
 
 
 def _validate_trial(config: dict) -> None:
     """Tune function trainable: prune one candidate for real, fine-tune, score, save."""
     os.environ["RLPRUNE_CACHE"] = config["cache"]
     import torch
-    from ray import tune
 
     from rlprune.io import atomic_write_json, save_pruned
     from rlprune.measure.recipe import measure_candidate, pruned_manifest
@@ -233,6 +238,6 @@ def _validate_trial(config: dict) -> None:
                                **{k: row[k] for k in keep})
     save_pruned(pruned, val_dir / "models" / f"{c['method']}.pt", manifest)
     atomic_write_json(val_dir / "rows" / f"{c['method']}.json", row)  # last: a row means the model is saved
-    tune.report({k: row[k] for k in _ROW_KEYS})
+    report({k: row[k] for k in _ROW_KEYS})
 
 

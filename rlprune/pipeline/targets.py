@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.errors import ConfigError
+from rlprune.orchestration import merge_placements
 from rlprune.pipeline.select import comparison, pick_winner, rank_rl
 
 MIN_CALLS = 64
@@ -123,7 +124,7 @@ def validate_targets(run) -> dict:
     key = run.key("validate")
     root = run.out / "validate" / key
     base = {n: run.done["base"][n] for n in ("acc", "val_acc", "loss", "latency_ms", "fingerprint")}
-    per_target = []
+    per_target, placements = [], []
     for i, t in enumerate(cfg.targets):
         ranked = rank_rl(policy_answers(trials, t, fp), t, cfg.budget)
         if not ranked:
@@ -143,13 +144,14 @@ def validate_targets(run) -> dict:
                                  rounds=rounds, workers=cfg.sweep.search_workers, steps=cfg.sweep.online_steps,
                                  seed=cfg.seed)
         cands += [{**b, "target": t, "source": "baseline", "candidates": 1} for b in found]
-        rows = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}-{target_dir(t)}",
-                              cfg.workers, run.progress)
+        rows, placement = run_validation(spec, cands, val_dir, run.out / "tune", f"validate-{key}-{target_dir(t)}",
+                                         cfg.workers, run.progress)
+        placements.append(placement)
         per_target.append({"target": t, "dir": str(val_dir), "rows": rows, "n_calls": calls[i],
                            "n_real": reals[i], "rounds": rounds})
     files = [str(Path(p["dir"]) / "rows" / f"{r['method']}.json") for p in per_target for r in p["rows"]]
     return {"dir": str(root), "targets": per_target, "n_calls": sum(calls), "n_real": spent["real_evals"],
-            "rounds": rounds, "rule": BUDGET_RULE, "files": files}
+            "rounds": rounds, "rule": BUDGET_RULE, "files": files, "placement": merge_placements(*placements)}
 
 
 # ====================================================================== report and summary

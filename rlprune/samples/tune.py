@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rlprune.errors import ConfigError, RlpruneError
 from rlprune.measure.spec import MeasureSpec
-from rlprune.orchestration import init_ray
+from rlprune.orchestration import init_ray, merge_placements, report
 
 
 class SamplingError(RlpruneError, RuntimeError):
@@ -55,9 +55,10 @@ def run_sampling(task_spec: str, n: int, workers: int, out, spec: MeasureSpec | 
         progress: show a progress bar (None: when stderr is a terminal).
 
     Returns:
-        ``{"n_total", "n_new", "samples_per_s", "wall_s", "out"}``: unique stored samples for this
-        task/model, those added now, aggregate throughput while the workers were evaluating (setup
-        excluded), the whole call's wall time, and the store path.
+        ``{"n_total", "n_new", "samples_per_s", "wall_s", "out", "placement"}``: unique stored samples for
+        this task/model, those added now, aggregate throughput while the workers were evaluating (setup
+        excluded), the whole call's wall time, the store path, and where the trials ran (node ids, trials,
+        Tune's restarts of trials whose worker or node died; see ``rlprune.orchestration.fit_experiment``).
 
     Raises:
         ConfigError: ``n`` or ``workers`` below 1, a bad sampler or task.
@@ -95,7 +96,7 @@ def run_sampling(task_spec: str, n: int, workers: int, out, spec: MeasureSpec | 
         "sampler": json.dumps(dataclasses.asdict(cfg)), "base": gen.base.to_dict(), "measure": spec.to_dict(),
         "flush_every": flush_every,
     }
-    rates = []
+    rates, placements = [], []
     started_ray = False
     try:
         for round_ in range(3):  # later rounds only replace twins two workers stored at the same moment
@@ -106,7 +107,9 @@ def run_sampling(task_spec: str, n: int, workers: int, out, spec: MeasureSpec | 
             k = min(workers, missing)
             trial.update(shares=[missing // k + (i < missing % k) for i in range(k)], tag=_run_tag(round_),
                          seed=[seed, n_total, round_])
-            rates.append(_tune_round(trial, k, store, n_total, n, max_failures, progress))
+            rate, placement = _tune_round(trial, k, store, n_total, n, max_failures, progress)
+            rates.append(rate)
+            placements.append(placement)
             n_total = count()
     finally:
         if started_ray:
@@ -119,6 +122,7 @@ def run_sampling(task_spec: str, n: int, workers: int, out, spec: MeasureSpec | 
         "samples_per_s": float(np.mean(rates)) if rates else 0.0,
         "wall_s": time.perf_counter() - t0,
         "out": str(store),
+        "placement": merge_placements(*placements),
     }
 
 
@@ -142,15 +146,17 @@ def _run_tag(round_: int) -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-r{round_}"
 
 
-def _tune_round(trial: dict, k: int, store: Path, n_start: int, n: int, max_failures: int, progress) -> float:
-    """Run one Tune experiment of ``k`` trials; returns the aggregate samples/s while evaluating."""
+def _tune_round(trial: dict, k: int, store: Path, n_start: int, n: int, max_failures: int,
+                progress) -> tuple[float, dict]:
+    """Run one Tune experiment of ``k`` trials; returns the aggregate samples/s while evaluating, and where
+    the trials ran (``fit_experiment``'s placement)."""
     from ray import tune
 
     from rlprune.orchestration import TrialsFailed, fit_experiment
 
     name = f"sample-{trial['tag']}"
     try:
-        grid = fit_experiment(
+        grid, placement = fit_experiment(
             tune.with_resources(_sample_trial, {"cpu": 1}),
             {**trial, "worker_index": tune.grid_search(list(range(k)))}, store / "tune", name, max_concurrent=k,
             total=n, initial=n_start, unit="sample", desc="samples", count=lambda r: int(r.get("n_new", 0)),
@@ -159,9 +165,9 @@ def _tune_round(trial: dict, k: int, store: Path, n_start: int, n: int, max_fail
         raise SamplingError(f"{e}; the samples they stored are kept in {store}") from e
     metrics = [r.metrics for r in grid if r.metrics and "t_first" in r.metrics]
     if not metrics:
-        return 0.0
+        return 0.0, placement
     span = max(m["t_last"] for m in metrics) - min(m["t_first"] for m in metrics)
-    return sum(m["n_evaluated"] for m in metrics) / max(span, 1e-9)
+    return sum(m["n_evaluated"] for m in metrics) / max(span, 1e-9), placement
 
 
 def _trial_dirname(trial) -> str:
@@ -174,7 +180,6 @@ def _sample_trial(config: dict) -> None:
     os.environ["RLPRUNE_CACHE"] = config["cache"]  # remote nodes do not inherit the driver's environment
     import numpy as np
     import torch
-    from ray import tune
 
     from rlprune.measure.recipe import Baseline
     from rlprune.samples.generator import SampleGenerator
@@ -199,6 +204,6 @@ def _sample_trial(config: dict) -> None:
         base=Baseline(**config["base"]),
     )
     for p in gen.run(share - done):
-        tune.report({**p, "n_new": done + p["n_new"], "share": share})
+        report({**p, "n_new": done + p["n_new"], "share": share})
 
 __all__ = ["SamplingError", "run_sampling"]

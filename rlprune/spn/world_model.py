@@ -194,7 +194,8 @@ class WorldModel:
 
 
 def start_world_model(spn: str | os.PathLike, store: str | os.PathLike, workdir: str | os.PathLike,
-                      name: str | None = None, max_restarts: int = 3, num_cpus: float = 0, **options):
+                      name: str | None = None, max_restarts: int = 3, num_cpus: float = 0,
+                      scheduling_strategy=None, **options):
     """Start the :class:`WorldModel` actor (Ray must be initialised).
 
     Args:
@@ -205,6 +206,9 @@ def start_world_model(spn: str | os.PathLike, store: str | os.PathLike, workdir:
         max_restarts: how often Ray restarts it after a crash; calls in flight are retried as often.
         num_cpus: CPUs reserved for it; 0 by default so it never blocks RLlib or sampling trials from
             being scheduled on a small machine (it is idle most of the time).
+        scheduling_strategy: where Ray places it (e.g. a soft ``NodeAffinitySchedulingStrategy``); None: Ray's
+            default. A restart after its node died lands on a live node and reloads ``workdir``, which must
+            then be on storage every node sees.
         **options: further :class:`WorldModel` arguments (``replay_max``, ``lr``, ``seed``).
 
     Returns:
@@ -216,8 +220,8 @@ def start_world_model(spn: str | os.PathLike, store: str | os.PathLike, workdir:
     if not (Path(workdir) / CHECKPOINT).is_file() and not Path(spn).is_file():
         raise ConfigError(f"no SPN checkpoint at {spn}; train one with `rlprune spn train --out {spn}`")
     cls = ray.remote(WorldModel)
-    return cls.options(name=name, max_restarts=max_restarts, max_task_retries=max_restarts,
-                       num_cpus=num_cpus).remote(str(spn), str(store), str(workdir), **options)
+    return cls.options(name=name, max_restarts=max_restarts, max_task_retries=max_restarts, num_cpus=num_cpus,
+                       scheduling_strategy=scheduling_strategy).remote(str(spn), str(store), str(workdir), **options)
 
 
 def actor_fetch(actor):
