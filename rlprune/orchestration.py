@@ -133,6 +133,5 @@ def fit_experiment(trainable, param_space: dict, storage: Path, name: str, *, ma
                            f"{last[-1] if last else ''}); see {storage / name}; finished trials are kept, rerun "
                            f"the same command to resume")
     per_trial = progress_cb.trials
-    return grid, merge_placements({"nodes": [n for t in per_trial.values() for n in t["nodes"]],
-                                   "trials": len(grid), "retries": sum(t["retries"] for t in per_trial.values()),
-                                   "per_trial": per_trial})
+    return grid, {"nodes": sorted({n for t in per_trial.values() for n in t["nodes"]}), "trials": len(grid),
+                  "retries": sum(t["retries"] for t in per_trial.values()), "per_trial": per_trial}

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: GCS health checks tuned down (defaults: a check every 3 s, dead after 5 misses), so a node that dies is
-#: declared dead in ~3 s and its actors' owners (Tune) hear of it at once; nothing else changes.
+#: declared dead in ~4 s and its actors' owners (Tune) hear of it at once; nothing else changes.
 FAST_FAILURE_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
                           "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
@@ -73,7 +73,9 @@ def _port_flags(dashboard: bool) -> list[str]:
 
 
 class LoopbackCluster:
-    """A head node and any number of worker nodes on 127.0.0.1; :meth:`stop` ends exactly their processes.
+    """A head node and any number of worker nodes on 127.0.0.2, .3, ...; :meth:`stop` ends exactly their processes.
+
+    Not 127.0.0.1: Ray replaces that node IP with the machine's external one; other loopback addresses it keeps.
 
     Each node has ``cpus`` CPUs and a custom resource of its own name (``head``, ``worker1``, ...), so where
     something ran can be told from the node ids Ray reports (:meth:`node_names`).
@@ -142,15 +144,14 @@ class LoopbackCluster:
         return r.stdout
 
     def node_names(self) -> dict[str, dict]:
-        """``{node_id: {"name", "alive", "ip"}}`` for every node the cluster has had (dead ones too)."""
+        """``{node_id: {"name", "ip"}}`` for every node the cluster has had (a dead one's name is None)."""
         out = self.python(
             "import json, ray\nray.init(logging_level='ERROR', log_to_driver=False)\n"
-            "print(json.dumps([[n['NodeID'], n['Alive'], n['NodeManagerAddress'], list(n['Resources'])]"
+            "print(json.dumps([[n['NodeID'], n['NodeManagerAddress'], list(n['Resources'])]"
             " for n in ray.nodes()]))")
         names = {}
-        for node_id, alive, ip, resources in json.loads(out.strip().splitlines()[-1]):
-            name = next((r for r in resources if r in self.temp_dirs), None)
-            names[node_id] = {"name": name, "alive": alive, "ip": ip}
+        for node_id, ip, resources in json.loads(out.strip().splitlines()[-1]):
+            names[node_id] = {"name": next((r for r in resources if r in self.temp_dirs), None), "ip": ip}
         return names
 
     def stop(self) -> None:

@@ -96,6 +96,8 @@ def cluster(rlprune_cache, digits_task):
     try:
         c.start_head()
         c.add_worker("worker1")
+        ips = {v["name"]: v["ip"] for v in c.node_names().values()}
+        assert ips == {"head": "127.0.0.2", "worker1": "127.0.0.3"}, ips  # loopback, one address per node
         yield c
     finally:
         c.stop()
