@@ -140,8 +140,10 @@ def test_ctrl_c_stops_sampling_and_keeps_what_was_stored(digits_task, tmp_path):
     handler would end the experiment quietly and the top-up loop would go on), and what was flushed is kept."""
     out = tmp_path / "store"
     args = _cli("--n", "400", "--workers", "1", "--out", str(out), "--flush-every", "2", "--eval-batches", "1")
+    # A shell started without job control (`pytest ... &`) hands its children SIGINT ignored, and Python then keeps
+    # it ignored; a terminal's foreground command has the default, which is what Ctrl-C meets.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_a_shard(proc, out)
         proc.send_signal(signal.SIGINT)
