@@ -301,3 +301,53 @@ def test_a_stage_marker_of_other_code_is_rerun_and_the_log_says_why(killed_and_r
     assert "report: the code changed since it ran" in r.stderr
     assert json.loads(marker.read_text())["code"] == old["code"]
 
+
+
+def test_the_second_stage_quantizes_the_output_model_and_joins_the_report(killed_and_resumed, digits_task):
+    """``--quantize`` on a finished run: only the new stage runs; its bit vectors meet the size budget, the
+    winner is the validation pick and its exported file scores what was validated; both stages share one size
+    axis in summary.json and the report. (Last in the module: it adds a stage to the shared run.)"""
+    import rlprune
+
+    out, _, before, _ = killed_and_resumed
+    cmd = run_cmd("--preset", "tiny", "--out", str(out), "--quantize", "--target-size", "0.15", "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert list(s["stages"]) == [*STAGE_NAMES, "quantize"]
+    assert {k: v["status"] for k, v in s["stages"].items()} == {**dict.fromkeys(STAGE_NAMES, "reused"),
+                                                                  "quantize": "ran"}
+    q = s["quantize"]
+    methods = {m["method"]: m for m in q["methods"]}
+    assert {"uniform8", "uniform6", "uniform4", "sensitivity", "rl", "random_search", "cem"} == set(methods)
+    assert all(m["size_ratio"] <= 0.15 + 1e-9 and m["meets_target"] for m in methods.values())
+    assert all(len(m["bits"]) == len(q["layers"]) and set(m["bits"]) <= set(range(2, 9)) for m in methods.values())
+    calls = {methods[k]["wm_calls"] for k in ("rl", "random_search", "cem")}
+    assert len(calls) == 1 and calls.pop() > 0  # the black-box searches got RL's counted world-model calls
+    assert q["winner"] == max(methods, key=lambda k: (methods[k]["val_acc"], -methods[k]["size_ratio"], k))
+    pruned, _ = load_pruned(out / "pruned_model.pt")
+    assert q["fp32"]["params"] == sum(p.numel() for p in pruned.parameters())
+    assert q["base_params"] == sum(p.numel() for p in digits_task.base_model().parameters())
+    for m in methods.values():
+        assert m["size_ratio_base"] == pytest.approx(m["size_ratio"] * q["fp32"]["params"] / q["base_params"])
+        assert m["acc_ci"][0] <= m["acc"] <= m["acc_ci"][1]
+    c = q["comparison"]
+    assert c["rl"] == "rl" and c["best_baseline"] in methods and c["selection_split"] == "validation"
+    # Pruning rows are fp32: no bits, and their size over the unpruned model is their params ratio.
+    assert all(m["bits"] is None and m["size_ratio"] == m["params_ratio"] for m in s["methods"])
+    assert [m["method"] for m in s["methods"]] == [m["method"] for m in before["methods"]]
+    model, manifest = rlprune.load_quantized(out / "quantize")
+    assert manifest["method"] == q["winner"] and manifest["pruned"] == str(out)
+    assert digits_task.evaluate(model, "validation")["acc"] == pytest.approx(methods[q["winner"]]["val_acc"],
+                                                                             abs=1e-6)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## Second stage: weight bits" in md and page.count("data:image/png;base64,") == 6
+    for name in ("bits_per_layer.png", "size_vs_acc.png"):
+        assert f"figures/{name}" in md and (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    assert f"| {q['winner']} | {methods[q['winner']]['size_ratio']:.4f} |" in md
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout)["stages"]["quantize"]["status"] == "reused"
+    bad = subprocess.run(run_cmd("--preset", "tiny", "--out", str(out), "--target-size", "0.001"),
+                         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "0.001" in bad.stderr.strip().splitlines()[-1], bad.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["quantize"]["target_size"] == 0.15  # left as it was

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,24 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_builds_a_valid_config(preset):
     cfg = RunConfig.preset_config(preset, out="runs/x")
-    assert cfg.preset == preset and cfg.stages() == STAGES
+    assert cfg.preset == preset and cfg.stages() == STAGES[:-1] and STAGES[-1] == "quantize"
     assert cfg.sweep.grid(), "a sweep needs at least one trial"
+    both = RunConfig.preset_config(preset, out="runs/x", quantize={"target_size": 0.125})
+    assert both.stages() == STAGES and both.quantize.target_size == 0.125
+    assert RunConfig.preset_config(preset, out="x", until="report", quantize={"target_size": 0.2}).stages() == \
+        STAGES[:-1]
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"quantize": {"target_size": 0}}, "quantize.target_size=0 is invalid"),
+    ({"quantize": {"target_size": float("nan")}}, "quantize.target_size=nan is invalid"),
+    ({"quantize": {"target_size": 0.2, "samples": 4}}, "quantize.samples=4 is invalid"),
+    ({"quantize": {"target_size": 0.2}, "target": [0.3, 0.5]}, "rlprune quantize --pruned"),
+    ({"quantize": {"bits": 4}}, "unknown key(s) bits in section 'quantize'"),
+])
+def test_bad_second_stage_settings_name_the_value_and_the_fix(section, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        RunConfig.preset_config("tiny", out="x", **section)
 
 
 def test_presets_grow_from_tiny_to_full():

@@ -21,6 +21,7 @@ RUN_EPILOG = """examples:
   rlprune run --task digits --target-params 0.4 --preset standard --out runs/p40
   rlprune run --task digits --target-macs 0.3,0.5,0.7 --out runs/multi   # one conditioned sweep, 3 models
   rlprune run --task digits --target-macs 0.5 --importance l2 --eval-batches 2 --out runs/l2
+  rlprune run --task digits --target-macs 0.5 --quantize --target-size 0.125 --out runs/pq   # + weight bits
   rlprune run --model mynet:build --weights mynet.pt --data mynet:datasets --target-macs 0.5 --out runs/mine
   rlprune run --task cifar10 --data-dir ~/data/cifar10 --target-macs 0.5 --preset full --out runs/c10 \\
       --address ray-head:6379 --samples /shared/samples
@@ -35,7 +36,8 @@ TUNE_EPILOG = """examples:
   rlprune tune tune_configs/reward_sweep.yaml --out runs/sweep1
   rlprune tune tune_configs/full.yaml --address ray-head:6379
 a config's top-level keys are `rlprune run` settings; its sections sample/spn/sweep/validate map onto
-rlprune.pipeline.config's dataclasses; `until` names the last stage (base, samples, spn, sweep, validate, report).
+rlprune.pipeline.config's dataclasses; `until` names the last stage (base, samples, spn, sweep, validate, report,
+quantize); a `quantize:` section with `target_size` adds the second stage.
 """
 
 
@@ -59,7 +61,13 @@ def add_run_parsers(sub) -> None:
     p.add_argument("--budget", dest="old_budget", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help="parallel sampling/validation trials (default 2)")
     p.add_argument("--samples", help="sample store folder (default OUT/samples; a shared path on a cluster)")
-    p.add_argument("--until", default="report", choices=list(STAGES), help="stop after this stage")
+    p.add_argument("--until", choices=list(STAGES), help="stop after this stage (default: the last one)")
+    p.add_argument("--quantize", action="store_true",
+                   help="second stage: choose weight bits (2..8) per layer of the pruned output model, with rules, "
+                        "RL, random search and CEM, the same quantization-aware fine-tune (rlprune quantize)")
+    p.add_argument("--target-size", type=float, metavar="R",
+                   help="with --quantize: stored size relative to the pruned fp32 model (default 0.125, about 4 "
+                        "bits per weight); giving it implies --quantize")
     p.add_argument("--address", help="Ray cluster to run on (host:port); default: a local one")
     add_measure_args(p)
     add_json_arg(p, "summary.json instead of a table")
@@ -87,10 +95,13 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--budget {args.old_budget} is now --preset {args.old_budget} (tiny, quick, standard, "
                           f"full); the budget is what --target-macs / --target-params constrain")
     target, budget = read_target_list(args, default_macs=0.5)
+    extra = {"until": args.until} if args.until else {}
+    if args.quantize or args.target_size is not None:
+        extra["quantize"] = {"target_size": 0.125 if args.target_size is None else args.target_size}
     cfg = RunConfig.preset_config(
         args.preset, out=args.out, task=args.task, target=target, budget=budget, workers=args.workers,
-        samples=args.samples, until=args.until, seed=args.seed, measure=measure_overrides(args),
-        task_kwargs=task_options(args))
+        samples=args.samples, seed=args.seed, measure=measure_overrides(args), task_kwargs=task_options(args),
+        **extra)
     _print(run_pipeline(cfg, address=args.address, progress=not args.json), args.json)
     return 0
 
@@ -123,8 +134,7 @@ def _print(summary: dict, as_json: bool) -> None:
         metric = (summary.get("metric") or "accuracy")[:8]  # the task's metric, in points
         print(f"\n{'method':<34} {'val':>8} {'test':>8} {'95% CI':>13} {'params':>7} {'macs':>6} {'lat ms':>7}")
         print(f"{'':<34} {metric:>8} {metric:>8}")
-        for m in sorted(summary["methods"], key=lambda m: -m["val_acc"]):
-            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}" if m.get("acc_ci") else "n/a"
+        for m, ci in _by_validation(summary["methods"]):
             print(f"{m['method']:<34} {m['val_acc']:>8.2f} {m['acc']:>8.2f} {ci:>13} {m['params_ratio']:>7.3f} "
                   f"{m['macs_ratio']:>6.3f} {m['latency_ms']:>7.2f}")
     if summary.get("comparison"):
@@ -137,9 +147,32 @@ def _print(summary: dict, as_json: bool) -> None:
     if summary.get("winner"):
         print(f"\nwinner (best validation {summary.get('metric') or 'accuracy'}): {summary['winner']} -> "
               f"{summary['pruned_model']}")
+        if summary.get("quantize"):
+            _print_quantize(summary["quantize"])
         print(f"report: {summary['out']}/report.html (and report.md)")
     else:
         print(f"\nstopped after {list(summary['stages'])[-1]}; outputs in {summary['out']}")
+
+
+def _by_validation(methods: list[dict]):
+    """Method rows, best validation score first (the split every choice is made on), each with its 95% CI text."""
+    for m in sorted(methods, key=lambda m: -m["val_acc"]):
+        yield m, f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}" if m.get("acc_ci") else "n/a"
+
+
+def _print_quantize(q: dict) -> None:
+    """The second stage: each bit vector by validation score, sizes over the pruned and the unpruned model."""
+    print(f"\nsecond stage: weight bits at size <= {q['target_size']:g} of the pruned model")
+    print(f"  {'method':<14} {'size':>7} {'vs fp32':>8} {'val':>7} {'test':>7} {'95% CI':>11} {'mean bits':>9}")
+    for m, ci in _by_validation(q["methods"]):
+        print(f"  {m['method']:<14} {m['size_ratio']:>7.4f} {m['size_ratio_base']:>8.4f} {m['val_acc']:>7.2f} "
+              f"{m['acc']:>7.2f} {ci:>11} {sum(m['bits']) / len(m['bits']):>9.2f}")
+    c = q.get("comparison")
+    if c:
+        from rlprune.measure.stats import describe
+
+        print(f"  RL bits minus best baseline ({c['best_baseline']}), on the same test images: {describe(c)}")
+    print(f"  output (best validation score): {q['winner']} -> {q['model']}")
 
 
 def _print_targets(summary: dict) -> None:
@@ -151,8 +184,7 @@ def _print_targets(summary: dict) -> None:
         budget = summary["budget"]
         print(f"\ntarget {p['target']:g} ({budget}, {metric})")
         print(f"  {'method':<34} {'val':>7} {'test':>7} {'95% CI':>11} {budget:>6}")
-        for m in sorted(p["methods"], key=lambda m: -m["val_acc"]):
-            ci = f"{m['acc_ci'][0]:.1f}-{m['acc_ci'][1]:.1f}" if m.get("acc_ci") else "n/a"
+        for m, ci in _by_validation(p["methods"]):
             print(f"  {m['method']:<34} {m['val_acc']:>7.2f} {m['acc']:>7.2f} {ci:>11} {m[budget + '_ratio']:>6.3f}")
         c = p.get("comparison")
         if c:

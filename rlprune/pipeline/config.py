@@ -4,10 +4,11 @@
     cfg = load_yaml("tune_configs/reward_sweep.yaml", out="runs/sweep")   # the same dataclasses
 
 A YAML file's top-level keys are :class:`RunConfig` fields; the sections ``measure``, ``sample``, ``spn``,
-``sweep`` and ``validate`` map onto ``rlprune.measure.spec.MeasureSpec`` (how every number of the run is
-measured, passed to every stage), :class:`SampleStage`, :class:`SPNStage`, :class:`SweepStage` and
-:class:`ValidateStage`. ``preset`` (default ``quick``) fills every field the file leaves out; lists in
-``sweep`` are grid axes (every combination is one Tune trial). ``until`` names the last stage to run;
+``sweep``, ``validate`` and ``quantize`` map onto ``rlprune.measure.spec.MeasureSpec`` (how every number of the
+run is measured, passed to every stage), :class:`SampleStage`, :class:`SPNStage`, :class:`SweepStage`,
+:class:`ValidateStage` and :class:`QuantizeStage` (the second stage, run only when it has a ``target_size``).
+``preset`` (default ``quick``) fills every field the file leaves out; lists in ``sweep`` are grid axes
+(every combination is one Tune trial). ``until`` names the last stage to run;
 ``extends: other.yaml`` starts from another file (sections merge key by key), so a sweep config can reuse
 a sampling config's samples.
 Nothing here imports Ray or torch: configs are checked before any work starts.
@@ -24,8 +25,9 @@ from pathlib import Path
 from rlprune.errors import ConfigError
 from rlprune.measure.spec import MeasureSpec
 
-STAGES = ("base", "samples", "spn", "sweep", "validate", "report")
-"""Pipeline stages in order; each is skipped on rerun when its recorded output is still valid."""
+STAGES = ("base", "samples", "spn", "sweep", "validate", "report", "quantize")
+"""Pipeline stages in order; each is skipped on rerun when its recorded output is still valid. ``quantize``
+runs only when ``quantize.target_size`` is set."""
 BASELINES = ("uniform", "larger_group", "depth", "global_l1", "random_search", "cem")
 
 
@@ -162,14 +164,44 @@ class ValidateStage:
         ])
 
 
+@dataclass(frozen=True)
+class QuantizeStage:
+    """The second stage: weight bits per layer of the output model at a size budget (``rlprune.quant``)."""
+
+    target_size: float | None = None
+    """Stored size of the quantized model relative to the *pruned* fp32 model, in (0, 1] (0.125 is about 4 bits
+    per weight); None (the default) skips the stage."""
+    samples: int = 64
+    """Measured (bits -> drop) samples for the bits world model."""
+    rl_iters: int = 3
+    """PPO iterations of the bits search."""
+    rl_batch: int = 64
+    """Episodes per PPO iteration."""
+    qat_steps: int | None = None
+    """Quantization-aware fine-tune steps, the same for every candidate (None: ``measure.finetune_steps``, the
+    pruning candidates' fine-tune)."""
+
+    def __post_init__(self):
+        t = self.target_size
+        _check("quantize", [
+            (t is None or (isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1), "target_size", t,
+             "a size ratio in (0, 1], e.g. 0.125 for about 4 bits per weight, or null to skip the stage"),
+            (self.samples >= 8, "samples", self.samples, ">= 8 (a quarter is held out)"),
+            (self.rl_iters >= 1, "rl_iters", self.rl_iters, ">= 1"),
+            (self.rl_batch >= 1, "rl_batch", self.rl_batch, ">= 1"),
+            (self.qat_steps is None or self.qat_steps >= 0, "qat_steps", self.qat_steps, ">= 0 or null"),
+        ])
+
+
 _SECTIONS = {"measure": MeasureSpec, "sample": SampleStage, "spn": SPNStage, "sweep": SweepStage,
-             "validate": ValidateStage}
+             "validate": ValidateStage, "quantize": QuantizeStage}
 
 PRESETS: dict[str, dict] = {
     # A smoke run (about a minute): proves an install or a cluster works, finds nothing worth keeping.
     "tiny": {"measure": {"finetune_steps": 10}, "sample": {"n": 24}, "spn": {"max_steps": 300},
              "sweep": {"w_cost": (10.0,), "mode": ("simultaneous",), "iters": 2, "train_batch": 64,
-                       "online_every": 2, "online_top": 2, "online_steps": 20}},
+                       "online_every": 2, "online_top": 2, "online_steps": 20},
+             "quantize": {"samples": 16, "rl_iters": 1, "rl_batch": 32}},
     # The default: at most 10 minutes on 2 cores for digits.
     "quick": {"measure": {"latency_runs": 20}},
     "standard": {"measure": {"finetune_steps": 300, "latency_runs": 20}, "sample": {"n": 384},
@@ -202,8 +234,9 @@ class RunConfig:
     """Seeds the task, the samplers, the searches and the baselines."""
     workers: int = 2
     """Parallel sampling trials and validation trials (one CPU each)."""
-    until: str = "report"
-    """Last stage to run (``rlprune tune`` configs stop early, e.g. after ``samples``)."""
+    until: str = STAGES[-1]
+    """Last stage to run (``rlprune tune`` configs stop early, e.g. after ``samples``); the default runs every
+    stage (``quantize`` only with ``quantize.target_size``)."""
     samples: str | None = None
     """Sample store folder (default ``out/samples``); on a cluster, a path every node sees."""
     measure: MeasureSpec = field(default_factory=MeasureSpec)
@@ -212,6 +245,7 @@ class RunConfig:
     spn: SPNStage = field(default_factory=SPNStage)
     sweep: SweepStage = field(default_factory=SweepStage)
     validate: ValidateStage = field(default_factory=ValidateStage)
+    quantize: QuantizeStage = field(default_factory=QuantizeStage)
 
     def __post_init__(self):
         if not isinstance(self.task, str):
@@ -231,6 +265,9 @@ class RunConfig:
             (self.preset in PRESETS, "preset", self.preset, " / ".join(PRESETS)),
             (isinstance(self.workers, int) and self.workers >= 1, "workers", self.workers, ">= 1"),
             (self.until in STAGES, "until", self.until, " / ".join(STAGES)),
+            (not (self.multi_target and self.quantizes), "quantize.target_size", self.quantize.target_size,
+             "one pruning target with it (the second stage quantizes one output model; quantize a list run's "
+             "model with `rlprune quantize --pruned OUT/t<target>`), or leave it unset"),
         ])
 
     @classmethod
@@ -256,9 +293,14 @@ class RunConfig:
         """Every target, increasing (one for a single target)."""
         return tuple(float(t) for t in self.target) if self.multi_target else (float(self.target),)
 
+    @property
+    def quantizes(self) -> bool:
+        """Whether the second stage (weight bits) is asked for."""
+        return self.quantize.target_size is not None
+
     def stages(self) -> tuple[str, ...]:
         """The stages this config runs, in order."""
-        return STAGES[: STAGES.index(self.until) + 1]
+        return tuple(s for s in STAGES[: STAGES.index(self.until) + 1] if s != "quantize" or self.quantizes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

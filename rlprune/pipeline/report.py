@@ -54,6 +54,12 @@ def write_report(out: Path, cfg, done: dict, winner: dict) -> dict:
         "time": _fig_time(timing, figdir / "search_time.png"),
     }
     blocks = _blocks(cfg, done, winner, rows, timing, figs, stage_wall, final)
+    if done.get("quantize"):  # the second stage re-renders the report with its section before the stage times
+        from rlprune.pipeline.quantize import quantize_blocks
+
+        extra, qfigs = quantize_blocks(done, figdir, done["base"].get("metric", "accuracy"))
+        blocks[-2:-2] = extra
+        figs.update({p.stem: p for p in qfigs})
     md, page = _markdown(blocks), _html(blocks, f"rlprune report: {done['base'].get('task', cfg.task)}")
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", page.encode())

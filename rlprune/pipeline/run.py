@@ -6,7 +6,8 @@ Stages (``rlprune.pipeline.config.STAGES``): base model -> real samples (Tune, o
 (held-out metrics saved) -> reward-weighting sweep (Tune, one online RL search per trial) -> validation
 trials (Tune: the best RL strategy and every baseline pruned for real, fine-tuned the same, scored on the
 validation split, which chooses, and the test split, which reports) -> report (the winner, chosen on
-validation, saved as ``pruned_model.pt``; ``results.csv``, ``report.md``/``.html``). Every choice lives in
+validation, saved as ``pruned_model.pt``; ``results.csv``, ``report.md``/``.html``) -> with ``quantize.target_size``,
+weight bits per layer of that model (``rlprune.pipeline.quantize``). Every choice lives in
 ``rlprune.pipeline.select``. With a list of targets (``target=(0.3, 0.5, 0.7)``) each sweep trial trains one
 target-conditioned policy over their range, and validation and the report run once per target, with one
 output model each (``rlprune.pipeline.targets``).
@@ -39,7 +40,7 @@ from rlprune.pipeline.select import SELECTION_SPLIT, comparison, pick_winner, ra
 # validation depends on the rest (fine-tune, latency), so changing the fine-tune re-runs validation alone.
 _STAGE_FIELDS = {"base": ("task", "task_kwargs", "seed", "measure_label"), "samples": ("sample", "samples"),
                  "spn": ("spn",), "sweep": ("sweep", "target", "budget"), "validate": ("validate", "measure"),
-                 "report": ()}
+                 "report": (), "quantize": ("quantize",)}
 
 
 @dataclass
@@ -245,8 +246,14 @@ def _stage_report(run: _Run) -> dict:
     return {"winner": winner["method"], "pruned_model": str(run.out / "pruned_model.pt"), **files}
 
 
+def _stage_quantize(run: _Run) -> dict:
+    from rlprune.pipeline.quantize import stage_quantize
+
+    return stage_quantize(run, log)
+
+
 _STAGE_FNS = {"base": _stage_base, "samples": _stage_samples, "spn": _stage_spn, "sweep": _stage_sweep,
-              "validate": _stage_validate, "report": _stage_report}
+              "validate": _stage_validate, "report": _stage_report, "quantize": _stage_quantize}
 
 
 # ====================================================================== markers and driver
@@ -265,7 +272,8 @@ def _still_valid(run: _Run, stage: str, marker: dict) -> bool:
         return all(Path(p).exists() for p in o["files"])
     rows = [Path(o.get("dir", "")) / "rows" / f"{r['method']}.json" for r in o.get("rows", [])]
     paths = {"spn": [o.get("path")], "sweep": [o.get("result_grid")], "validate": [o.get("dir"), *rows],
-             "report": [o.get(k) for k in ("pruned_model", "report_md", "report_html")]}.get(stage, [])
+             "report": [o.get(k) for k in ("pruned_model", "report_md", "report_html")],
+             "quantize": [o.get(k) for k in ("model", "summary", "report_md")]}.get(stage, [])
     return all(p and Path(p).exists() for p in paths)
 
 
@@ -362,12 +370,18 @@ def _summary(run: _Run, timing: dict) -> dict:
         # What each search method (RL's sweep in total, random search, CEM) was allowed to spend.
         "search_budget": {k: d["validate"].get(k) for k in ("n_calls", "n_real", "rounds")} if rows else None,
         "pruned_model": d.get("report", {}).get("pruned_model"),
+        "quantize": {k: v for k, v in d["quantize"].items() if k not in ("report_md", "report_html", "figures")}
+        if "quantize" in d else None,
     }, default=json_default))
 
 
 def method_rows(rows: list[dict], target: float, budget: str) -> list[dict]:
-    """``summary.json``'s ``methods``: each validation row's reported fields and whether it met ``target``."""
-    return [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, target, budget)} for r in rows]
+    """``summary.json``'s ``methods``: each validation row's reported fields and whether it met ``target``.
+
+    Pruning candidates are fp32 (``bits`` None: 32 everywhere), so their stored size over the unpruned model,
+    ``size_ratio``, is their params ratio; the second stage's rows are under ``summary["quantize"]``."""
+    return [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, target, budget), "bits": None,
+                                                     "size_ratio": r.get("params_ratio")} for r in rows]
 
 
 #: What each method row of ``summary.json`` carries (``test_correct`` stays in the validation rows).
