@@ -32,6 +32,7 @@ import quality
 
 FIELDS = ["task", "seed", "target", "finetune_steps", "method", "source", "size_ratio", "params_ratio", "val_acc",
           "acc", "acc_ci_lo", "acc_ci_hi", "acc_drop", "predicted_drop", "wm_calls", "search_s", "bits",
+          "world_model", "heldout_spearman_spn", "heldout_mae_spn", "heldout_spearman_mlp", "heldout_mae_mlp",
           "test_correct"]
 BASELINES = ("uniform8", "uniform6", "uniform4", "sensitivity", "random_search", "cem")
 
@@ -45,16 +46,21 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
     from rlprune.io import atomic_write_json
     from rlprune.quant.pipeline import QuantizeConfig, run_quantize
 
-    done = Path(work) / f"{label.replace('/', '-')}-{seed}" / f"rows-size{args.target_size:g}-qat{args.qat_steps}.json"
+    done = (Path(work) / f"{label.replace('/', '-')}-{seed}" /
+            f"rows-size{args.target_size:g}-qat{args.qat_steps}-{args.world_model}.json")
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     cfg = QuantizeConfig(task=args.task, task_kwargs=kw, target=args.target_size, out=str(done.parent / "out"),
                          pruned=args.pruned, seed=seed, samples=args.samples, rl_iters=args.rl_iters,
-                         rl_batch=args.rl_batch, qat_steps=args.qat_steps)
+                         rl_batch=args.rl_batch, qat_steps=args.qat_steps, world_model=args.world_model)
     s = run_quantize(cfg, log=lambda line: None)
     fp32 = s["fp32"]
-    common_fields = {"task": label, "seed": seed, "target": s["target"], "finetune_steps": args.qat_steps}
+    # Both world-model kinds were fitted on the same samples and scored on the same held-out quarter.
+    held = {f"heldout_{m}_{k}": round(v[m], 4) for k, v in s["world_models_heldout"].items()
+            for m in ("spearman", "mae")}
+    common_fields = {"task": label, "seed": seed, "target": s["target"], "finetune_steps": args.qat_steps,
+                     "world_model": args.world_model, **held}
     rows = [{**common_fields, "method": "fp32", "source": "reference", "size_ratio": 1.0, "params_ratio": 1.0,
              "val_acc": round(fp32["val_acc"], 4), "acc": round(fp32["acc"], 4), "acc_ci_lo": "", "acc_ci_hi": "",
              "acc_drop": 0.0, "predicted_drop": "", "wm_calls": 0, "search_s": 0.0, "bits": "", "test_correct": ""}]
@@ -110,7 +116,11 @@ def headline(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "## Per method (means over seeds)", ""]
+    held = [r for r in rows if r["method"] == "fp32"]
+    lines = [header, "", "## Bits world models on each seed's held-out quarter of the samples", ""]
+    lines += common.md_table(held, ["seed", "world_model", "heldout_spearman_spn", "heldout_mae_spn",
+                                    "heldout_spearman_mlp", "heldout_mae_mlp"])
+    lines += ["", "## Per method (means over seeds)", ""]
     lines += common.md_table(summarise(rows), ["method", "seeds", "size_ratio", "val_acc", "acc", "acc_ci_lo",
                                                "acc_ci_hi", "acc_std", "wm_calls", "search_s"])
     comps = quality.comparisons(rows, budget="size")
@@ -131,6 +141,8 @@ def main(argv=None) -> None:
     p.add_argument("--rl-iters", type=int, help="PPO iterations (default 3; quick 1)")
     p.add_argument("--rl-batch", type=int, help="episodes per PPO iteration (default 64; quick 16)")
     p.add_argument("--qat-steps", type=int, help="the same QAT for every method (default 100; quick 10)")
+    p.add_argument("--world-model", choices=("spn", "mlp"), default="spn",
+                   help="the searches' bits world model (default spn; both kinds' held-out fit is reported)")
     p.add_argument("--work", type=Path, help="keep each finished seed here; rerunning with it resumes")
     args = p.parse_args(argv)
     q = args.quick
@@ -143,7 +155,8 @@ def main(argv=None) -> None:
     rows = common.run_seeds(lambda seed, work: run_seed(args, kw, label, seed, work), args.seeds, args.work)
     header = (f"# Quantize ({label}{', pruned ' + args.pruned if args.pruned else ''}, size_ratio <= "
               f"{args.target_size:g}, {'quick' if q else 'full'}: {args.samples} samples, {args.rl_iters} RL "
-              f"iterations x {args.rl_batch} episodes, QAT {args.qat_steps} steps, seeds {args.seeds})\n\n"
+              f"iterations x {args.rl_batch} episodes, QAT {args.qat_steps} steps, {args.world_model} world model, "
+              f"seeds {args.seeds})\n\n"
               f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
               "`acc` (test, which only reports) in %, after the same QAT for every method, activations fp32; "
               "`acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together. Random search "

@@ -44,7 +44,8 @@ class LayerBitsEnv(BitsGame, MultiAgentEnv):
 
     Args:
         config: an ``env_config`` dict (or ``EnvContext``) or a ``BitsEnvConfig``: ``space``
-            (``QuantSpace.to_record()``), ``world_model`` (``BitsWorldModel.state()``), ``target``, ``seed``.
+            (``QuantSpace.to_record()``), ``world_model`` (``BitsSPN.state()`` or ``BitsWorldModel.state()``),
+            ``target``, ``seed``.
 
     Raises:
         ConfigError: a bad setting, or a target below every layer at 2 bits.

@@ -38,7 +38,7 @@ class BitsEnvConfig:
     space: dict
     """``QuantSpace.to_record()`` of the model (its layers and exact size model)."""
     world_model: dict
-    """``BitsWorldModel.state()``: the (bits -> accuracy drop) model the reward comes from."""
+    """``BitsSPN.state()`` or ``BitsWorldModel.state()``: the (bits -> accuracy drop) model the reward comes from."""
     target: float = 0.125
     """The size budget: stored size relative to the fp32 model, in (0, 1]."""
     seed: int = 0
@@ -50,7 +50,8 @@ class BitsEnvConfig:
             raise ConfigError(f"target={self.target!r} must be a size ratio in (0, 1], e.g. 0.125")
         space.check_target(self.target)
         if not isinstance(self.world_model, dict) or int(self.world_model.get("n_layers", -1)) != space.n_layers:
-            raise ConfigError(f"world_model must be BitsWorldModel.state() for the space's {space.n_layers} layers")
+            raise ConfigError(f"world_model must be BitsSPN.state() or BitsWorldModel.state() for the space's "
+                              f"{space.n_layers} layers")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
 
@@ -70,7 +71,8 @@ class BitsEnvConfig:
             raise ConfigError(f"unknown bits env_config key(s) {unknown}; valid keys: {', '.join(valid)}")
         missing = [k for k in ("space", "world_model") if k not in config]
         if missing:
-            raise ConfigError(f"bits env_config needs {missing}: QuantSpace.to_record() and BitsWorldModel.state()")
+            raise ConfigError(f"bits env_config needs {missing}: QuantSpace.to_record() and a bits world "
+                              "model's state()")
         return cls(**config)
 
 
@@ -81,11 +83,11 @@ class BitsGame(gym.Env):
 
     def __init__(self, config=None):
         super().__init__()
-        from rlprune.quant.worldmodel import BitsWorldModel  # torch: only for the reward's small net
+        from rlprune.quant.worldmodel import world_model_from_state  # torch: only for the reward's model
 
         self.config = cfg = BitsEnvConfig.from_dict(config)
         self.space = QuantSpace.from_record(cfg.space)
-        self.world_model = BitsWorldModel.from_state(cfg.world_model)
+        self.world_model = world_model_from_state(cfg.world_model)
         self.target = float(cfg.target)
         self.n_layers = self.space.n_layers
         self.features = self.space.features()

@@ -59,7 +59,8 @@ EXPECTED = {
                  "spn_calls", "search_s", "answer_s", "chosen"},
                 "method", {"conditioned_rl", "per_target_rl", "random_search", "cem"}),
     "quantize": ({"seed", "target", "finetune_steps", "method", "source", "size_ratio", "val_acc", "acc", "acc_ci_lo",
-                  "acc_ci_hi", "wm_calls", "bits", "test_correct"},
+                  "acc_ci_hi", "wm_calls", "bits", "world_model", "heldout_spearman_spn", "heldout_spearman_mlp",
+                  "test_correct"},
                  "method", {"fp32", "rl", "uniform8", "uniform4", "sensitivity", "random_search", "cem"}),
 }
 
@@ -452,6 +453,8 @@ def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick
             assert r["size_ratio"] <= 0.125 + 1e-9 and r["finetune_steps"] == 10
             _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
     assert methods["random_search"]["wm_calls"] == methods["cem"]["wm_calls"] == methods["rl"]["wm_calls"] > 0
+    assert {r["world_model"] for r in rows} == {"spn"}  # the default, and both kinds' held-out fit is recorded
+    assert all(-1 <= float(r["heldout_spearman_mlp"]) <= 1 and float(r["heldout_mae_spn"]) >= 0 for r in rows)
     comps = bench("quality").comparisons(rows, budget="size")
     base = [r for r in rows if r["source"] == "baseline"]
     best = max(base, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))

@@ -17,7 +17,14 @@ from rlprune.quant.export import export_quantized, pack_ints, payload_bits, unpa
 from rlprune.quant.fake import bake, bits_of, fake_quantize, qmax, quant_layers, quantize_ints, wrap
 from rlprune.quant.qat import QATSpec, choose, qat_validate
 from rlprune.quant.size import QuantSpace, uniform_bits
-from rlprune.quant.worldmodel import BitsWorldModel, measure_drops, random_bits
+from rlprune.quant.worldmodel import (
+    BitsSPN,
+    BitsWorldModel,
+    make_world_model,
+    measure_drops,
+    random_bits,
+    world_model_from_state,
+)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +217,27 @@ def test_world_model_predicts_held_out_drops(digits_task, base, space):
     assert fid["mae"] < constant  # better than predicting the mean
     again = BitsWorldModel.from_state(wm.state())
     assert np.array_equal(again.predict(B[45:]), wm.predict(B[45:]))
+
+
+def test_the_spn_world_model_ranks_held_out_drops_and_round_trips(digits_task, base, space):
+    B = random_bits(space, 60, seed=0)
+    drops = measure_drops(digits_task, base, B)
+    spn = BitsSPN(space, seed=0).fit(B[:45], drops[:45])
+    mlp = BitsWorldModel(space.n_layers, seed=0).fit(B[:45], drops[:45])
+    fid, fid_mlp = spn.fidelity(B[45:], drops[45:]), mlp.fidelity(B[45:], drops[45:])
+    # Measured on these 15 (seeded): SPN Spearman 0.74, MAE 2.0 points; the MLP 0.60, 2.6.
+    assert fid["n"] == 15 and fid["spearman"] > 0.5, fid
+    assert fid["mae"] < fid_mlp["mae"] + 0.5, (fid, fid_mlp)
+    assert fid["mae"] < float(np.abs(drops[45:] - drops[:45].mean()).mean())  # better than the mean
+    again = world_model_from_state(spn.state())
+    assert isinstance(again, BitsSPN) and np.array_equal(again.predict(B[45:]), spn.predict(B[45:]))
+    assert isinstance(world_model_from_state(mlp.state()), BitsWorldModel)
+    with pytest.raises(ConfigError, match="N >= 8 bit vectors"):
+        BitsSPN(space).fit(B[:5], drops[:5])
+    with pytest.raises(ConfigError, match="not trained"):
+        BitsSPN(space).predict(B[:2])
+    with pytest.raises(ConfigError, match="world model 'gp' is unknown"):
+        make_world_model("gp", space)
 
 
 # ----------------------------------------------------------------------------- black-box bit searches

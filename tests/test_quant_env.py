@@ -13,7 +13,7 @@ from rlprune.envs.bits_game import N_ACTIONS, BitsGame
 from rlprune.errors import ConfigError
 from rlprune.models import digits_resnet
 from rlprune.quant.size import QuantSpace
-from rlprune.quant.worldmodel import BitsWorldModel, random_bits
+from rlprune.quant.worldmodel import BitsSPN, BitsWorldModel, random_bits
 
 
 def _drop(B):
@@ -30,6 +30,19 @@ def record():
     B = random_bits(space, 200, seed=0)
     wm = BitsWorldModel(space.n_layers).fit(B, _drop(B))
     return {"space": space.to_record(), "world_model": wm.state(), "target": 0.125}
+
+
+def test_rllib_checker_passes_with_the_spn_world_model(record):
+    space = QuantSpace.from_record(record["space"])
+    B = random_bits(space, 40, seed=1)
+    wm = BitsSPN(space, seed=0, max_steps=200).fit(B, _drop(B))
+    env = LayerBitsEnv({**record, "world_model": wm.state()})
+    check_multiagent_environments(env)
+    env.reset(seed=0)
+    _, rewards, *_ = env.step({aid: 3 for aid in env.possible_agents})
+    played = env.finished[-1]
+    assert set(rewards) == set(env.possible_agents)
+    assert played["acc_drop"] == pytest.approx(float(wm.predict(played["bits"])[0]), abs=1e-4)
 
 
 def test_rllib_checker_passes(record):

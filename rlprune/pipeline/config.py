@@ -180,6 +180,8 @@ class QuantizeStage:
     qat_steps: int | None = None
     """Quantization-aware fine-tune steps, the same for every candidate (None: ``measure.finetune_steps``, the
     pruning candidates' fine-tune)."""
+    world_model: str = "spn"
+    """The searches' bits world model: ``spn`` (the SPN's transformer) or ``mlp``."""
 
     def __post_init__(self):
         t = self.target_size
@@ -190,6 +192,7 @@ class QuantizeStage:
             (self.rl_iters >= 1, "rl_iters", self.rl_iters, ">= 1"),
             (self.rl_batch >= 1, "rl_batch", self.rl_batch, ">= 1"),
             (self.qat_steps is None or self.qat_steps >= 0, "qat_steps", self.qat_steps, ">= 0 or null"),
+            (self.world_model in ("spn", "mlp"), "world_model", self.world_model, "spn or mlp"),
         ])
 
 

@@ -52,7 +52,7 @@ def stage_quantize(run, log) -> dict:
     run.ray()  # the bits search is an RLlib algorithm
     qcfg = QuantizeConfig(task=cfg.task, task_kwargs=cfg.task_kwargs, target=q.target_size,
                           out=str(run.out / "quantize"), pruned=str(run.out), seed=cfg.seed, samples=q.samples,
-                          rl_iters=q.rl_iters, rl_batch=q.rl_batch,
+                          rl_iters=q.rl_iters, rl_batch=q.rl_batch, world_model=q.world_model,
                           qat_steps=cfg.measure.finetune_steps if q.qat_steps is None else q.qat_steps)
     summary = run_quantize(qcfg, log=lambda line: log(f"      {line}"))
     base_params = sum(p.numel() for p in run.task().base_model().parameters())
@@ -125,8 +125,8 @@ def quantize_blocks(done: dict, figdir: Path, metric: str) -> tuple[list[tuple],
         b.append(("p", f"RL bits minus the best baseline (`{c['best_baseline']}`), both chosen on validation, on "
                        f"the same test images ({metric}): {describe(c)}."))
     wm = qd["world_model"]
-    b.append(("p", f"Bits world model on {wm['n']} held-out measured samples: Spearman {wm['spearman']:.3f}, "
-                   f"MAE {wm['mae']:.2f} points (post-training drop, calibration split)."))
+    b.append(("p", f"Bits world model (`{wm['kind']}`) on {wm['n']} held-out measured samples: Spearman "
+                   f"{wm['spearman']:.3f}, MAE {wm['mae']:.2f} points (post-training drop, calibration split)."))
     b.append(("table", ["method", "size (pruned)", "size (unpruned)", f"val {metric}", f"test {metric}", "95% CI",
                         "world-model calls", "mean bits"],
               [[r["method"], f"{r['size_ratio']:.4f}", f"{r['size_ratio_base']:.4f}", f"{r['val_acc']:.2f}",

@@ -27,14 +27,14 @@ import numpy as np
 
 from rlprune.errors import ConfigError
 from rlprune.quant.size import MAX_BITS, MIN_BITS, QuantSpace
-from rlprune.quant.worldmodel import BitsWorldModel, random_bits
+from rlprune.quant.worldmodel import BitsModel, random_bits
 
 WIDTHS = np.arange(MIN_BITS, MAX_BITS + 1)
 """The bit widths a layer may get, in order."""
 _CHUNK = 512  # vectors scored per world-model call batch: bounded memory, same count
 
 
-def random_bits_search(space: QuantSpace, world_model: BitsWorldModel, target: float, n_calls: int,
+def random_bits_search(space: QuantSpace, world_model: BitsModel, target: float, n_calls: int,
                        seed: int = 0) -> dict:
     """The best of ``n_calls`` random vectors, each fitted under ``target``, by predicted drop.
 
@@ -59,7 +59,7 @@ def random_bits_search(space: QuantSpace, world_model: BitsWorldModel, target: f
     return best.result(space, n_calls, started)
 
 
-def cem_bits_search(space: QuantSpace, world_model: BitsWorldModel, target: float, n_calls: int, seed: int = 0,
+def cem_bits_search(space: QuantSpace, world_model: BitsModel, target: float, n_calls: int, seed: int = 0,
                     population: int = 64, elite: float = 0.125, alpha: float = 0.7, floor: float = 0.01) -> dict:
     """Cross-entropy method over per-layer categorical bit widths (module docstring), ``n_calls`` scored vectors.
 

@@ -9,7 +9,8 @@ Steps (all on the task's splits, see ``rlprune.tasks.base``):
    ``rlprune run``), its validation and test accuracy;
 2. the sensitivity scan (calibration) and every rule's vector at the target (``rlprune.quant.baselines``);
 3. ``samples`` random vectors with their measured post-training drops (calibration), split into a fitting
-   set and a held-out quarter: the bits world model and its held-out Spearman/MAE
+   set and a held-out quarter: the bits world model (``world_model``: the SPN's transformer by default, or
+   the small MLP) and its held-out Spearman/MAE, with the other kind's on the same split for comparison
    (``rlprune.quant.worldmodel``);
 4. the RL search on the bits env against that world model (``rlprune.quant.search``; the only Ray step), then
    random search and CEM on the same world model with the RL search's counted calls
@@ -36,7 +37,7 @@ from rlprune.quant.blackbox import cem_bits_search, random_bits_search
 from rlprune.quant.export import export_quantized
 from rlprune.quant.qat import QATSpec, choose, qat_validate
 from rlprune.quant.size import QuantSpace, validate_bits
-from rlprune.quant.worldmodel import BitsWorldModel, measure_drops, random_bits
+from rlprune.quant.worldmodel import WORLD_MODELS, make_world_model, measure_drops, random_bits
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class QuantizeConfig:
     """Quantization-aware fine-tune steps, the same for every candidate."""
     bits: tuple[int, ...] | None = None
     """Your own bit vector, validated as one more candidate (``given``); it must fit the target."""
+    world_model: str = "spn"
+    """The bits world model the searches use: ``spn`` (the SPN's transformer, one token per layer; held out
+    better on digits, see the README) or ``mlp`` (a two-layer net on the layers' noise powers)."""
 
     def __post_init__(self) -> None:
         t = self.target
@@ -76,6 +80,8 @@ class QuantizeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
+        if self.world_model not in WORLD_MODELS:
+            raise ConfigError(f"world_model={self.world_model!r} is unknown; use one of {', '.join(WORLD_MODELS)}")
         if not isinstance(self.task_kwargs, dict):
             raise ConfigError(f"task_kwargs={self.task_kwargs!r} must be a dict of the task's arguments, e.g. "
                               "{'arch': 'resnet20'}")
@@ -129,11 +135,14 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(B))
     held, fit = order[: max(2, len(B) // 4)], order[max(2, len(B) // 4):]
-    wm = BitsWorldModel(space.n_layers, seed=cfg.seed).fit(B[fit], drops[fit])
-    fidelity = wm.fidelity(B[held], drops[held])
-    wm = BitsWorldModel(space.n_layers, seed=cfg.seed).fit(B, drops)  # the search gets every sample
-    log(f"world model: held-out Spearman {fidelity['spearman']:.3f}, MAE {fidelity['mae']:.2f} points "
-        f"(n={fidelity['n']})")
+    # Both kinds on the same split, so the report can say how the chosen one compares; the search uses one.
+    heldout = {kind: make_world_model(kind, space, cfg.seed).fit(B[fit], drops[fit]).fidelity(B[held], drops[held])
+               for kind in WORLD_MODELS}
+    fidelity = {"kind": cfg.world_model, **heldout[cfg.world_model]}
+    wm = make_world_model(cfg.world_model, space, cfg.seed).fit(B, drops)  # the search gets every sample
+    log(f"world model ({cfg.world_model}): held-out Spearman {fidelity['spearman']:.3f}, MAE {fidelity['mae']:.2f} "
+        f"points (n={fidelity['n']}); " + ", ".join(f"{k}: Spearman {v['spearman']:.3f}, MAE {v['mae']:.2f}"
+                                                    for k, v in heldout.items()))
 
     rl = rl_bits_search(space, wm, target, iters=cfg.rl_iters, train_batch_env_steps=cfg.rl_batch, seed=cfg.seed)
     candidates["rl"] = rl["bits"]
@@ -168,7 +177,7 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
     export_quantized(models[winner], out / "quantized_model.pt", manifest)
     summary = {"task": cfg.task, "target": target, "selection_split": "validation", "activations": "fp32",
                "fp32": fp32, "winner": winner, "methods": methods, "layers": list(space.names),
-               "world_model": fidelity, "rl": rl, "sensitivity": sens.tolist(),
+               "world_model": fidelity, "world_models_heldout": heldout, "rl": rl, "sensitivity": sens.tolist(),
                "config": {**asdict(cfg), "bits": list(cfg.bits) if cfg.bits else None},
                "model": str(out / "quantized_model.pt"), "total_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "summary.json", summary, sort_keys=False)

@@ -15,7 +15,7 @@ import time
 
 from rlprune.errors import ConfigError
 from rlprune.quant.size import QuantSpace
-from rlprune.quant.worldmodel import BitsWorldModel
+from rlprune.quant.worldmodel import BitsModel
 
 
 def build_bits_ppo_config(env_config: dict, *, train_batch_env_steps: int = 64, num_epochs: int = 4,
@@ -63,7 +63,7 @@ def build_bits_ppo_config(env_config: dict, *, train_batch_env_steps: int = 64, 
     )
 
 
-def rl_bits_search(space: QuantSpace, world_model: BitsWorldModel, target: float, iters: int = 3,
+def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, iters: int = 3,
                    train_batch_env_steps: int = 64, seed: int = 0) -> dict:
     """Train the shared policy for ``iters`` iterations and return the best bit vector it played.
 

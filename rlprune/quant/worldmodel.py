@@ -8,12 +8,18 @@ sample set covers near-uniform vectors at every level as well as mixed ones.
 The model (:class:`BitsWorldModel`) is a two-layer MLP on the layers' *noise powers* ``4 ** -(b_l - 2)``
 (one more bit quarters the rounding noise, so the drop is closer to smooth in these than in ``b``); its
 output is the drop in points. It is small enough to train in a second on a CPU and to sit inside every env
-copy; :meth:`BitsWorldModel.state` is a JSON-able dict that env configs carry. Its fidelity on held-out
-samples is measured like the SPN's: Spearman's rank correlation and the mean absolute error in points.
-This is a separate model of its own, not the multi-fidelity SPN in ``rlprune.spn``.
+copy; :meth:`BitsWorldModel.state` is a JSON-able dict that env configs carry.
+
+:class:`BitsSPN` is the other choice: the pruning SPN's own transformer (``rlprune.spn``), one token per
+quantizable layer (its ``QuantSpace.features()``) carrying that layer's noise power where a pruning token
+carries its ratio; an ensemble, trained with the SPN's early stopping. Both have the same interface
+(``fit``, ``predict``, ``fidelity``, ``state``; :func:`world_model_from_state` rebuilds either), and both are
+measured on held-out samples like the SPN: Spearman's rank correlation and the mean absolute error in points.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -22,7 +28,7 @@ from torch import nn
 from rlprune.errors import ConfigError
 from rlprune.measure.stats import spearman
 from rlprune.quant.fake import wrap
-from rlprune.quant.size import MAX_BITS, MIN_BITS, QuantSpace
+from rlprune.quant.size import LAYER_FEATURES, MAX_BITS, MIN_BITS, QuantSpace
 
 _SCALE = 100.0  # drops are in points; the net works in fractions
 
@@ -124,18 +130,12 @@ class BitsWorldModel:
             return self.net(torch.from_numpy(noise_features(B))).squeeze(1).double().numpy() * _SCALE
 
     def fidelity(self, B, drops) -> dict:
-        """How well the model ranks and predicts held-out samples.
-
-        Returns:
-            ``{"spearman": rho, "mae": mean |predicted - measured| in points, "n": samples}``.
-        """
-        y = np.asarray(drops, dtype=np.float64)
-        pred = self.predict(B)
-        return {"spearman": spearman(pred, y), "mae": float(np.abs(pred - y).mean()), "n": int(y.size)}
+        """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
+        return heldout_fidelity(self, B, drops)
 
     def state(self) -> dict:
         """A JSON-able snapshot (:meth:`from_state` inverts it; env configs carry it)."""
-        return {"n_layers": self.n_layers, "hidden": self.hidden, "seed": self.seed,
+        return {"kind": "mlp", "n_layers": self.n_layers, "hidden": self.hidden, "seed": self.seed,
                 "weights": {k: v.tolist() for k, v in self.net.state_dict().items()}}
 
     @classmethod
@@ -166,4 +166,144 @@ class BitsWorldModel:
         return torch.from_numpy(noise_features(B)), torch.from_numpy((y / _SCALE).astype(np.float32))
 
 
-__all__ = ["BitsWorldModel", "measure_drops", "noise_features", "random_bits"]
+def heldout_fidelity(world_model, B, drops) -> dict:
+    """How well a bits world model ranks and predicts held-out samples.
+
+    Args:
+        world_model: a :class:`BitsWorldModel` or :class:`BitsSPN`.
+        B: ``(N, n_layers)`` bit vectors it was not trained on.
+        drops: their measured drops (points).
+
+    Returns:
+        ``{"spearman": rho, "mae": mean |predicted - measured| in points, "n": samples}``.
+    """
+    y = np.asarray(drops, dtype=np.float64)
+    pred = world_model.predict(B)
+    return {"spearman": spearman(pred, y), "mae": float(np.abs(pred - y).mean()), "n": int(y.size)}
+
+
+class BitsSPN:
+    """The SPN family's transformer as a bits world model: predicts post-training drops (points).
+
+    Args:
+        space: the model's quantizable layers (their features are the tokens).
+        seed: seeds the split for early stopping, the initialisation and the minibatches.
+        max_steps: upper bound on optimiser steps (early stopping usually ends sooner).
+    """
+
+    FINGERPRINT = "bits"
+    """The one model it knows, inside its SPN (a bits world model describes one fp32 model)."""
+
+    def __init__(self, space: QuantSpace, seed: int = 0, max_steps: int = 2000) -> None:
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError(f"max_steps={max_steps!r} must be a positive integer, e.g. 2000")
+        self.space, self.seed, self.max_steps = space, seed, max_steps
+        self.n_layers = space.n_layers
+        self.spn = None
+
+    def fit(self, B, drops) -> BitsSPN:
+        """Train on measured samples (at least 8; deterministic for a seed).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ConfigError: shapes that do not match, fewer than 8 samples, or NaN drops.
+        """
+        import pandas as pd
+
+        from rlprune.spn.train import FitConfig, fit
+
+        B = np.atleast_2d(np.asarray(B))
+        y = np.asarray(drops, dtype=np.float64).reshape(-1)
+        if B.shape != (y.size, self.n_layers) or y.size < 8:
+            raise ConfigError(f"need N >= 8 bit vectors of {self.n_layers} layers and N drops; got bits {B.shape} "
+                              f"and {y.size} drops")
+        if not np.isfinite(y).all():
+            raise ConfigError("drops hold NaN/inf; measure them again")
+        # No loss was measured for bits samples: a NaN loss teaches the SPN acc_drop alone.
+        df = pd.DataFrame({"ratios": list(noise_features(B)), "acc_drop": y, "loss": math.nan,
+                           "model_fingerprint": self.FINGERPRINT})
+        spaces = {self.FINGERPRINT: {"features": self.space.features(), "feature_names": list(LAYER_FEATURES)}}
+        self.spn = fit("transformer", df, spaces, FitConfig(max_steps=self.max_steps, seed=self.seed))
+        return self
+
+    def predict(self, B) -> np.ndarray:
+        """Predicted drops (points) of an ``(N, n_layers)`` bit matrix (or one vector), float64 ``(N,)``.
+
+        Raises:
+            ConfigError: the model is not trained, or a matrix of the wrong width.
+        """
+        if self.spn is None:
+            raise ConfigError("this BitsSPN is not trained; call fit(B, drops) first")
+        B = np.atleast_2d(np.asarray(B))
+        if B.shape[1] != self.n_layers:
+            raise ConfigError(f"bit matrix has {B.shape[1]} columns; this world model has {self.n_layers} layers")
+        return self.spn.predict(noise_features(B), self.FINGERPRINT)[0].astype(np.float64)
+
+    def fidelity(self, B, drops) -> dict:
+        """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
+        return heldout_fidelity(self, B, drops)
+
+    def state(self) -> dict:
+        """A snapshot env configs carry (tensors and plain values; :meth:`from_state` inverts it)."""
+        if self.spn is None:
+            raise ConfigError("this BitsSPN is not trained; call fit(B, drops) first")
+        return {"kind": "spn", "n_layers": self.n_layers, "space": self.space.to_record(), "seed": self.seed,
+                "max_steps": self.max_steps, "spn": self.spn.state()}
+
+    @classmethod
+    def from_state(cls, state) -> BitsSPN:
+        """Rebuild from :meth:`state` (a ``BitsSPN`` is returned as is).
+
+        Raises:
+            ConfigError: a malformed state.
+        """
+        if isinstance(state, BitsSPN):
+            return state
+        from rlprune.errors import CheckpointError
+        from rlprune.spn.predictor import SPN
+
+        try:
+            wm = cls(QuantSpace.from_record(state["space"]), int(state["seed"]), int(state["max_steps"]))
+            wm.spn = SPN.from_state(state["spn"])
+        except (KeyError, TypeError, ValueError, CheckpointError) as e:
+            raise ConfigError(f"not a BitsSPN state ({type(e).__name__}); pass BitsSPN.state()") from e
+        return wm
+
+
+BitsModel = BitsSPN | BitsWorldModel
+"""Either bits world model (the searches only call ``predict`` and ``state``)."""
+
+WORLD_MODELS = ("spn", "mlp")
+"""``rlprune quantize --world-model``: :class:`BitsSPN` or :class:`BitsWorldModel`."""
+
+
+def make_world_model(kind: str, space: QuantSpace, seed: int = 0):
+    """An untrained bits world model of ``kind`` (:data:`WORLD_MODELS`).
+
+    Raises:
+        ConfigError: an unknown kind.
+    """
+    if kind == "spn":
+        return BitsSPN(space, seed=seed)
+    if kind == "mlp":
+        return BitsWorldModel(space.n_layers, seed=seed)
+    raise ConfigError(f"world model {kind!r} is unknown; use one of {', '.join(WORLD_MODELS)}")
+
+
+def world_model_from_state(state):
+    """Rebuild a :class:`BitsSPN` or a :class:`BitsWorldModel` from its ``state()`` (or return a model as is).
+
+    Raises:
+        ConfigError: a malformed state.
+    """
+    if isinstance(state, BitsSPN | BitsWorldModel):
+        return state
+    if isinstance(state, dict) and state.get("kind") == "spn":
+        return BitsSPN.from_state(state)
+    return BitsWorldModel.from_state(state)  # states written before ``kind`` existed are the MLP's
+
+
+__all__ = ["WORLD_MODELS", "BitsModel", "BitsSPN", "BitsWorldModel", "heldout_fidelity", "make_world_model",
+           "measure_drops", "noise_features", "random_bits", "world_model_from_state"]
