@@ -75,7 +75,47 @@ def noise_features(B) -> np.ndarray:
     return (4.0 ** -(np.asarray(B, dtype=np.float64) - MIN_BITS)).astype(np.float32)
 
 
-class BitsWorldModel:
+class _BitsModel:
+    """What both bits world models share: input checks, held-out fidelity and rebuilding from ``state()``."""
+
+    n_layers: int
+
+    def fidelity(self, B, drops) -> dict:
+        """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
+        return heldout_fidelity(self, B, drops)
+
+    @classmethod
+    def from_state(cls, state):
+        """Rebuild from ``state()`` (a model of this class is returned as is).
+
+        Raises:
+            ConfigError: a malformed state.
+        """
+        if isinstance(state, cls):
+            return state
+        from rlprune.errors import CheckpointError
+
+        try:
+            return cls._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, CheckpointError) as e:
+            raise ConfigError(f"not a {cls.__name__} state ({type(e).__name__}); pass {cls.__name__}.state()") from e
+
+    @classmethod
+    def _restore(cls, state):
+        raise NotImplementedError
+
+    def _checked(self, B, drops, min_n: int) -> tuple[np.ndarray, np.ndarray]:
+        B = np.atleast_2d(np.asarray(B))
+        y = np.asarray(drops, dtype=np.float64).reshape(-1)
+        if B.shape != (y.size, self.n_layers) or y.size < min_n:
+            raise ConfigError(f"need N >= {min_n} bit vectors of {self.n_layers} layers and N drops; got bits "
+                              f"{B.shape} and {y.size} drops")
+        if not np.isfinite(y).all():
+            raise ConfigError("drops hold NaN/inf; measure them again")
+        return B, y
+
+
+class BitsWorldModel(_BitsModel):
     """Predicts the post-training accuracy drop (points) of bit vectors of one model.
 
     Args:
@@ -129,40 +169,20 @@ class BitsWorldModel:
         with torch.no_grad():
             return self.net(torch.from_numpy(noise_features(B))).squeeze(1).double().numpy() * _SCALE
 
-    def fidelity(self, B, drops) -> dict:
-        """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
-        return heldout_fidelity(self, B, drops)
-
     def state(self) -> dict:
         """A JSON-able snapshot (:meth:`from_state` inverts it; env configs carry it)."""
         return {"kind": "mlp", "n_layers": self.n_layers, "hidden": self.hidden, "seed": self.seed,
                 "weights": {k: v.tolist() for k, v in self.net.state_dict().items()}}
 
     @classmethod
-    def from_state(cls, state) -> BitsWorldModel:
-        """Rebuild from :meth:`state` (a ``BitsWorldModel`` is returned as is).
-
-        Raises:
-            ConfigError: a malformed state.
-        """
-        if isinstance(state, BitsWorldModel):
-            return state
-        try:
-            wm = cls(int(state["n_layers"]), int(state["hidden"]), int(state["seed"]))
-            wm.net.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state["weights"].items()})
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"not a BitsWorldModel state ({type(e).__name__}); pass BitsWorldModel.state()") from e
+    def _restore(cls, state) -> BitsWorldModel:
+        wm = cls(int(state["n_layers"]), int(state["hidden"]), int(state["seed"]))
+        wm.net.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state["weights"].items()})
         wm.net.eval()
         return wm
 
     def _xy(self, B, drops) -> tuple[torch.Tensor, torch.Tensor]:
-        B = np.atleast_2d(np.asarray(B))
-        y = np.asarray(drops, dtype=np.float64).reshape(-1)
-        if B.shape != (y.size, self.n_layers) or y.size < 2:
-            raise ConfigError(f"need N >= 2 bit vectors of {self.n_layers} layers and N drops; got bits {B.shape} "
-                              f"and {y.size} drops")
-        if not np.isfinite(y).all():
-            raise ConfigError("drops hold NaN/inf; measure them again")
+        B, y = self._checked(B, drops, min_n=2)
         return torch.from_numpy(noise_features(B)), torch.from_numpy((y / _SCALE).astype(np.float32))
 
 
@@ -182,7 +202,7 @@ def heldout_fidelity(world_model, B, drops) -> dict:
     return {"spearman": spearman(pred, y), "mae": float(np.abs(pred - y).mean()), "n": int(y.size)}
 
 
-class BitsSPN:
+class BitsSPN(_BitsModel):
     """The SPN family's transformer as a bits world model: predicts post-training drops (points).
 
     Args:
@@ -214,13 +234,7 @@ class BitsSPN:
 
         from rlprune.spn.train import FitConfig, fit
 
-        B = np.atleast_2d(np.asarray(B))
-        y = np.asarray(drops, dtype=np.float64).reshape(-1)
-        if B.shape != (y.size, self.n_layers) or y.size < 8:
-            raise ConfigError(f"need N >= 8 bit vectors of {self.n_layers} layers and N drops; got bits {B.shape} "
-                              f"and {y.size} drops")
-        if not np.isfinite(y).all():
-            raise ConfigError("drops hold NaN/inf; measure them again")
+        B, y = self._checked(B, drops, min_n=8)
         # No loss was measured for bits samples: a NaN loss teaches the SPN acc_drop alone.
         df = pd.DataFrame({"ratios": list(noise_features(B)), "acc_drop": y, "loss": math.nan,
                            "model_fingerprint": self.FINGERPRINT})
@@ -241,10 +255,6 @@ class BitsSPN:
             raise ConfigError(f"bit matrix has {B.shape[1]} columns; this world model has {self.n_layers} layers")
         return self.spn.predict(noise_features(B), self.FINGERPRINT)[0].astype(np.float64)
 
-    def fidelity(self, B, drops) -> dict:
-        """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
-        return heldout_fidelity(self, B, drops)
-
     def state(self) -> dict:
         """A snapshot env configs carry (tensors and plain values; :meth:`from_state` inverts it)."""
         if self.spn is None:
@@ -253,22 +263,11 @@ class BitsSPN:
                 "max_steps": self.max_steps, "spn": self.spn.state()}
 
     @classmethod
-    def from_state(cls, state) -> BitsSPN:
-        """Rebuild from :meth:`state` (a ``BitsSPN`` is returned as is).
-
-        Raises:
-            ConfigError: a malformed state.
-        """
-        if isinstance(state, BitsSPN):
-            return state
-        from rlprune.errors import CheckpointError
+    def _restore(cls, state) -> BitsSPN:
         from rlprune.spn.predictor import SPN
 
-        try:
-            wm = cls(QuantSpace.from_record(state["space"]), int(state["seed"]), int(state["max_steps"]))
-            wm.spn = SPN.from_state(state["spn"])
-        except (KeyError, TypeError, ValueError, CheckpointError) as e:
-            raise ConfigError(f"not a BitsSPN state ({type(e).__name__}); pass BitsSPN.state()") from e
+        wm = cls(QuantSpace.from_record(state["space"]), int(state["seed"]), int(state["max_steps"]))
+        wm.spn = SPN.from_state(state["spn"])
         return wm
 
 
