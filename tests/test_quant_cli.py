@@ -4,11 +4,20 @@ errors a user meets."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 import rlprune
 from rlprune.cli import main
+from rlprune.quant.samples import read_bits
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bad_bits_and_target_are_one_clear_error(digits_task, tmp_path, capsys):
@@ -48,3 +57,39 @@ def test_quantize_a_pruned_folder_exports_the_validated_winner(digits_task, ray_
     assert digits_task.evaluate(model, "test")["acc"] == methods[summary["winner"]]["acc"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["winner"] == summary["winner"] and on_disk["selection_split"] == "validation"
+    # 16 random vectors and the 4 rules' (two rules may land on one vector), each measured once on Tune.
+    stored = read_bits(out / "bits_samples")
+    assert summary["samples"]["where"] == "tune" and summary["samples"]["n_new"] == len(stored)
+    assert 17 <= len(stored) <= 20 and stored["sample_id"].is_unique
+
+
+@pytest.mark.slow
+def test_a_killed_quantize_keeps_its_flushed_samples_and_the_rerun_measures_only_the_rest(digits_task, tmp_path):
+    """SIGKILL the whole command (driver, Ray, Tune trials) while it measures bits samples; the same command then
+    reads back every flushed row and measures only what is missing."""
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "rlprune.cli", "quantize", "--task", "digits", "--target-size", "0.15",
+           "--out", str(out), "--samples", "40", "--workers", "1", "--rl-iters", "1", "--rl-batch", "16",
+           "--qat-steps", "0", "--json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+                            start_new_session=True)
+    shards = out / "bits_samples" / "shards"
+    try:
+        t0 = time.monotonic()
+        while len(list(shards.glob("*.parquet"))) < 2:
+            assert proc.poll() is None, "quantize ended before it flushed two shards"
+            assert time.monotonic() - t0 < 300, "no two shards within 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = read_bits(out / "bits_samples")
+    assert 8 <= len(kept) < 40 and not (out / "summary.json").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    after = read_bits(out / "bits_samples")  # 40 random vectors and the rules' (some may coincide)
+    assert summary["samples"]["n_new"] == len(after) - len(kept)
+    assert 41 <= len(after) <= 44 and after["sample_id"].is_unique
+    assert set(kept["sample_id"]) <= set(after["sample_id"])

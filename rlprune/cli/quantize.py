@@ -12,7 +12,8 @@ EPILOG = """what it does:
   1. the fp32 model: the task's base model, or --pruned DIR (the --out folder of `rlprune prune` / `rlprune run`)
   2. a one-shot sensitivity scan (each layer alone at 2 bits, calibration split) and the rules at the budget:
      uniform8 / uniform6 / uniform4 (fitted down to the budget) and sensitivity (HAQ-style greedy)
-  3. --samples measured (bits -> accuracy drop) samples and a world model on three quarters of them: the SPN's
+  3. --samples measured (bits -> accuracy drop) samples (a Tune experiment of --workers trials into
+     DIR/bits_samples; rerunning measures only what is missing) and a world model on three quarters: the SPN's
      transformer, one token per layer (default), or --world-model mlp; both kinds' held-out Spearman/MAE shown
   4. an RL search: one agent per conv/linear layer, shared PPO policy, the wall on size_ratio; then random
      search and CEM on the same world model with as many world-model calls as the RL search counted
@@ -52,6 +53,9 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=64, help="measured samples for the world model (default 64)")
     p.add_argument("--rl-iters", type=int, default=3, help="PPO iterations of the RL search (default 3)")
     p.add_argument("--rl-batch", type=int, default=64, help="episodes per PPO iteration (default 64)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="Tune trials measuring the samples into OUT/bits_samples, one CPU each (default 2; a rerun "
+                        "measures only what is missing); 0: in this process, nothing stored")
     p.add_argument("--world-model", choices=("spn", "mlp"), default="spn",
                    help="the searches' (bits -> drop) model: the SPN's transformer (default) or a small MLP")
     p.add_argument("--qat-steps", type=int, default=100,
@@ -84,8 +88,9 @@ def cmd_quantize(args) -> int:
     cfg = QuantizeConfig(task=args.task, task_kwargs=task_options(args), target=args.target_size, out=args.out,
                          pruned=args.pruned, seed=args.seed,
                          samples=args.samples, rl_iters=args.rl_iters, rl_batch=args.rl_batch,
-                         qat_steps=args.qat_steps, bits=parse_bits(args.bits), world_model=args.world_model)
-    summary = run_quantize(cfg, log=(lambda line: None) if args.json else print)
+                         qat_steps=args.qat_steps, bits=parse_bits(args.bits), world_model=args.world_model,
+                         workers=args.workers)
+    summary = run_quantize(cfg, log=(lambda line: None) if args.json else print, progress=not args.json)
     fp32 = summary["fp32"]
     lines = ["", f"{'method':<12} {'size_ratio':>10} {'val':>7} {'test':>7} {'95% CI':>15}  bits per layer",
              f"{'fp32':<12} {1.0:>10.4f} {fp32['val_acc']:>7.2f} {fp32['acc']:>7.2f} {'':>15}  32 everywhere"]

@@ -52,9 +52,9 @@ def stage_quantize(run, log) -> dict:
     run.ray()  # the bits search is an RLlib algorithm
     qcfg = QuantizeConfig(task=cfg.task, task_kwargs=cfg.task_kwargs, target=q.target_size,
                           out=str(run.out / "quantize"), pruned=str(run.out), seed=cfg.seed, samples=q.samples,
-                          rl_iters=q.rl_iters, rl_batch=q.rl_batch, world_model=q.world_model,
+                          rl_iters=q.rl_iters, rl_batch=q.rl_batch, world_model=q.world_model, workers=cfg.workers,
                           qat_steps=cfg.measure.finetune_steps if q.qat_steps is None else q.qat_steps)
-    summary = run_quantize(qcfg, log=lambda line: log(f"      {line}"))
+    summary = run_quantize(qcfg, log=lambda line: log(f"      {line}"), progress=run.progress)
     base_params = sum(p.numel() for p in run.task().base_model().parameters())
     shrink = summary["fp32"]["params"] / base_params  # fp32 size of the pruned input over the unpruned one
     methods = [{"method": name, **{k: row.get(k) for k in _ROW_KEYS},

@@ -8,7 +8,9 @@ Steps (all on the task's splits, see ``rlprune.tasks.base``):
 1. the fp32 model (the task's base model, or ``pruned/pruned_model.pt`` from ``rlprune prune --out`` or
    ``rlprune run``), its validation and test accuracy;
 2. the sensitivity scan (calibration) and every rule's vector at the target (``rlprune.quant.baselines``);
-3. ``samples`` random vectors with their measured post-training drops (calibration), split into a fitting
+3. ``samples`` random vectors with their measured post-training drops (calibration; with ``workers`` >= 1 as
+   a Ray Tune experiment into the bits sample store ``out/bits_samples``, resumable, see
+   ``rlprune.quant.tune_samples``; with 0 in this process), split into a fitting
    set and a held-out quarter: the bits world model (``world_model``: the SPN's transformer by default, or
    the small MLP) and its held-out Spearman/MAE, with the other kind's on the same split for comparison
    (``rlprune.quant.worldmodel``);
@@ -67,6 +69,9 @@ class QuantizeConfig:
     """Quantization-aware fine-tune steps, the same for every candidate."""
     bits: tuple[int, ...] | None = None
     """Your own bit vector, validated as one more candidate (``given``); it must fit the target."""
+    workers: int = 2
+    """Tune trials measuring the samples into ``out/bits_samples`` (one CPU each; a rerun measures only what the
+    store lacks); 0 measures them in this process and stores nothing."""
     world_model: str = "spn"
     """The bits world model the searches use: ``spn`` (the SPN's transformer, one token per layer; held out
     better on digits, see the README) or ``mlp`` (a two-layer net on the layers' noise powers)."""
@@ -76,7 +81,8 @@ class QuantizeConfig:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 < t <= 1:
             raise ConfigError(f"target size {t!r} is outside (0, 1]; pass the stored size relative to fp32, "
                               "e.g. --target-size 0.125 for about 4 bits per weight")
-        for name, low in (("samples", 8), ("rl_iters", 1), ("rl_batch", 1), ("qat_steps", 0), ("seed", 0)):
+        for name, low in (("samples", 8), ("rl_iters", 1), ("rl_batch", 1), ("qat_steps", 0), ("seed", 0),
+                          ("workers", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
@@ -90,12 +96,13 @@ class QuantizeConfig:
                               "`rlprune prune` or `rlprune run`")
 
 
-def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
+def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -> dict:
     """Run every step of the module docstring and return the summary (also written to ``out/summary.json``).
 
     Args:
         cfg: the settings.
         log: called with one line per finished step (``print`` by default; the CLI's ``--json`` passes a no-op).
+        progress: the sampling experiment's progress bar (None: when stderr is a terminal).
 
     Returns:
         ``{"task", "target", "fp32", "winner", "methods": {name: row}, "world_model", "rl", "sensitivity",
@@ -131,7 +138,19 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
     log("sensitivity scan (2 bits, calibration drop): " + ", ".join(f"{s:.1f}" for s in sens))
 
     B = np.vstack([random_bits(space, cfg.samples, seed=cfg.seed), np.array(list(candidates.values()))])
-    drops = measure_drops(task, model, B)
+    t0 = time.perf_counter()
+    if cfg.workers:
+        from rlprune.quant.tune_samples import measure_on_tune
+
+        res = measure_on_tune(cfg.task, {"seed": cfg.seed, **cfg.task_kwargs}, cfg.pruned, B,
+                              Path(cfg.out) / "bits_samples", cfg.workers, progress=progress)
+        drops = res.pop("drops")
+        sampling = {**res, "where": "tune"}
+    else:
+        drops = measure_drops(task, model, B)
+        sampling = {"n_new": len(B), "wall_s": time.perf_counter() - t0, "where": "in-process"}
+    log(f"{len(B)} bits samples ({sampling['n_new']} measured now, {sampling['where']}) in "
+        f"{sampling['wall_s']:.1f} s")
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(B))
     held, fit = order[: max(2, len(B) // 4)], order[max(2, len(B) // 4):]
@@ -177,7 +196,8 @@ def run_quantize(cfg: QuantizeConfig, log=print) -> dict:
     export_quantized(models[winner], out / "quantized_model.pt", manifest)
     summary = {"task": cfg.task, "target": target, "selection_split": "validation", "activations": "fp32",
                "fp32": fp32, "winner": winner, "methods": methods, "layers": list(space.names),
-               "world_model": fidelity, "world_models_heldout": heldout, "rl": rl, "sensitivity": sens.tolist(),
+               "world_model": fidelity, "world_models_heldout": heldout, "samples": sampling, "rl": rl,
+               "sensitivity": sens.tolist(),
                "config": {**asdict(cfg), "bits": list(cfg.bits) if cfg.bits else None},
                "model": str(out / "quantized_model.pt"), "total_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "summary.json", summary, sort_keys=False)

@@ -145,12 +145,22 @@ def open_store(path: str | os.PathLike, create: bool = True) -> Path:
 
 
 def _shard_paths(store: Path) -> list[Path]:
-    # Names start with a UTC timestamp, so sorting keeps the first-written copy of a duplicate.
-    # Temp files (".name.xxx.tmp") left by a killed writer do not end in .parquet and are ignored.
-    return sorted(p for p in (store / _SHARDS).glob("*.parquet") if not p.name.startswith("."))
+    return shard_paths(store / _SHARDS)
+
+
+def shard_paths(folder: Path) -> list[Path]:
+    """The shards of a folder, oldest first (what :func:`write_shard` wrote; readers keep the first copy of a
+    duplicate). Temp files (".name.xxx.tmp") left by a killed writer do not end in .parquet and are ignored."""
+    return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
 
 
 def _read_shard(path: Path, columns=None) -> pa.Table | None:
+    return read_shard(path, _SCHEMA, columns)
+
+
+def read_shard(path: Path, schema: pa.Schema, columns=None) -> pa.Table | None:
+    """One shard as ``schema`` (or its ``columns``); None, with a warning naming the file, when it is unreadable
+    or does not match (a torn copy, a full disk): such a shard is skipped and left in place, never deleted."""
     try:
         table = pq.read_table(path, columns=columns)
     except Exception as e:  # noqa: BLE001 - any unreadable shard is skipped, never fatal
@@ -158,8 +168,8 @@ def _read_shard(path: Path, columns=None) -> pa.Table | None:
                       f"it is left in place", RuntimeWarning, stacklevel=3)
         return None
     try:
-        return table.select(list(columns or SAMPLE_COLUMNS)).cast(_SCHEMA if columns is None else
-                                                                  pa.schema([_SCHEMA.field(c) for c in columns]))
+        return table.select(list(columns or schema.names)).cast(schema if columns is None else
+                                                                 pa.schema([schema.field(c) for c in columns]))
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
         warnings.warn(f"rlprune: skipping sample shard {path}: it does not match the sample schema ({e}); "
                       f"it is left in place", RuntimeWarning, stacklevel=3)
@@ -243,11 +253,25 @@ def append_samples(path: str | os.PathLike, rows: list[dict]) -> int:
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
         raise SampleStoreError(f"rows do not fit the sample schema ({e}); "
                                f"see rlprune.samples.store.SAMPLE_COLUMNS") from e
+    write_shard(store / _SHARDS, table)
+    return len(fresh)
+
+
+def write_shard(folder: Path, table: pa.Table) -> Path:
+    """Write ``table`` as a new immutable parquet shard in ``folder``, atomically (temp name, then rename).
+
+    The name starts with a UTC timestamp (readers sort by it), then the writer's pid and a random tag, so
+    concurrent writers never collide.
+
+    Returns:
+        The shard's path.
+    """
     buf = io.BytesIO()
     pq.write_table(table, buf)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    atomic_write_bytes(store / _SHARDS / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet", buf.getvalue())
-    return len(fresh)
+    path = Path(folder) / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: str | None = None,
@@ -436,9 +460,12 @@ __all__ = [
     "now_iso",
     "open_store",
     "read_samples",
+    "read_shard",
     "read_spaces",
     "sample_id",
+    "shard_paths",
     "space_record",
     "stored_ids",
+    "write_shard",
     "write_space",
 ]
