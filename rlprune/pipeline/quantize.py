@@ -26,7 +26,7 @@ from rlprune.measure.stats import describe, paired_difference, unpack_correct
 from rlprune.pipeline.select import SELECTION_SPLIT
 
 #: Per-method fields the stage keeps (the packed per-image test outcomes stay in ``quantize/summary.json``).
-_ROW_KEYS = ("bits", "size_ratio", "size_ratio_base", "val_acc", "acc", "acc_ci", "meets_target", "predicted_drop",
+_ROW_KEYS = ("bits", "size_ratio", "val_acc", "acc", "acc_ci", "meets_target", "predicted_drop",
              "wm_calls", "search_s", "qat_steps")
 
 
@@ -63,7 +63,7 @@ def stage_quantize(run, log) -> dict:
            "model": summary["model"], "target_size": summary["target"], "winner": summary["winner"],
            "fp32": {**summary["fp32"], "size_ratio_base": shrink}, "base_params": base_params,
            "layers": summary["layers"], "world_model": summary["world_model"],
-           "comparison": comparison(summary["methods"], summary["target"]), "methods": methods}
+           "comparison": comparison(summary["methods"]), "methods": methods}
     return {**out, **write_report(run.out, cfg, {**run.done, "quantize": out}, _pruning_winner(run))}
 
 
@@ -72,19 +72,19 @@ def _pruning_winner(run) -> dict:
     return next(r for r in run.done["validate"]["rows"] if r["method"] == name)
 
 
-def comparison(methods: dict, target: float) -> dict | None:
+def comparison(methods: dict) -> dict | None:
     """The RL bit vector against the best rule or black-box search, both chosen on validation within the size
     target, on the same test images (``rlprune.measure.stats.paired_difference``).
 
     Args:
-        methods: ``{name: row}`` of ``run_quantize`` (rows with ``val_acc``, ``size_ratio``, ``correct``).
-        target: the size budget.
+        methods: ``{name: row}`` of ``run_quantize`` (rows with ``val_acc``, ``size_ratio``, ``meets_target``,
+            ``correct``).
 
     Returns:
         ``{"rl", "best_baseline", "selection_split", **paired_difference}``, or None when RL or every baseline
         missed the target or a row has no per-image outcomes.
     """
-    ok = {k: v for k, v in methods.items() if v["size_ratio"] <= target + 1e-9 and v.get("correct")}
+    ok = {k: v for k, v in methods.items() if v["meets_target"] and v.get("correct")}
     if "rl" not in ok:
         return None
     others = {k: v for k, v in ok.items() if k not in ("rl", "given")}

@@ -27,8 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rlprune.errors import SampleStoreError
-from rlprune.io import atomic_write_json
-from rlprune.samples.store import read_shard, shard_paths, write_shard
+from rlprune.samples.store import open_shard_folder, read_shard, shard_ids, shard_paths, write_shard
 
 FORMAT, VERSION = "rlprune-bits-samples", 1
 _SCHEMA = pa.schema([
@@ -61,24 +60,10 @@ def open_bits_store(path: str | os.PathLike, create: bool = True) -> Path:
         SampleStoreError: ``path`` is a file, a non-empty folder that is not a bits store, a store of another
             format or version, or missing while ``create`` is False.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SampleStoreError(f"bits sample store {path} is a file; pass a folder (it is created if missing)")
-    manifest = path / "manifest.json"
-    if not manifest.exists():
-        if path.is_dir() and any(path.iterdir()):
-            raise SampleStoreError(f"{path} is not a bits sample store (no manifest.json) and is not empty; "
-                                   f"pass a new or empty folder")
-        if not create:
-            raise SampleStoreError(f"no bits sample store at {path}")
-        (path / "shards").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(manifest, {"format": FORMAT, "version": VERSION, "columns": list(BITS_COLUMNS)})
-        return path
-    try:
-        meta = json.loads(manifest.read_text())
-    except (OSError, ValueError) as e:
-        raise SampleStoreError(f"{manifest} is not valid JSON ({e}); restore it or use a new folder") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    path, meta = open_shard_folder(path, {"format": FORMAT, "version": VERSION, "columns": list(BITS_COLUMNS)},
+                                   "bits sample store", create)
+    mine = {"format": FORMAT, "version": VERSION}
+    if meta is not None and (not isinstance(meta, dict) or {k: meta.get(k) for k in mine} != mine):
         raise SampleStoreError(f"{path} is not a version-{VERSION} bits sample store (its manifest says "
                                f"{meta!r:.120}); pass a new folder")
     return path
@@ -106,7 +91,7 @@ def append_bits(path: str | os.PathLike, rows: list[dict]) -> int:
             raise SampleStoreError(f"bits row {i} ({r['sample_id']}) has a non-finite accuracy or size; "
                                    f"measure it again")
     store = open_bits_store(path)
-    seen = set(read_bits(store)["sample_id"])
+    seen = shard_ids(store / "shards", _SCHEMA)
     fresh = []
     for r in rows:
         if r["sample_id"] not in seen:

@@ -67,11 +67,12 @@ def measure_on_tune(task_spec: str, task_kwargs: dict, pruned: str | None, B, st
     B = np.atleast_2d(np.asarray(B, dtype=np.int64))
     ids = [bits_sample_id(fp, split, max_batches, b) for b in B]
     have = set(read_bits(store, fp)["sample_id"])
-    todo = [ids.index(sid) for sid in dict.fromkeys(ids) if sid not in have]  # each distinct vector once
+    first = {sid: i for i, sid in reversed(list(enumerate(ids)))}  # each distinct vector once, at its first row
+    todo = sorted(i for sid, i in first.items() if sid not in have)
     placement = None
     if todo:
         placement = _run(task_spec, task_kwargs, pruned, B, todo, store, workers, split, max_batches, flush_every,
-                         address, progress, max_failures, len(set(ids)))
+                         address, progress, max_failures, len(first))
     df = read_bits(store, fp).set_index("sample_id")
     lost = [sid for sid in ids if sid not in df.index]
     if lost:

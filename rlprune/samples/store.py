@@ -117,23 +117,10 @@ def open_store(path: str | os.PathLike, create: bool = True) -> Path:
         SampleStoreError: ``path`` is a file, a non-empty folder without a manifest, a store of another
             schema version or columns, or missing while ``create`` is False.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SampleStoreError(f"sample store {path} is a file; pass a folder (it is created if missing)")
-    manifest = path / _MANIFEST
-    if not manifest.exists():
-        if path.is_dir() and any(path.iterdir()):
-            raise SampleStoreError(f"{path} is not a sample store (no {_MANIFEST}) and is not empty; "
-                                   f"pass a new or empty folder")
-        if not create:
-            raise SampleStoreError(f"no sample store at {path}; create one with `rlprune sample --out {path}`")
-        (path / _SHARDS).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(manifest, {"schema_version": SCHEMA_VERSION, "columns": list(SAMPLE_COLUMNS)})
+    path, meta = open_shard_folder(path, {"schema_version": SCHEMA_VERSION, "columns": list(SAMPLE_COLUMNS)},
+                                   "sample store", create, f"; create one with `rlprune sample --out {path}`")
+    if meta is None:
         return path
-    try:
-        meta = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SampleStoreError(f"{manifest} is not valid JSON ({e}); restore it or start a new store") from e
     version = meta.get("schema_version") if isinstance(meta, dict) else None
     if version != SCHEMA_VERSION:
         raise SampleStoreError(f"{path} holds samples of schema version {version}, this rlprune reads version "
@@ -144,8 +131,42 @@ def open_store(path: str | os.PathLike, create: bool = True) -> Path:
     return path
 
 
-def _shard_paths(store: Path) -> list[Path]:
-    return shard_paths(store / _SHARDS)
+def open_shard_folder(path: str | os.PathLike, manifest: dict, what: str, create: bool,
+                      missing_fix: str = "") -> tuple[Path, object]:
+    """The layout every rlprune shard store shares: ``path/manifest.json`` and ``path/shards/``.
+
+    Args:
+        path: the store folder.
+        manifest: what a new store's manifest holds.
+        what: the store's name in errors ("sample store").
+        create: make the folder and its manifest when the folder is missing or empty.
+        missing_fix: appended to the error for a missing store with ``create`` False.
+
+    Returns:
+        ``(path, meta)``: the existing manifest's content, or None when this call created the store (the caller
+        checks an existing manifest's format).
+
+    Raises:
+        SampleStoreError: ``path`` is a file, a non-empty folder without a manifest, an unreadable manifest, or
+            missing while ``create`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SampleStoreError(f"{what} {path} is a file; pass a folder (it is created if missing)")
+    file = path / _MANIFEST
+    if not file.exists():
+        if path.is_dir() and any(path.iterdir()):
+            raise SampleStoreError(f"{path} is not a {what} (no {_MANIFEST}) and is not empty; "
+                                   f"pass a new or empty folder")
+        if not create:
+            raise SampleStoreError(f"no {what} at {path}{missing_fix}")
+        (path / _SHARDS).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(file, manifest)
+        return path, None
+    try:
+        return path, json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SampleStoreError(f"{file} is not valid JSON ({e}); restore it or start a new store") from e
 
 
 def shard_paths(folder: Path) -> list[Path]:
@@ -182,13 +203,18 @@ def stored_ids(path: str | os.PathLike) -> set[str]:
     Raises:
         SampleStoreError: see :func:`open_store`.
     """
-    store = open_store(path, create=False)
+    return shard_ids(open_store(path, create=False) / _SHARDS, _SCHEMA)
+
+
+def shard_ids(folder: Path, schema: pa.Schema) -> set[str]:
+    """Every ``sample_id`` in a folder of shards (unreadable shards skipped with a warning), reading only that
+    column, once per shard and process (shards are immutable)."""
     ids: set[str] = set()
-    for shard in _shard_paths(store):
+    for shard in shard_paths(folder):
         st = shard.stat()
         key = (str(shard), st.st_size, st.st_mtime_ns)
         if key not in _ID_CACHE:
-            table = _read_shard(shard, ["sample_id"])
+            table = read_shard(shard, schema, ["sample_id"])
             if table is None:
                 continue
             _ID_CACHE[key] = frozenset(table.column("sample_id").to_pylist())
@@ -299,7 +325,7 @@ def read_samples(path: str | os.PathLike, fingerprint: str | None = None, task: 
             across-fidelity read finds two labels of one step count (two rates) and cannot tell which.
     """
     store = open_store(path, create=False)
-    tables = [t for t in (_read_shard(p) for p in _shard_paths(store)) if t is not None]
+    tables = [t for t in (_read_shard(p) for p in shard_paths(store / _SHARDS)) if t is not None]
     df = pa.concat_tables(tables).to_pandas() if tables else _SCHEMA.empty_table().to_pandas()
     if fingerprint is not None:
         df = df[df["model_fingerprint"] == fingerprint]
@@ -458,11 +484,13 @@ __all__ = [
     "append_samples",
     "fidelity_family",
     "now_iso",
+    "open_shard_folder",
     "open_store",
     "read_samples",
     "read_shard",
     "read_spaces",
     "sample_id",
+    "shard_ids",
     "shard_paths",
     "space_record",
     "stored_ids",
