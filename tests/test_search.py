@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlprune.errors import ConfigError
 from rlprune.samples.store import read_samples, read_spaces
 from rlprune.search.rl import SearchConfig, run_search
-from rlprune.spn.predictor import save_spn
+from rlprune.spn.predictor import load_spn, save_spn
 from rlprune.spn.train import FitConfig, fit
 from tests.spn_helpers import real_samples_store
 
@@ -42,11 +43,18 @@ def test_online_search_meets_budget_refines_spn_and_resumes(ray_cluster, spn_pat
     assert first["iterations"] == 2 and (out / "checkpoint").is_dir() and (out / "result.json").is_file()
     rounds = first["online_rounds"]
     assert [r["version"] for r in rounds] == [1, 2] and all(r["n_real"] == 2 for r in rounds)
-    # The SPN was fine-tuned on the fresh real samples: its error on them fell.
-    assert all(r["mae_after"] < r["mae_before"] for r in rounds)
-    # The real evaluations landed in the sample store, marked as online samples.
+    # The SPN was fine-tuned on the fresh real samples and its checkpoint says so. (That a fine-tune lowers the
+    # error on its new rows is tested on fixed data in test_world_model; here, on two rows picked by a PPO run,
+    # the SPN can already be right, so a fall is not guaranteed.)
+    assert all(r["changed"] and r["n_new"] == 2 and r["mae_after"] != r["mae_before"] for r in rounds)
     online = read_samples(out / "samples")
-    assert (online["sampler"] == "online").sum() == 4
+    assert set(online["sample_id"]) <= set(load_spn(out / "world_model" / "world_model.pt").meta["train_ids"])
+    # The report's "before" is what the search believed before the real evaluation (not the tuned SPN's view).
+    for r in rounds:
+        err = np.abs(np.subtract(r["predicted_before"], r["real_acc_drop"])).mean()
+        assert err == pytest.approx(r["mae_before"], abs=1e-3), (r["predicted_before"], r["real_acc_drop"])
+    # The real evaluations landed in the sample store, marked as online samples.
+    assert len(online) == 4 and (online["sampler"] == "online").all()
     # Budgets are counted: every SPN call (episodes, the greedy episode, re-scoring) and every real evaluation.
     assert first["real_evals"] == 4 and first["spn_calls"] >= first["episodes"] + first["iterations"]
 

@@ -236,6 +236,8 @@ class Search:
         chosen = self.pool.most_promising(c.online_top, c.ucb_beta, c.w_acc)
         if not chosen:
             return {"iteration": iteration, "n_real": 0, "changed": False}
+        # Read now: the pool's items are the dicts the re-scoring below overwrites with the tuned SPN's view.
+        predicted = [float(x["acc_drop"]) for x in chosen]
         rows = evaluate_remote(c.task, {"seed": c.seed, **c.task_kwargs}, [x["ratios"] for x in chosen],
                                self.base.to_dict(), c.measure, c.workers, f"online{iteration}")
         for r in rows:
@@ -251,7 +253,7 @@ class Search:
         self.pool.rescore(lambda R: local.predict(R, self.fingerprint), self._reward)
         report.update(iteration=iteration, n_real=len(rows),
                       real_acc_drop=[r["acc_drop"] for r in rows],
-                      predicted_before=[x["acc_drop"] for x in chosen])
+                      predicted_before=predicted)
         self.state["online"].append(report)
         return report
 
