@@ -87,6 +87,9 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
         return rows
     spec = MeasureSpec()
     task = common.task_of(task_name, seed, task_kwargs)
+    # A --model-seed fixes the base model for every seed; each seed still fine-tunes with its own data order, so
+    # a rule's fixed vector gets a replicate per seed too (its spread is then the fine-tune's, not zero).
+    task.finetune_seed = seed
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())

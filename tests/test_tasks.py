@@ -160,6 +160,12 @@ def test_finetune_changes_weights_is_deterministic_and_recovers(digits_task: Dig
         assert torch.equal(value, b.state_dict()[key]), key
     assert not torch.equal(a.fc.weight, damaged.fc.weight)
     assert digits_task.evaluate(a, "calibration")["acc"] > before + 10.0
+    # Another fine-tune seed, on the same base model: another data order, so other weights.
+    other = DigitsTask(seed=digits_task.seed)
+    assert other.finetune_seed == other.seed
+    other.finetune_seed = digits_task.seed + 1
+    c = other.finetune(copy.deepcopy(damaged), steps=30)
+    assert not torch.equal(c.fc.weight, a.fc.weight)
     untouched = copy.deepcopy(damaged).train()
     assert digits_task.finetune(untouched, steps=0) is untouched and not untouched.training
     with pytest.raises(ValueError, match="steps"):

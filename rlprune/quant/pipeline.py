@@ -50,7 +50,7 @@ class QuantizeConfig:
     """Task name (``rlprune tasks``)."""
     task_kwargs: dict = field(default_factory=dict)
     """The task's other arguments (``arch``, ``data_dir``, or your model's specs); a ``seed`` here fixes the base
-    model (a benchmark's ``--model-seed``) while ``seed`` still seeds the samples and the searches."""
+    model (a benchmark's ``--model-seed``) while ``seed`` still seeds the samples, the searches and the QAT."""
     target: float = 0.125
     """Size budget: stored size relative to the fp32 model, in (0, 1] (0.125 is about 4 bits per weight)."""
     out: str = "runs/quantize"
@@ -58,7 +58,7 @@ class QuantizeConfig:
     pruned: str | None = None
     """A folder holding ``pruned_model.pt`` (``rlprune prune --out`` / ``rlprune run``); None: the base model."""
     seed: int = 0
-    """Seeds the task, the samples, the world model and the RL search."""
+    """Seeds the task, the samples, the world model, the RL search and the QAT's data order."""
     samples: int = 64
     """Measured (bits -> drop) samples for the world model (a quarter is held out to measure it)."""
     rl_iters: int = 3
@@ -119,6 +119,9 @@ def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -
 
     started = time.perf_counter()
     task = get_task(cfg.task, **{"seed": cfg.seed, **cfg.task_kwargs})
+    # With the base model's seed fixed in task_kwargs, seeds would otherwise share one QAT data order and the
+    # same bits vector would score the same under every seed: not a replicate.
+    task.finetune_seed = cfg.seed
     model = load_pruned(cfg.pruned)[0] if cfg.pruned else task.base_model()
     space = QuantSpace.from_model(model)
     target = space.check_target(cfg.target)

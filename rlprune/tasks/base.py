@@ -78,6 +78,9 @@ class Task(abc.ABC):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = seed
+        self.finetune_seed = seed
+        """Seeds the data order of :meth:`finetune` (the task seed unless a caller sets it: benchmarks that share
+        one base model over seeds give each seed its own fine-tune, so repeated seeds are replicates)."""
         self._base_state: dict[str, torch.Tensor] | None = None
         self._fingerprint: str | None = None
         self.base_model_source: str | None = None
@@ -123,7 +126,8 @@ class Task(abc.ABC):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r} for task {self.name!r}; valid splits: {', '.join(SPLITS)}")
 
-    def loader(self, split: str, batch_size: int = 128, shuffle: bool = False, augment: bool = False) -> BatchLoader:
+    def loader(self, split: str, batch_size: int = 128, shuffle: bool = False, augment: bool = False,
+               seed: int | None = None) -> BatchLoader:
         """Return an iterable of ``(x, y)`` minibatches of one split.
 
         Args:
@@ -131,6 +135,7 @@ class Task(abc.ABC):
             batch_size: examples per batch; the last batch may be smaller.
             shuffle: draw a new, seeded permutation on every pass.
             augment: apply the task's training augmentation (meant for the train split).
+            seed: seeds the permutations and the augmentation (None: the task seed).
 
         Returns:
             A ``BatchLoader``; ``len()`` is the number of batches, ``num_examples`` the split size.
@@ -142,7 +147,8 @@ class Task(abc.ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         x, y = self._split_tensors(split)
-        return BatchLoader(x, y, batch_size, shuffle, self.seed, self._transform, self._augment if augment else None)
+        return BatchLoader(x, y, batch_size, shuffle, self.seed if seed is None else seed, self._transform,
+                           self._augment if augment else None)
 
     # ----- base model -----------------------------------------------------------------------------
     def cache_key(self) -> str:
@@ -212,7 +218,7 @@ class Task(abc.ABC):
         SGD with momentum 0.9 and weight decay 5e-4; the learning rate decays from ``lr`` to 0 with a
         cosine over ``steps``, which recovers more accuracy than a constant rate in short fine-tunes.
         Batches cycle through the train split with seeded reshuffling, so the result depends only on the
-        model, ``steps``, ``lr`` and the task seed.
+        model, ``steps``, ``lr`` and :attr:`finetune_seed` (the task seed unless set).
 
         Args:
             model: the (usually pruned) model; it may live on any device.
@@ -231,9 +237,9 @@ class Task(abc.ABC):
             raise ValueError(f"lr must be > 0, got {lr}")
         if steps == 0:
             return model.eval()
-        loader = self.loader("train", self.finetune_batch_size, shuffle=True, augment=True)
+        loader = self.loader("train", self.finetune_batch_size, shuffle=True, augment=True, seed=self.finetune_seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.finetune_seed)
             training.sgd_steps(model, loader, steps, lr, lambda step: cosine_factor(step, steps), 0.9, 5e-4,
                                self.loss, f"finetune {self.name}")
         return model.eval()

@@ -82,16 +82,16 @@ class UserTask(Task):
 
     # ----- data, metric, loss
     def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
-               augment: bool = False) -> DataLoader:
+               augment: bool = False, seed: int | None = None) -> DataLoader:
         """A ``DataLoader`` over one split (``augment`` is the dataset's own business and is ignored).
 
-        Shuffling draws from the task's own seeded generator, so fine-tunes are reproducible.
+        Shuffling draws from a generator seeded by ``seed`` (None: the task seed), so fine-tunes are reproducible.
         """
         self._check_split(split)
         bs = self.batch_size if batch_size is None else batch_size
         if bs < 1:
             raise ValueError(f"batch_size must be >= 1, got {bs}")
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None
         return DataLoader(self._datasets[split], batch_size=bs, shuffle=shuffle, generator=gen, num_workers=0)
 
     def loss(self, outputs, targets):
