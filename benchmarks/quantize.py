@@ -3,11 +3,13 @@
 How to run:
     python benchmarks/quantize.py --quick                   # ~2 min: digits, 16 samples, 1 RL iteration, 10 QAT steps
     python benchmarks/quantize.py                           # digits, seeds 0 1 2, size_ratio <= 0.125
-    python benchmarks/quantize.py --task fashion-mnist --arch resnet20 --pruned runs/fm --work ~/bench/qz-fm20
+    python benchmarks/quantize.py --task fashion-mnist --arch resnet20 \
+        --pruned benchmarks/inputs/fashion-mnist-resnet20-macs0.5 --work ~/bench/qz-fm20   # the committed input
 
 Per seed, ``rlprune quantize`` end to end (``rlprune.quant.pipeline``) on the base model or a pruned one
-(``--pruned``, the same folder for every seed): the sensitivity scan, measured (bits -> drop) samples and the
-bits world model, the RL search, and at the same counted world-model calls random search and CEM; the rules
+(``--pruned``, the same folder for every seed; ``benchmarks/inputs/manifest.json`` says how the committed one
+was made): the sensitivity scan, measured (bits -> drop) samples and the bits world model, the RL search with
+its online rounds, and at the same counted world-model calls and real evaluations random search and CEM; the rules
 uniform 8/6/4 (fitted down to the budget) and HAQ-style sensitivity. Every method's vector is within the
 budget and gets the same quantization-aware fine-tune (``--qat-steps``), then is scored on validation (which
 chooses) and test (which only reports). The fp32 model is the reference row.
@@ -31,7 +33,7 @@ import numpy as np
 import quality
 
 FIELDS = ["task", "seed", "target", "finetune_steps", "method", "source", "size_ratio", "params_ratio", "val_acc",
-          "acc", "acc_ci_lo", "acc_ci_hi", "acc_drop", "predicted_drop", "wm_calls", "search_s", "bits",
+          "acc", "acc_ci_lo", "acc_ci_hi", "acc_drop", "predicted_drop", "wm_calls", "real_evals", "search_s", "bits",
           "world_model", "heldout_spearman_spn", "heldout_mae_spn", "heldout_spearman_mlp", "heldout_mae_mlp",
           "test_correct"]
 BASELINES = ("uniform8", "uniform6", "uniform4", "sensitivity", "random_search", "cem")
@@ -47,13 +49,14 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
     from rlprune.quant.pipeline import QuantizeConfig, run_quantize
 
     done = (Path(work) / f"{label.replace('/', '-')}-{seed}" /
-            f"rows-size{args.target_size:g}-qat{args.qat_steps}-{args.world_model}.json")
+            f"rows-size{args.target_size:g}-qat{args.qat_steps}-{args.world_model}-online{args.online_top}.json")
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     cfg = QuantizeConfig(task=args.task, task_kwargs=kw, target=args.target_size, out=str(done.parent / "out"),
                          pruned=args.pruned, seed=seed, samples=args.samples, rl_iters=args.rl_iters,
-                         rl_batch=args.rl_batch, qat_steps=args.qat_steps, world_model=args.world_model)
+                         rl_batch=args.rl_batch, qat_steps=args.qat_steps, world_model=args.world_model,
+                         online_top=args.online_top)
     s = run_quantize(cfg, log=lambda line: None)
     fp32 = s["fp32"]
     # Both world-model kinds were fitted on the same samples and scored on the same held-out quarter.
@@ -63,7 +66,8 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
                      "world_model": args.world_model, **held}
     rows = [{**common_fields, "method": "fp32", "source": "reference", "size_ratio": 1.0, "params_ratio": 1.0,
              "val_acc": round(fp32["val_acc"], 4), "acc": round(fp32["acc"], 4), "acc_ci_lo": "", "acc_ci_hi": "",
-             "acc_drop": 0.0, "predicted_drop": "", "wm_calls": 0, "search_s": 0.0, "bits": "", "test_correct": ""}]
+             "acc_drop": 0.0, "predicted_drop": "", "wm_calls": 0, "real_evals": 0, "search_s": 0.0, "bits": "",
+             "test_correct": ""}]
     for name in ("rl", *BASELINES):
         r = s["methods"][name]
         lo, hi = r.get("acc_ci") or ("", "")
@@ -73,6 +77,7 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
                      "val_acc": round(r["val_acc"], 4), "acc": round(r["acc"], 4), "acc_ci_lo": quality._round(lo),
                      "acc_ci_hi": quality._round(hi), "acc_drop": round(fp32["acc"] - r["acc"], 4),
                      "predicted_drop": quality._round(r.get("predicted_drop")), "wm_calls": int(r.get("wm_calls", 0)),
+                     "real_evals": int(r.get("real_evals", 0)),
                      "search_s": round(float(r.get("search_s", 0.0)), 2), "bits": " ".join(map(str, r["bits"])),
                      "test_correct": r.get("correct", "")})
     atomic_write_json(done, rows)
@@ -100,6 +105,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "acc_ci_hi": quality._round(hi),
                     "acc_std": round(float(np.std(acc, ddof=1)), 2) if len(acc) > 1 else 0.0,
                     "wm_calls": round(float(np.mean([float(r["wm_calls"]) for r in v]))),
+                    "real_evals": round(float(np.mean([float(r.get("real_evals") or 0) for r in v]))),
                     "search_s": round(float(np.mean([float(r["search_s"]) for r in v])), 2)})
     return out
 
@@ -122,7 +128,7 @@ def markdown(rows: list[dict], header: str) -> str:
                                     "heldout_spearman_mlp", "heldout_mae_mlp"])
     lines += ["", "## Per method (means over seeds)", ""]
     lines += common.md_table(summarise(rows), ["method", "seeds", "size_ratio", "val_acc", "acc", "acc_ci_lo",
-                                               "acc_ci_hi", "acc_std", "wm_calls", "search_s"])
+                                               "acc_ci_hi", "acc_std", "wm_calls", "real_evals", "search_s"])
     comps = quality.comparisons(rows, budget="size")
     lines += ["", "## RL minus the best baseline (chosen on validation), test points", ""]
     lines += common.md_table(comps, ["seed", "best_baseline", "diff", "diff_ci_lo", "diff_ci_hi", "p_value", "real"])
@@ -143,6 +149,8 @@ def main(argv=None) -> None:
     p.add_argument("--qat-steps", type=int, help="the same QAT for every method (default 100; quick 10)")
     p.add_argument("--world-model", choices=("spn", "mlp"), default="spn",
                    help="the searches' bits world model (default spn; both kinds' held-out fit is reported)")
+    p.add_argument("--online-top", type=int, default=2,
+                   help="real evaluations after each RL iteration (the black-box searches get as many; default 2)")
     p.add_argument("--work", type=Path, help="keep each finished seed here; rerunning with it resumes")
     args = p.parse_args(argv)
     q = args.quick
@@ -155,12 +163,14 @@ def main(argv=None) -> None:
     rows = common.run_seeds(lambda seed, work: run_seed(args, kw, label, seed, work), args.seeds, args.work)
     header = (f"# Quantize ({label}{', pruned ' + args.pruned if args.pruned else ''}, size_ratio <= "
               f"{args.target_size:g}, {'quick' if q else 'full'}: {args.samples} samples, {args.rl_iters} RL "
-              f"iterations x {args.rl_batch} episodes, QAT {args.qat_steps} steps, {args.world_model} world model, "
+              f"iterations x {args.rl_batch} episodes, {args.online_top} real evaluations per iteration, QAT "
+              f"{args.qat_steps} steps, {args.world_model} world model, "
               f"seeds {args.seeds})\n\n"
               f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
               "`acc` (test, which only reports) in %, after the same QAT for every method, activations fp32; "
               "`acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together. Random search "
-              "and CEM score exactly the RL search's counted `wm_calls` on the same world model.")
+              "and CEM score exactly the RL search's counted `wm_calls` on the same world model and measure as many "
+              "vectors for real (`real_evals`, in as many online rounds), each refining a world model of its own.")
     common.write_results(args.results_dir, common.stem(common.result_name("quantize", label), q), rows,
                          markdown(rows, header), FIELDS)
 

@@ -146,6 +146,21 @@ class BitsGame(gym.Env):
                 {**dict.fromkeys(ids, True), "__all__": True}, {**dict.fromkeys(ids, False), "__all__": False},
                 dict.fromkeys(ids, summary))
 
+    def set_world_model(self, state) -> None:
+        """Reward with a refined world model from now on (an online round's; ``state()`` or the model).
+
+        Raises:
+            ConfigError: a state for another number of layers.
+        """
+        from rlprune.quant.worldmodel import world_model_from_state
+
+        wm = world_model_from_state(state)
+        if wm.n_layers != self.n_layers:
+            raise ConfigError(f"world model has {wm.n_layers} layers; this env has {self.n_layers}")
+        self.world_model = wm
+        top = np.full(self.n_layers, MAX_BITS)
+        self._start = (self._start[0], float(wm.predict(top)[0]))
+
     def drain_finished(self) -> list[dict]:
         """Hand over (and forget) the summaries of the episodes finished since the last call."""
         out = list(self.finished)

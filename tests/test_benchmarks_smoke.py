@@ -453,6 +453,7 @@ def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick
             assert r["size_ratio"] <= 0.125 + 1e-9 and r["finetune_steps"] == 10
             _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
     assert methods["random_search"]["wm_calls"] == methods["cem"]["wm_calls"] == methods["rl"]["wm_calls"] > 0
+    assert methods["random_search"]["real_evals"] == methods["cem"]["real_evals"] == methods["rl"]["real_evals"] == 2
     assert {r["world_model"] for r in rows} == {"spn"}  # the default, and both kinds' held-out fit is recorded
     assert all(-1 <= float(r["heldout_spearman_mlp"]) <= 1 and float(r["heldout_mae_spn"]) >= 0 for r in rows)
     comps = bench("quality").comparisons(rows, budget="size")

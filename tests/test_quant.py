@@ -284,3 +284,48 @@ def test_black_box_bit_searches_spend_exactly_the_calls_and_find_the_sensitive_l
         random_bits_search(toy_space, wm, 0.15, n_calls=0)
     with pytest.raises(ConfigError, match="population=1"):
         cem_bits_search(toy_space, wm, 0.15, n_calls=10, population=1)
+
+
+def _truth(sens, B):
+    """The toy's real drop: each layer's noise power times its sensitivity."""
+    return (sens * 4.0 ** -(np.atleast_2d(B) - 2)).sum(axis=1)
+
+
+@pytest.mark.parametrize("method", ["random_search", "cem"])
+def test_online_rounds_measure_the_favourites_refine_the_world_model_and_keep_the_budget(toy, method):
+    from rlprune.quant.blackbox import cem_bits_search, random_bits_search
+    from rlprune.quant.online import BitsLearner
+
+    toy_space, _, sens = toy
+    search = {"random_search": random_bits_search, "cem": cem_bits_search}[method]
+    # A world model fitted on a few samples measured too optimistically (a fifth of the real drop): the online
+    # rounds' real evaluations are what corrects it.
+    B0 = random_bits(toy_space, 12, seed=5)
+    wrong = BitsWorldModel(6, seed=0).fit(B0, _truth(sens, B0) / 5)
+    learn = BitsLearner(wrong, B0, _truth(sens, B0) / 5, lambda C: _truth(sens, C), seed=0)
+    r = search(toy_space, wrong, 0.15, n_calls=600, seed=0, rounds=3, n_real=6, learn=learn)
+    assert r["wm_calls"] == 600 and r["real_evals"] == learn.real_evals == 6 and len(learn.rounds) == 3
+    measured = [tuple(b) for rd in learn.rounds for b in rd["bits"]]
+    assert len(set(measured)) == 6 and all(toy_space.size_ratio(list(b))[0] <= 0.15 + 1e-12 for b in measured)
+    for rd in learn.rounds:
+        assert rd["real_drop"] == pytest.approx(_truth(sens, rd["bits"]).tolist())
+        assert rd["mae_after"] < rd["mae_before"]  # each refinement moved toward what was measured
+    # The result is ranked by the last refined model, not the one the search started from.
+    assert r["predicted_drop"] == pytest.approx(float(learn.world_model.predict(r["bits"])[0]), abs=1e-4)
+    assert learn.world_model is not wrong and len(learn.drops) == 12 + 6
+    with pytest.raises(ConfigError, match="learner"):
+        search(toy_space, wrong, 0.15, n_calls=60, n_real=2)
+
+
+def test_pool_keeps_the_best_distinct_vectors_and_measures_each_once():
+    from rlprune.quant.online import Pool
+
+    pool = Pool(keep=3)
+    pool.add([[2, 2], [3, 3], [4, 4], [5, 5]], [4.0, 3.0, 2.0, 1.0])
+    pool.add([[5, 5]], [0.5])  # seen before: its newest prediction
+    assert pool.best() == ([5, 5], 0.5) and len(pool.items) == 3
+    assert pool.most_promising(2).tolist() == [[5, 5], [4, 4]]
+    assert pool.most_promising(5).tolist() == [[3, 3]]  # the measured ones are not offered again
+    assert pool.rescore(type("WM", (), {"predict": staticmethod(lambda B: -np.asarray(B)[:, 0] * 1.0)}),
+                        limit=2) == 2
+    assert pool.best() == ([5, 5], -5.0) and len(pool.items) == 2

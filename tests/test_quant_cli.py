@@ -57,10 +57,15 @@ def test_quantize_a_pruned_folder_exports_the_validated_winner(digits_task, ray_
     assert digits_task.evaluate(model, "test")["acc"] == methods[summary["winner"]]["acc"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["winner"] == summary["winner"] and on_disk["selection_split"] == "validation"
-    # 16 random vectors and the 4 rules' (two rules may land on one vector), each measured once on Tune.
+    # One online round (one RL iteration) of 2 real evaluations per search, each search refining its own model.
+    assert all(methods[m]["real_evals"] == 2 and len(summary["online"][m]) == 1 for m in ("rl", "random_search", "cem"))
+    # 16 random vectors and the 4 rules' (two rules may land on one vector), each measured once on Tune, then
+    # the online rounds' vectors into the same store.
     stored = read_bits(out / "bits_samples")
-    assert summary["samples"]["where"] == "tune" and summary["samples"]["n_new"] == len(stored)
-    assert 17 <= len(stored) <= 20 and stored["sample_id"].is_unique
+    online = {tuple(b) for rounds in summary["online"].values() for rd in rounds for b in rd["bits"]}
+    assert summary["samples"]["where"] == "tune" and 17 <= summary["samples"]["n_new"] <= 20
+    assert online <= set(map(tuple, stored["bits"])) and len(stored) <= summary["samples"]["n_new"] + len(online)
+    assert stored["sample_id"].is_unique
 
 
 @pytest.mark.slow
@@ -70,7 +75,7 @@ def test_a_killed_quantize_keeps_its_flushed_samples_and_the_rerun_measures_only
     out = tmp_path / "q"
     cmd = [sys.executable, "-m", "rlprune.cli", "quantize", "--task", "digits", "--target-size", "0.15",
            "--out", str(out), "--samples", "40", "--workers", "1", "--rl-iters", "1", "--rl-batch", "16",
-           "--qat-steps", "0", "--json"]
+           "--qat-steps", "0", "--online-top", "0", "--json"]  # offline: the store holds the samples alone
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
                             start_new_session=True)

@@ -105,3 +105,33 @@ def test_rl_search_returns_a_vector_within_budget(record, ray_cluster):
     assert len(out["bits"]) == 10 and all(2 <= b <= 8 for b in out["bits"])
     assert out["size_ratio"] == space.size_ratio(out["bits"])[0] <= 0.125
     assert out["predicted_drop"] == pytest.approx(wm.predict(out["bits"])[0])
+
+
+def test_a_refined_world_model_rewards_from_the_next_episode(record):
+    env = LayerBitsEnv(record)
+    space = QuantSpace.from_record(record["space"])
+    B = random_bits(space, 50, seed=3)
+    refined = BitsWorldModel(space.n_layers, seed=1).fit(B, 2 * _drop(B))
+    env.unwrapped.set_world_model(refined.state())
+    obs, _ = env.reset(seed=0)
+    _, rewards, _, _, infos = env.step(dict.fromkeys(obs, 2))
+    assert rewards["layer_00"] == pytest.approx(-refined.predict(infos["layer_00"]["bits"])[0])
+    with pytest.raises(ConfigError, match="layers"):
+        env.unwrapped.set_world_model(BitsWorldModel(3).fit(random_bits(space, 4)[:, :3], np.ones(4)).state())
+
+
+@pytest.mark.slow
+def test_online_rl_search_refines_its_world_model_between_iterations(record, ray_cluster):
+    from rlprune.quant.online import BitsLearner
+    from rlprune.quant.search import rl_bits_search
+
+    space = QuantSpace.from_record(record["space"])
+    wm = BitsWorldModel.from_state(record["world_model"])
+    B = random_bits(space, 200, seed=0)
+    learn = BitsLearner(wm, B, _drop(B), _drop, seed=0)
+    out = rl_bits_search(space, wm, 0.125, iters=2, train_batch_env_steps=32, online_top=2, learn=learn)
+    assert out["online_rounds"] == 2 and out["real_evals"] == learn.real_evals == 4
+    assert out["wm_calls"] > out["episodes"]  # the re-scoring after each round is counted too
+    assert len({tuple(b) for rd in learn.rounds for b in rd["bits"]}) == 4
+    assert out["predicted_drop"] == pytest.approx(learn.world_model.predict(out["bits"])[0])
+    assert out["size_ratio"] <= 0.125

@@ -15,8 +15,10 @@ EPILOG = """what it does:
   3. --samples measured (bits -> accuracy drop) samples (a Tune experiment of --workers trials into
      DIR/bits_samples; rerunning measures only what is missing) and a world model on three quarters: the SPN's
      transformer, one token per layer (default), or --world-model mlp; both kinds' held-out Spearman/MAE shown
-  4. an RL search: one agent per conv/linear layer, shared PPO policy, the wall on size_ratio; then random
-     search and CEM on the same world model with as many world-model calls as the RL search counted
+  4. an RL search: one agent per conv/linear layer, shared PPO policy, the wall on size_ratio; after each
+     iteration its --online-top best vectors are measured for real and its world model is refined on them;
+     then random search and CEM on the same world model with as many world-model calls and real
+     evaluations (in as many rounds) as the RL search counted, each refining a world model of its own
   5. every candidate fine-tuned --qat-steps steps with fake-quantized weights (QAT), scored on validation
      (which chooses the winner) and test (which reports, with a 95% bootstrap interval)
   6. the winner saved as DIR/quantized_model.pt (integer weights + scales; rlprune.load_quantized(DIR))
@@ -56,6 +58,9 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2,
                    help="Tune trials measuring the samples into OUT/bits_samples, one CPU each (default 2; a rerun "
                         "measures only what is missing); 0: in this process, nothing stored")
+    p.add_argument("--online-top", type=int, default=2, metavar="K",
+                   help="vectors measured for real after each RL iteration to refine the world model (default 2; "
+                        "0: offline)")
     p.add_argument("--world-model", choices=("spn", "mlp"), default="spn",
                    help="the searches' (bits -> drop) model: the SPN's transformer (default) or a small MLP")
     p.add_argument("--qat-steps", type=int, default=100,
@@ -89,7 +94,7 @@ def cmd_quantize(args) -> int:
                          pruned=args.pruned, seed=args.seed,
                          samples=args.samples, rl_iters=args.rl_iters, rl_batch=args.rl_batch,
                          qat_steps=args.qat_steps, bits=parse_bits(args.bits), world_model=args.world_model,
-                         workers=args.workers)
+                         workers=args.workers, online_top=args.online_top)
     summary = run_quantize(cfg, log=(lambda line: None) if args.json else print, progress=not args.json)
     fp32 = summary["fp32"]
     lines = ["", f"{'method':<12} {'size_ratio':>10} {'val':>7} {'test':>7} {'95% CI':>15}  bits per layer",
@@ -103,7 +108,8 @@ def cmd_quantize(args) -> int:
     lines += ["", f"* winner (best validation accuracy within the target {summary['target']:g}); "
                   f"QAT {summary['config']['qat_steps']} steps each; activations fp32",
               f"world model ({wm['kind']}) held-out: Spearman {wm['spearman']:.3f}, MAE {wm['mae']:.2f} points "
-              f"(n={wm['n']})",
+              f"(n={wm['n']}); {summary['rl']['real_evals']} real evaluations per search in "
+              f"{summary['rl']['online_rounds']} online rounds",
               f"saved {summary['model']} (rlprune.load_quantized) and {args.out}/summary.json"]
     slim = {**summary, "methods": {k: {kk: vv for kk, vv in v.items() if kk != "correct"}
                                    for k, v in summary["methods"].items()}}

@@ -14,9 +14,10 @@ Steps (all on the task's splits, see ``rlprune.tasks.base``):
    set and a held-out quarter: the bits world model (``world_model``: the SPN's transformer by default, or
    the small MLP) and its held-out Spearman/MAE, with the other kind's on the same split for comparison
    (``rlprune.quant.worldmodel``);
-4. the RL search on the bits env against that world model (``rlprune.quant.search``; the only Ray step), then
-   random search and CEM on the same world model with the RL search's counted calls
-   (``rlprune.quant.blackbox``);
+4. the RL search on the bits env against that world model (``rlprune.quant.search``), with ``online_top``
+   real evaluations after each iteration that refine its world model (``rlprune.quant.online``), then random
+   search and CEM on the same world model with the RL search's counted calls and real evaluations
+   (``rlprune.quant.blackbox``), each refining a world model of its own;
 5. every candidate fine-tuned the same number of steps with its fake quantizers (QAT), scored on validation
    (which chooses) and test (which reports, with a 95% bootstrap interval) (``rlprune.quant.qat``);
 6. the winner exported as ``out/quantized_model.pt`` (``rlprune.load_quantized``) and everything in
@@ -37,6 +38,7 @@ from rlprune.io import atomic_write_json
 from rlprune.quant.baselines import baseline_bits, sensitivity_scan
 from rlprune.quant.blackbox import cem_bits_search, random_bits_search
 from rlprune.quant.export import export_quantized
+from rlprune.quant.online import BitsLearner
 from rlprune.quant.qat import QATSpec, choose, qat_validate
 from rlprune.quant.size import QuantSpace, validate_bits
 from rlprune.quant.worldmodel import WORLD_MODELS, make_world_model, measure_drops, random_bits
@@ -72,6 +74,10 @@ class QuantizeConfig:
     workers: int = 2
     """Tune trials measuring the samples into ``out/bits_samples`` (one CPU each; a rerun measures only what the
     store lacks); 0 measures them in this process and stores nothing."""
+    online_top: int = 2
+    """Vectors measured for real after each RL iteration (the best played and not measured yet), on which the
+    world model is refined (``rlprune.quant.online``); random search and CEM get as many, in as many rounds.
+    0: offline, every search trusts the world model fitted on the samples."""
     world_model: str = "spn"
     """The bits world model the searches use: ``spn`` (the SPN's transformer, one token per layer; held out
     better on digits, see the README) or ``mlp`` (a two-layer net on the layers' noise powers)."""
@@ -82,7 +88,7 @@ class QuantizeConfig:
             raise ConfigError(f"target size {t!r} is outside (0, 1]; pass the stored size relative to fp32, "
                               "e.g. --target-size 0.125 for about 4 bits per weight")
         for name, low in (("samples", 8), ("rl_iters", 1), ("rl_batch", 1), ("qat_steps", 0), ("seed", 0),
-                          ("workers", 0)):
+                          ("workers", 0), ("online_top", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
@@ -145,12 +151,18 @@ def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -
     if cfg.workers:
         from rlprune.quant.tune_samples import measure_on_tune
 
-        res = measure_on_tune(cfg.task, {"seed": cfg.seed, **cfg.task_kwargs}, cfg.pruned, B,
-                              Path(cfg.out) / "bits_samples", cfg.workers, progress=progress)
+        def measure(C, progress=False) -> dict:
+            return measure_on_tune(cfg.task, {"seed": cfg.seed, **cfg.task_kwargs}, cfg.pruned, C,
+                                   Path(cfg.out) / "bits_samples", cfg.workers, progress=progress)
+
+        res = measure(B, progress)
         drops = res.pop("drops")
         sampling = {**res, "where": "tune"}
     else:
-        drops = measure_drops(task, model, B)
+        def measure(C, progress=False) -> dict:
+            return {"drops": measure_drops(task, model, C)}
+
+        drops = measure(B)["drops"]
         sampling = {"n_new": len(B), "wall_s": time.perf_counter() - t0, "where": "in-process"}
     log(f"{len(B)} bits samples ({sampling['n_new']} measured now, {sampling['where']}) in "
         f"{sampling['wall_s']:.1f} s")
@@ -166,16 +178,24 @@ def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -
         f"points (n={fidelity['n']}); " + ", ".join(f"{k}: Spearman {v['spearman']:.3f}, MAE {v['mae']:.2f}"
                                                     for k, v in heldout.items()))
 
-    rl = rl_bits_search(space, wm, target, iters=cfg.rl_iters, train_batch_env_steps=cfg.rl_batch, seed=cfg.seed)
+    # Every search refines a world model of its own on its own real evaluations (rlprune.quant.online).
+    learners = {name: BitsLearner(wm, B, drops, lambda C: measure(C)["drops"], seed=cfg.seed)
+                for name in ("rl", "random_search", "cem")}
+    rl = rl_bits_search(space, wm, target, iters=cfg.rl_iters, train_batch_env_steps=cfg.rl_batch, seed=cfg.seed,
+                        online_top=cfg.online_top, learn=learners["rl"])
     candidates["rl"] = rl["bits"]
-    log(f"RL search: {rl['episodes']} episodes in {rl['search_s']:.1f} s, predicted drop "
-        f"{rl['predicted_drop']:.2f} points")
-    # The black-box baselines get exactly the world-model calls the RL search counted.
-    searches = {"rl": rl, "random_search": random_bits_search(space, wm, target, rl["wm_calls"], seed=cfg.seed),
-                "cem": cem_bits_search(space, wm, target, rl["wm_calls"], seed=cfg.seed)}
+    log(f"RL search: {rl['episodes']} episodes, {rl['real_evals']} real evaluations in {rl['online_rounds']} online "
+        f"rounds, {rl['search_s']:.1f} s; predicted drop {rl['predicted_drop']:.2f} points")
+    # The black-box baselines get exactly the world-model calls and the real evaluations the RL search counted.
+    budget = {"n_calls": rl["wm_calls"], "seed": cfg.seed, "n_real": rl["real_evals"],
+              "rounds": max(1, rl["online_rounds"])}
+    searches = {"rl": rl,
+                "random_search": random_bits_search(space, wm, target, learn=learners["random_search"], **budget),
+                "cem": cem_bits_search(space, wm, target, learn=learners["cem"], **budget)}
     for name in ("random_search", "cem"):
         candidates[name] = searches[name]["bits"]
-        log(f"{name}: {rl['wm_calls']} world-model calls in {searches[name]['search_s']:.1f} s, predicted drop "
+        log(f"{name}: {searches[name]['wm_calls']} world-model calls, {searches[name]['real_evals']} real "
+            f"evaluations in {searches[name]['search_s']:.1f} s; predicted drop "
             f"{searches[name]['predicted_drop']:.2f} points")
     if given is not None:
         candidates["given"] = given.tolist()
@@ -185,9 +205,10 @@ def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -
     for name, bits in candidates.items():
         row, wrapped = qat_validate(task, model, bits, spec)
         row["meets_target"] = bool(space.fits(bits, target)[0])
-        row["predicted_drop"] = float(wm.predict(bits)[0])
-        row["wm_calls"] = searches[name]["wm_calls"] if name in searches else 0
-        row["search_s"] = searches[name]["search_s"] if name in searches else 0.0
+        # A search's own (refined) world model's view of its vector; the fitted one's for the rules.
+        row["predicted_drop"] = float(searches[name]["predicted_drop"] if name in searches else wm.predict(bits)[0])
+        for key, none in (("wm_calls", 0), ("real_evals", 0), ("search_s", 0.0)):
+            row[key] = searches[name][key] if name in searches else none
         methods[name], models[name] = row, wrapped
         log(f"validated {name}: val {row['val_acc']:.2f}%, test {row['acc']:.2f}%")
     winner = choose({k: v for k, v in methods.items() if v["meets_target"]})
@@ -200,6 +221,7 @@ def run_quantize(cfg: QuantizeConfig, log=print, progress: bool | None = None) -
     summary = {"task": cfg.task, "target": target, "selection_split": "validation", "activations": "fp32",
                "fp32": fp32, "winner": winner, "methods": methods, "layers": list(space.names),
                "world_model": fidelity, "world_models_heldout": heldout, "samples": sampling, "rl": rl,
+               "online": {name: lr.rounds for name, lr in learners.items()},
                "sensitivity": sens.tolist(),
                "config": {**asdict(cfg), "bits": list(cfg.bits) if cfg.bits else None},
                "model": str(out / "quantized_model.pt"), "total_s": round(time.perf_counter() - started, 1)}

@@ -4,8 +4,11 @@
     result["bits"], result["predicted_drop"], result["size_ratio"], result["episodes"]
 
 Each iteration is one ``algo.train()``; the finished episodes' vectors are drained from the env copies and
-the one with the best reward (the lowest predicted drop; the wall keeps every one within the budget) is
-kept. The PPO settings follow ``rlprune.policies.algorithms.build_ppo_config`` (driver-side sampling, no
+the best distinct ones (the lowest predicted drops; the wall keeps every one within the budget) are kept.
+Online, each iteration ends with a round of ``rlprune.quant.online``: the best kept vectors not yet measured
+are measured for real, the world model is refined on them, every env copy rewards with the refined model
+from then on and the kept vectors are re-scored by it; the best of them at the end is the result.
+The PPO settings follow ``rlprune.policies.algorithms.build_ppo_config`` (driver-side sampling, no
 discounting for a one-step episode, returns in points). Orchestration: this module imports Ray.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import time
 
 from rlprune.errors import ConfigError
+from rlprune.quant.online import BitsLearner, Pool
 from rlprune.quant.size import QuantSpace
 from rlprune.quant.worldmodel import BitsModel
 
@@ -64,7 +68,8 @@ def build_bits_ppo_config(env_config: dict, *, train_batch_env_steps: int = 64, 
 
 
 def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, iters: int = 3,
-                   train_batch_env_steps: int = 64, seed: int = 0) -> dict:
+                   train_batch_env_steps: int = 64, seed: int = 0, *, online_top: int = 0,
+                   learn: BitsLearner | None = None) -> dict:
     """Train the shared policy for ``iters`` iterations and return the best bit vector it played.
 
     Args:
@@ -74,9 +79,14 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
         iters: PPO iterations.
         train_batch_env_steps: episodes per iteration.
         seed: seeds the env and RLlib.
+        online_top: after every iteration, this many of the best vectors played and not yet measured are
+            measured for real by ``learn``; the env copies then reward with its refined model and what was
+            played is re-scored by it (0: offline).
+        learn: the online rounds' learner (``rlprune.quant.online.BitsLearner``); needed when ``online_top``.
 
     Returns:
-        ``{"bits", "predicted_drop", "size_ratio", "episodes", "wm_calls", "search_s"}``.
+        ``{"bits", "predicted_drop", "size_ratio", "episodes", "wm_calls", "real_evals", "online_rounds",
+        "search_s"}``; ``wm_calls`` counts every reward and every re-scoring, ``online_rounds`` how many ran.
 
     Raises:
         ConfigError: bad settings or an unreachable target.
@@ -86,6 +96,8 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
 
     if not isinstance(iters, int) or iters < 1:
         raise ConfigError(f"iters={iters!r} must be a positive integer, e.g. 3")
+    if not isinstance(online_top, int) or online_top < 0 or (online_top and learn is None):
+        raise ConfigError(f"online_top={online_top!r} must be an integer >= 0, with a learner when above 0")
     space.check_target(target)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -95,22 +107,31 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
     threads = torch.get_num_threads()
     algo = build_bits_ppo_config(env_config, train_batch_env_steps=train_batch_env_steps, seed=seed).build_algo()
     torch.set_num_threads(1)  # tiny forward passes in the driver: extra threads only spin (policies.algorithms)
-    best, episodes, calls = None, 0, 0
+    pool, episodes, calls, rounds, real = Pool(), 0, 0, 0, 0
     try:
         for _ in range(iters):
             algo.train()
             for finished, n_calls in _drain(algo):
                 calls += n_calls
-                for ep in finished:
-                    episodes += 1
-                    if best is None or ep["reward"] > best["reward"]:
-                        best = ep
+                episodes += len(finished)
+                if finished:
+                    pool.add([ep["bits"] for ep in finished], [ep["acc_drop"] for ep in finished])
+            chosen = pool.most_promising(online_top) if online_top else None
+            if chosen is not None and len(chosen):
+                world_model = learn(chosen)[1]
+                rounds, real = rounds + 1, real + len(chosen)
+                state = world_model.state()
+                algo.env_runner_group.foreach_env_runner(
+                    lambda runner, state=state: [e.unwrapped.set_world_model(state)
+                                                 for e in getattr(getattr(runner, "env", None), "envs", [])])
+                calls += pool.rescore(world_model)
     finally:
         algo.stop()
         torch.set_num_threads(threads)
-    assert best is not None  # every iteration finishes at least one one-step episode
-    return {"bits": best["bits"], "predicted_drop": best["acc_drop"], "size_ratio": best["size_ratio"],
-            "episodes": episodes, "wm_calls": calls, "search_s": round(time.perf_counter() - started, 2)}
+    bits, drop = pool.best()  # every iteration finishes at least one one-step episode
+    return {"bits": bits, "predicted_drop": drop, "size_ratio": float(space.size_ratio(bits)[0]),
+            "episodes": episodes, "wm_calls": calls, "real_evals": real, "online_rounds": rounds,
+            "search_s": round(time.perf_counter() - started, 2)}
 
 
 def _drain(algo) -> list[tuple[list[dict], int]]:

@@ -31,6 +31,9 @@ from rlprune.quant.fake import wrap
 from rlprune.quant.size import LAYER_FEATURES, MAX_BITS, MIN_BITS, QuantSpace
 
 _SCALE = 100.0  # drops are in points; the net works in fractions
+REFINE_WEIGHT = 8
+"""How many times an online round's fresh sample counts in the MLP's warm refit (the SPN's fine-tune draws
+half of every minibatch from them instead)."""
 
 
 def random_bits(space: QuantSpace, n: int, seed: int = 0) -> np.ndarray:
@@ -83,6 +86,28 @@ class _BitsModel:
     def fidelity(self, B, drops) -> dict:
         """How well the model ranks and predicts held-out samples (:func:`heldout_fidelity`)."""
         return heldout_fidelity(self, B, drops)
+
+    def refined(self, B_new, drops_new, B_old, drops_old, seed: int = 0):
+        """A copy taught a few fresh real samples, the older ones replayed so it does not forget them (an
+        online round's update; this model is left as it was).
+
+        Args:
+            B_new, drops_new: the fresh samples (bit vectors and measured drops).
+            B_old, drops_old: every sample it learnt before.
+            seed: seeds the update's minibatches.
+
+        Returns:
+            The refined copy, of this class.
+
+        Raises:
+            ConfigError: shapes that do not match or NaN drops.
+        """
+        B_new, y_new = self._checked(B_new, drops_new, min_n=1)
+        B_old, y_old = self._checked(B_old, drops_old, min_n=0) if len(drops_old) else (B_new[:0], y_new[:0])
+        return self._refined(B_new, y_new, B_old, y_old, seed)
+
+    def _refined(self, B_new, y_new, B_old, y_old, seed: int):
+        raise NotImplementedError
 
     @classmethod
     def from_state(cls, state):
@@ -161,6 +186,12 @@ class BitsWorldModel(_BitsModel):
         self.net.eval()
         return self
 
+    def _refined(self, B_new, y_new, B_old, y_old, seed: int) -> BitsWorldModel:
+        # Full batch, every sample, the fresh ones counted REFINE_WEIGHT times: a warm start, fewer steps.
+        copy = type(self)._restore(self.state())
+        reps = np.repeat(np.arange(len(y_new)), REFINE_WEIGHT)
+        return copy.fit(np.vstack([B_old, B_new[reps]]), np.concatenate([y_old, y_new[reps]]), steps=300, lr=3e-3)
+
     def predict(self, B) -> np.ndarray:
         """Predicted drops (points) of an ``(N, n_layers)`` bit matrix (or one vector), float64 ``(N,)``."""
         B = np.atleast_2d(np.asarray(B))
@@ -230,17 +261,29 @@ class BitsSPN(_BitsModel):
         Raises:
             ConfigError: shapes that do not match, fewer than 8 samples, or NaN drops.
         """
-        import pandas as pd
-
         from rlprune.spn.train import FitConfig, fit
 
         B, y = self._checked(B, drops, min_n=8)
-        # No loss was measured for bits samples: a NaN loss teaches the SPN acc_drop alone.
-        df = pd.DataFrame({"ratios": list(noise_features(B)), "acc_drop": y, "loss": math.nan,
-                           "model_fingerprint": self.FINGERPRINT})
         spaces = {self.FINGERPRINT: {"features": self.space.features(), "feature_names": list(LAYER_FEATURES)}}
-        self.spn = fit("transformer", df, spaces, FitConfig(max_steps=self.max_steps, seed=self.seed))
+        self.spn = fit("transformer", self._frame(B, y), spaces, FitConfig(max_steps=self.max_steps, seed=self.seed))
         return self
+
+    def _refined(self, B_new, y_new, B_old, y_old, seed: int) -> BitsSPN:
+        from rlprune.spn.train import finetune
+
+        if self.spn is None:
+            raise ConfigError("this BitsSPN is not trained; call fit(B, drops) first")
+        copy = type(self)(self.space, self.seed, self.max_steps)
+        # The pruning world model's update: half of every minibatch fresh rows, half replayed ones.
+        copy.spn = finetune(self.spn, self._frame(B_new, y_new), self._frame(B_old, y_old), steps=100, seed=seed)
+        return copy
+
+    def _frame(self, B, y):
+        import pandas as pd
+
+        # No loss was measured for bits samples: a NaN loss teaches the SPN acc_drop alone.
+        return pd.DataFrame({"ratios": list(noise_features(B)), "acc_drop": y, "loss": math.nan,
+                             "model_fingerprint": self.FINGERPRINT})
 
     def predict(self, B) -> np.ndarray:
         """Predicted drops (points) of an ``(N, n_layers)`` bit matrix (or one vector), float64 ``(N,)``.
