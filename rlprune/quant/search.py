@@ -91,16 +91,16 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
     Raises:
         ConfigError: bad settings or an unreachable target.
     """
-    import ray
     import torch
+
+    from rlprune.orchestration import init_ray
 
     if not isinstance(iters, int) or iters < 1:
         raise ConfigError(f"iters={iters!r} must be a positive integer, e.g. 3")
     if not isinstance(online_top, int) or online_top < 0 or (online_top and learn is None):
         raise ConfigError(f"online_top={online_top!r} must be an integer >= 0, with a learner when above 0")
     space.check_target(target)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(None, 2)  # the running instance, $RAY_ADDRESS (a submitted job), or a local one
     env_config = {"space": space.to_record(), "world_model": world_model.state(), "target": float(target),
                   "seed": seed}
     started = time.perf_counter()
