@@ -43,6 +43,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_keep_rows_arg(p: argparse.ArgumentParser) -> None:
+    """``--keep-rows DIR``: the committed copies of finished units (:func:`run_seeds`)."""
+    p.add_argument("--keep-rows", type=Path, metavar="DIR",
+                   help="a folder to commit with copies of every finished unit's rows (e.g. "
+                        "benchmarks/results/raw/<name>): a run on a fresh machine resumes from them")
+
+
 def stem(name: str, quick: bool) -> str:
     """The result file stem: ``name``, or ``name_quick`` for a quick run."""
     return f"{name}_quick" if quick else name
@@ -207,16 +214,42 @@ def result_name(name: str, label: str) -> str:
     return name if label == "digits" else f"{name}_{label.replace('/', '_').replace('-', '')}"
 
 
-def run_seeds(run_seed, seeds, work: Path | None) -> list[dict]:
+def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None) -> list[dict]:
     """Every seed's rows from ``run_seed(seed, work)``, with Ray started once before any search is timed (no
-    method's wall includes Ray's start-up) and ``work`` (None: a temporary folder, deleted at the end)."""
+    method's wall includes Ray's start-up) and ``work`` (None: a temporary folder, deleted at the end).
+
+    ``keep`` (``--keep-rows``) is a folder, meant to be committed, of copies of the finished units' rows files
+    (``rows-*.json``, at their paths under ``work``): the ones ``work`` lacks are copied in first, so a fresh
+    machine resumes where a lost one stopped, and ``work``'s are copied back after every seed, finished or not.
+    """
     import tempfile
 
     from rlprune.orchestration import init_ray
 
     init_ray(None, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        return [r for seed in seeds for r in run_seed(seed, Path(work or tmp))]
+        root, rows = Path(work or tmp), []
+        if keep:
+            _copy_rows(Path(keep), root)
+        for seed in seeds:
+            try:
+                rows += run_seed(seed, root)
+            finally:
+                if keep:
+                    _copy_rows(root, Path(keep))
+        return rows
+
+
+def _copy_rows(src: Path, dst: Path) -> None:
+    """Copy ``src``'s ``rows-*.json`` files that ``dst`` lacks (or holds other bytes of) to the same paths."""
+    from rlprune.io import atomic_write_bytes
+
+    for f in sorted(src.rglob("rows-*.json")) if src.is_dir() else []:
+        target = dst / f.relative_to(src)
+        data = f.read_bytes()
+        if not target.is_file() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
 
 
 def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None) -> dict:

@@ -405,6 +405,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path,
                    help="keep samples, SPNs and finished targets here; rerunning with it resumes (default: a "
                         "temporary folder, deleted at the end)")
+    common.add_keep_rows_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     targets = args.targets or ([0.5] if q else [0.3, 0.5, 0.7])
@@ -415,7 +416,7 @@ def main(argv=None) -> None:
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, targets, n_samples, iters, batch, ft,
-                                                        work, label), seeds, args.work)
+                                                        work, label), seeds, args.work, args.keep_rows)
     header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples, "
               f"{iters} RL iterations x {batch} episodes, seeds {seeds}, fine-tune {ft} steps)\n\n"
               f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s"

@@ -152,6 +152,7 @@ def main(argv=None) -> None:
     p.add_argument("--online-top", type=int, default=2,
                    help="real evaluations after each RL iteration (the black-box searches get as many; default 2)")
     p.add_argument("--work", type=Path, help="keep each finished seed here; rerunning with it resumes")
+    common.add_keep_rows_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     for name, full, quick in (("seeds", [0, 1, 2], [0]), ("samples", 64, 16), ("rl_iters", 3, 1),
@@ -160,7 +161,8 @@ def main(argv=None) -> None:
             setattr(args, name, quick if q else full)
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
-    rows = common.run_seeds(lambda seed, work: run_seed(args, kw, label, seed, work), args.seeds, args.work)
+    rows = common.run_seeds(lambda seed, work: run_seed(args, kw, label, seed, work), args.seeds, args.work,
+                            args.keep_rows)
     header = (f"# Quantize ({label}{', pruned ' + args.pruned if args.pruned else ''}, size_ratio <= "
               f"{args.target_size:g}, {'quick' if q else 'full'}: {args.samples} samples, {args.rl_iters} RL "
               f"iterations x {args.rl_batch} episodes, {args.online_top} real evaluations per iteration, QAT "

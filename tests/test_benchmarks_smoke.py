@@ -74,6 +74,8 @@ def quick(tmp_path_factory, digits_task):
         if name not in done:
             out = tmp_path_factory.mktemp(f"bench-{name}")
             resumable = ["--work", str(out / "work")] if name in ("quality", "label_fidelity", "quantize") else []
+            if name == "quantize":
+                resumable += ["--keep-rows", str(out / "kept")]
             proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--results-dir", str(out),
                                    *resumable], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
                                   timeout=900)
@@ -461,8 +463,10 @@ def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick
     best = max(base, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))
     assert comps[0]["best_baseline"] == best["method"]  # chosen on validation
     assert comps[0]["diff"] == pytest.approx(methods["rl"]["acc"] - best["acc"], abs=0.01)
+    # A fresh machine: an empty --work, and the finished seed's rows as committed with --keep-rows.
+    assert len(list((out / "kept").rglob("rows-*.json"))) == 1
     proc = subprocess.run([sys.executable, str(BENCH / "quantize.py"), "--quick", "--results-dir", str(out / "again"),
-                           "--work", str(out / "work")], cwd=ROOT, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=300)
+                           "--work", str(out / "fresh"), "--keep-rows", str(out / "kept")], cwd=ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "seed 0: done" not in proc.stderr, proc.stderr[-2000:]
     assert (out / "again" / "quantize_quick.csv").read_text() == (out / "quantize_quick.csv").read_text()
