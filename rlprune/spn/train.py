@@ -366,7 +366,9 @@ def finetune(spn: SPN, new_df: pd.DataFrame, replay_df: pd.DataFrame | None = No
         half = batch_size // 2 if n_old else batch_size
 
         def draw(gen):
-            idx = torch.randint(n_new, (min(half, n_new),), generator=gen)
+            # Half of every minibatch is new rows even when there are only two of them (an online round's):
+            # drawn with replacement, they weigh as much as the replayed half, so the model moves to them.
+            idx = torch.randint(n_new, (half,), generator=gen)
             if not n_old:
                 return idx
             return torch.cat([idx, n_new + torch.randint(n_old, (batch_size - half,), generator=gen)])
