@@ -121,9 +121,40 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
-def markdown(rows: list[dict], header: str) -> str:
+def unpruned_reference(task_name: str, kw: dict, pruned: str | None) -> dict:
+    """The unpruned fp32 base model (``--model-seed``'s) on validation and test (with its 95% interval) and the
+    stored size of the quantized models' fp32 input relative to it; measured once, as nothing in it depends on
+    a seed."""
+    from rlprune.io import load_pruned
+    from rlprune.measure.stats import accuracy_ci
+
+    task = common.task_of(task_name, 0, kw)
+    base = task.base_model()
+    test = task.evaluate(base, "test", per_example=True)
+    n_base = sum(p.numel() for p in base.parameters())
+    n_in = sum(p.numel() for p in load_pruned(pruned)[0].parameters()) if pruned else n_base
+    return {"val_acc": task.evaluate(base, "validation")["acc"], "acc": test["acc"],
+            "acc_ci": list(accuracy_ci(test["correct"])), "input_vs_unpruned": n_in / n_base}
+
+
+def reference_lines(ref: dict, rows: list[dict]) -> list[str]:
+    """The unpruned fp32 model and every method's test accuracy drop from it, on one size axis (over it)."""
+    lo, hi = ref["acc_ci"]
+    lines = ["## Against the unpruned fp32 model", "",
+             f"Unpruned fp32: validation {ref['val_acc']:.2f}, test {ref['acc']:.2f} [{lo:.2f}, {hi:.2f}]; the "
+             f"quantized models' fp32 input stores {ref['input_vs_unpruned']:.4f} of it. `size_vs_unpruned` = "
+             "size_ratio x that; `drop_vs_unpruned` = unpruned test accuracy minus the method's (mean over seeds).",
+             ""]
+    table = [{"method": r["method"], "size_vs_unpruned": round(float(r["size_ratio"]) * ref["input_vs_unpruned"], 4),
+              "acc": r["acc"], "drop_vs_unpruned": round(ref["acc"] - float(r["acc"]), 2)}
+             for r in summarise(rows)]
+    return lines + common.md_table(table, ["method", "size_vs_unpruned", "acc", "drop_vs_unpruned"]) + [""]
+
+
+def markdown(rows: list[dict], header: str, ref: dict | None = None) -> str:
     held = [r for r in rows if r["method"] == "fp32"]
-    lines = [header, "", "## Bits world models on each seed's held-out quarter of the samples", ""]
+    lines = [header, ""] + (reference_lines(ref, rows) if ref else [])
+    lines += ["## Bits world models on each seed's held-out quarter of the samples", ""]
     lines += common.md_table(held, ["seed", "world_model", "heldout_spearman_spn", "heldout_mae_spn",
                                     "heldout_spearman_mlp", "heldout_mae_mlp"])
     lines += ["", "## Per method (means over seeds)", ""]
@@ -173,8 +204,10 @@ def main(argv=None) -> None:
               "`acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together. Random search "
               "and CEM score exactly the RL search's counted `wm_calls` on the same world model and measure as many "
               "vectors for real (`real_evals`, in as many online rounds), each refining a world model of its own.")
+    # Without --pruned the fp32 row is the unpruned model already (on digits, each seed's own).
+    ref = unpruned_reference(args.task, kw, args.pruned) if args.pruned else None
     common.write_results(args.results_dir, common.stem(common.result_name("quantize", label), q), rows,
-                         markdown(rows, header), FIELDS)
+                         markdown(rows, header, ref), FIELDS)
 
 
 if __name__ == "__main__":

@@ -470,3 +470,27 @@ def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick
                           env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "seed 0: done" not in proc.stderr, proc.stderr[-2000:]
     assert (out / "again" / "quantize_quick.csv").read_text() == (out / "quantize_quick.csv").read_text()
+
+
+@pytest.mark.slow
+def test_quick_quantize_of_a_pruned_model_reports_the_drop_from_the_unpruned_one(tmp_path, digits_task):
+    """With --pruned, the markdown puts every method against the unpruned fp32 model on one size axis."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    pruned = tmp_path / "p"
+    subprocess.run([sys.executable, "-m", "rlprune.cli", "prune", "--task", "digits", "--uniform", "0.3", "--out",
+                    str(pruned)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(BENCH / "quantize.py"), "--quick", "--pruned", str(pruned),
+                           "--results-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "quantize_quick.md").read_text()
+    assert "## Against the unpruned fp32 model" in md
+    ref = float(md.split("Unpruned fp32: validation ")[1].split("test ")[1].split(" ")[0])
+    assert ref == pytest.approx(digits_task.evaluate(digits_task.base_model(), "test")["acc"], abs=0.01)
+    section = md.split("## Against the unpruned fp32 model")[1].split("## Bits world models")[0]
+    table = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = {c[0].strip(): [float(x) for x in c[1:]] for c in table[1:]}
+    shrink = rows["fp32"][0]
+    assert 0.3 < shrink < 0.9  # the pruned input stores less than the unpruned model
+    for name, (size, acc, drop) in rows.items():
+        assert drop == pytest.approx(ref - acc, abs=0.015) and (name == "fp32" or size <= 0.125 * shrink + 1e-4)
