@@ -30,6 +30,7 @@ def test_every_preset_builds_a_valid_config(preset):
     ({"quantize": {"target_size": 0}}, "quantize.target_size=0 is invalid"),
     ({"quantize": {"target_size": float("nan")}}, "quantize.target_size=nan is invalid"),
     ({"quantize": {"target_size": 0.2, "samples": 4}}, "quantize.samples=4 is invalid"),
+    ({"quantize": {"target_size": 0.2, "online_top": -1}}, "quantize.online_top=-1 is invalid"),
     ({"quantize": {"target_size": 0.2}, "target": [0.3, 0.5]}, "rlprune quantize --pruned"),
     ({"quantize": {"bits": 4}}, "unknown key(s) bits in section 'quantize'"),
 ])

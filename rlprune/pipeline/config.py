@@ -182,6 +182,8 @@ class QuantizeStage:
     pruning candidates' fine-tune)."""
     world_model: str = "spn"
     """The searches' bits world model: ``spn`` (the SPN's transformer) or ``mlp``."""
+    online_top: int = 2
+    """Vectors measured for real after each PPO iteration to refine the world model (0: offline)."""
 
     def __post_init__(self):
         t = self.target_size
@@ -193,6 +195,7 @@ class QuantizeStage:
             (self.rl_batch >= 1, "rl_batch", self.rl_batch, ">= 1"),
             (self.qat_steps is None or self.qat_steps >= 0, "qat_steps", self.qat_steps, ">= 0 or null"),
             (self.world_model in ("spn", "mlp"), "world_model", self.world_model, "spn or mlp"),
+            (self.online_top >= 0, "online_top", self.online_top, ">= 0 (0: offline)"),
         ])
 
 

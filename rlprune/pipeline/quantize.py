@@ -53,6 +53,7 @@ def stage_quantize(run, log) -> dict:
     qcfg = QuantizeConfig(task=cfg.task, task_kwargs=cfg.task_kwargs, target=q.target_size,
                           out=str(run.out / "quantize"), pruned=str(run.out), seed=cfg.seed, samples=q.samples,
                           rl_iters=q.rl_iters, rl_batch=q.rl_batch, world_model=q.world_model, workers=cfg.workers,
+                          online_top=q.online_top,
                           qat_steps=cfg.measure.finetune_steps if q.qat_steps is None else q.qat_steps)
     summary = run_quantize(qcfg, log=lambda line: log(f"      {line}"), progress=run.progress)
     base_params = sum(p.numel() for p in run.task().base_model().parameters())
