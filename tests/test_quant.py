@@ -317,15 +317,22 @@ def test_online_rounds_measure_the_favourites_refine_the_world_model_and_keep_th
         search(toy_space, wrong, 0.15, n_calls=60, n_real=2)
 
 
-def test_pool_keeps_the_best_distinct_vectors_and_measures_each_once():
-    from rlprune.quant.online import Pool
+def test_kept_holds_the_best_distinct_vectors_and_offers_each_once():
+    from rlprune.quant.online import best_bits, kept_bits
+    from rlprune.search.candidates import Kept
 
-    pool = Pool(keep=3)
-    pool.add([[2, 2], [3, 3], [4, 4], [5, 5]], [4.0, 3.0, 2.0, 1.0])
-    pool.add([[5, 5]], [0.5])  # seen before: its newest prediction
-    assert pool.best() == ([5, 5], 0.5) and len(pool.items) == 3
-    assert pool.most_promising(2).tolist() == [[5, 5], [4, 4]]
-    assert pool.most_promising(5).tolist() == [[3, 3]]  # the measured ones are not offered again
-    assert pool.rescore(type("WM", (), {"predict": staticmethod(lambda B: -np.asarray(B)[:, 0] * 1.0)}),
-                        limit=2) == 2
-    assert pool.best() == ([5, 5], -5.0) and len(pool.items) == 2
+    kept = Kept(keep=3)
+    kept.add([[2, 2], [3, 3], [4, 4], [5, 5]], [4.0, 3.0, 2.0, 1.0])
+    kept.add([[5, 5]], [0.5])  # seen before: its newest prediction
+    assert best_bits(kept) == ([5, 5], 0.5) and len(kept) == 3
+    assert kept_bits(kept.take(2)).tolist() == [[5, 5], [4, 4]]
+    assert kept_bits(kept.take(5)).tolist() == [[3, 3]]  # the taken ones are not offered again
+    assert kept.rescore(lambda B: -np.asarray(B)[:, 0] * 1.0, limit=2) == 2
+    assert best_bits(kept) == ([5, 5], -5.0) and len(kept) == 2
+    # A vector that misses the target ranks after every one that meets it, and is never taken.
+    kept.add([[9, 9]], [-9.0], miss=[True])
+    assert best_bits(kept) == ([5, 5], -5.0) and kept.take(3) == []
+    with pytest.raises(ConfigError, match="keep"):
+        Kept(keep=0)
+    with pytest.raises(ConfigError, match="scored"):
+        Kept().best()

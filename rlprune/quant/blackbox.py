@@ -28,9 +28,10 @@ import time
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.quant.online import BitsLearner, Pool
+from rlprune.quant.online import TOP_KEPT, BitsLearner, best_bits, kept_bits
 from rlprune.quant.size import MAX_BITS, MIN_BITS, QuantSpace
 from rlprune.quant.worldmodel import BitsModel, random_bits
+from rlprune.search.candidates import Kept
 
 WIDTHS = np.arange(MIN_BITS, MAX_BITS + 1)
 """The bit widths a layer may get, in order."""
@@ -135,9 +136,9 @@ def _search(proposer, space: QuantSpace, world_model: BitsModel, n_calls: int, r
             n_real and learn is None):
         raise ConfigError(f"online rounds need rounds >= 1, n_real >= 0 and a learner for real evaluations; got "
                           f"rounds={rounds!r}, n_real={n_real!r}, learn={'given' if learn else None}")
-    pool, calls, spent = Pool(), 0, 0
+    kept, calls, spent = Kept(TOP_KEPT), 0, 0
     # Each round's re-scoring is paid from its share of the calls: up to half of a share is set aside for it.
-    reserve = min(pool.keep, n_calls // rounds // 2) if n_real else 0
+    reserve = min(kept.keep, n_calls // rounds // 2) if n_real else 0
 
     def spend(until: int) -> int:
         got = 0
@@ -145,20 +146,20 @@ def _search(proposer, space: QuantSpace, world_model: BitsModel, n_calls: int, r
             B = proposer.ask(min(proposer.batch, until - calls - got))
             drops = world_model.predict(B)
             proposer.tell(B, drops)
-            pool.add(B, drops)
+            kept.add(B, drops)
             got += len(B)
         return got
 
     for r in range(rounds if n_real else 1):
         share = n_calls * (r + 1) // rounds if n_real else n_calls
         calls += spend(max(share - reserve, calls + 1))
-        chosen = pool.most_promising(n_real * (r + 1) // rounds - spent) if n_real else None
+        chosen = kept_bits(kept.take(n_real * (r + 1) // rounds - spent)) if n_real else None
         if chosen is not None and len(chosen):
             world_model = learn(chosen)[1]
             spent += len(chosen)
-            calls += pool.rescore(world_model, limit=max(1, share - calls))  # a degenerate budget: one over
+            calls += kept.rescore(world_model.predict, limit=max(1, share - calls))  # a degenerate budget: one over
     calls += spend(n_calls)  # what the re-scoring did not use (a no-op offline)
-    bits, drop = pool.best()
+    bits, drop = best_bits(kept)
     return {"bits": bits, "predicted_drop": drop, "size_ratio": float(space.size_ratio(bits)[0]), "wm_calls": calls,
             "real_evals": spent, "search_s": round(time.perf_counter() - started, 3)}
 

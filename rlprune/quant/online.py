@@ -1,11 +1,11 @@
 """Online rounds of the bits searches: measure the most promising vectors for real, refine the world model.
 
     learner = BitsLearner(world_model, B, drops, measure=lambda C: measure_drops(task, model, C))
-    pool = Pool()
-    pool.add(B_played, predicted)                      # what a search has scored so far
-    chosen = pool.most_promising(2)                    # the best it has not measured yet
+    kept = Kept(TOP_KEPT)                              # rlprune.search.candidates: the black-box searches' pool
+    kept.add(B_played, predicted)                      # what a search has scored so far
+    chosen = kept_bits(kept.take(2))                   # the best it has not measured yet
     drops, world_model = learner(chosen)               # real drops; a refined copy of the world model
-    calls += pool.rescore(world_model)                 # re-ranked by the new model: counted calls
+    calls += kept.rescore(world_model.predict)         # re-ranked by the new model: counted calls
 
 As in the pruning search (``rlprune.search.rl``), a search that only trusts its world model picks the
 vector the model is most wrong about in its favour; a few real evaluations of its current favourites, fed
@@ -85,54 +85,15 @@ class BitsLearner:
         return drops, tuned
 
 
-class Pool:
-    """The distinct vectors a search has scored, each with its current predicted drop; the best ``keep``.
-
-    Args:
-        keep: how many of the best distinct vectors are kept (each re-scoring costs one call per kept vector).
-    """
-
-    def __init__(self, keep: int = TOP_KEPT) -> None:
-        if not isinstance(keep, int) or keep < 1:
-            raise ConfigError(f"keep={keep!r} must be a positive integer")
-        self.keep = keep
-        self.items: dict[tuple[int, ...], float] = {}
-        self.measured: set[tuple[int, ...]] = set()
-
-    def add(self, B, drops) -> None:
-        """Remember scored vectors (a vector seen before takes its newest prediction)."""
-        for row, d in zip(np.atleast_2d(np.asarray(B, dtype=np.int64)), np.asarray(drops).reshape(-1), strict=True):
-            self.items[tuple(int(b) for b in row)] = float(d)
-        if len(self.items) > self.keep:
-            self.items = dict(sorted(self.items.items(), key=lambda kv: kv[1])[: self.keep])
-
-    def most_promising(self, k: int) -> np.ndarray:
-        """Up to ``k`` kept vectors not measured yet, lowest predicted drop first; they count as measured."""
-        out = [b for b, _ in sorted(self.items.items(), key=lambda kv: kv[1]) if b not in self.measured][:k]
-        self.measured.update(out)
-        return np.array(out, dtype=np.int64).reshape(len(out), -1)
-
-    def rescore(self, world_model, limit: int | None = None) -> int:
-        """Re-predict the kept vectors with ``world_model``; returns the calls spent.
-
-        Args:
-            world_model: the refined model.
-            limit: the calls that may be spent: only the best ``limit`` vectors (by their old predictions)
-                are kept and re-scored (None: every kept one).
-        """
-        if limit is not None:
-            self.items = dict(sorted(self.items.items(), key=lambda kv: kv[1])[: max(0, int(limit))])
-        if self.items:
-            keys = list(self.items)
-            self.items = dict(zip(keys, map(float, world_model.predict(np.array(keys))), strict=True))
-        return len(self.items)
-
-    def best(self) -> tuple[list[int], float]:
-        """``(bits, predicted drop)`` of the lowest predicted drop (the first of equals)."""
-        if not self.items:
-            raise ConfigError("no vector was scored")
-        bits, drop = min(self.items.items(), key=lambda kv: kv[1])
-        return list(bits), drop
+def kept_bits(chosen) -> np.ndarray:
+    """The bit matrix of :meth:`rlprune.search.candidates.Kept.take`'s entries."""
+    return np.array([v for v, _, _ in chosen], dtype=np.int64).reshape(len(chosen), -1)
 
 
-__all__ = ["TOP_KEPT", "BitsLearner", "Measure", "Pool"]
+def best_bits(kept) -> tuple[list[int], float]:
+    """``(bits, predicted drop)`` of the best kept vector."""
+    v, _, drop = kept.best()
+    return [int(b) for b in v], drop
+
+
+__all__ = ["TOP_KEPT", "BitsLearner", "Measure", "best_bits", "kept_bits"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import time
 
 from rlprune.errors import ConfigError
-from rlprune.quant.online import BitsLearner, Pool
+from rlprune.quant.online import TOP_KEPT, BitsLearner, best_bits, kept_bits
 from rlprune.quant.size import QuantSpace
 from rlprune.quant.worldmodel import BitsModel
+from rlprune.search.candidates import Kept
 
 
 def build_bits_ppo_config(env_config: dict, *, train_batch_env_steps: int = 64, num_epochs: int = 4,
@@ -107,7 +108,7 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
     threads = torch.get_num_threads()
     algo = build_bits_ppo_config(env_config, train_batch_env_steps=train_batch_env_steps, seed=seed).build_algo()
     torch.set_num_threads(1)  # tiny forward passes in the driver: extra threads only spin (policies.algorithms)
-    pool, episodes, calls, rounds, real = Pool(), 0, 0, 0, 0
+    kept, episodes, calls, rounds, real = Kept(TOP_KEPT), 0, 0, 0, 0
     try:
         for _ in range(iters):
             algo.train()
@@ -115,8 +116,8 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
                 calls += n_calls
                 episodes += len(finished)
                 if finished:
-                    pool.add([ep["bits"] for ep in finished], [ep["acc_drop"] for ep in finished])
-            chosen = pool.most_promising(online_top) if online_top else None
+                    kept.add([ep["bits"] for ep in finished], [ep["acc_drop"] for ep in finished])
+            chosen = kept_bits(kept.take(online_top)) if online_top else None
             if chosen is not None and len(chosen):
                 world_model = learn(chosen)[1]
                 rounds, real = rounds + 1, real + len(chosen)
@@ -124,11 +125,11 @@ def rl_bits_search(space: QuantSpace, world_model: BitsModel, target: float, ite
                 algo.env_runner_group.foreach_env_runner(
                     lambda runner, state=state: [e.unwrapped.set_world_model(state)
                                                  for e in getattr(getattr(runner, "env", None), "envs", [])])
-                calls += pool.rescore(world_model)
+                calls += kept.rescore(world_model.predict)
     finally:
         algo.stop()
         torch.set_num_threads(threads)
-    bits, drop = pool.best()  # every iteration finishes at least one one-step episode
+    bits, drop = best_bits(kept)  # every iteration finishes at least one one-step episode
     return {"bits": bits, "predicted_drop": drop, "size_ratio": float(space.size_ratio(bits)[0]),
             "episodes": episodes, "wm_calls": calls, "real_evals": real, "online_rounds": rounds,
             "search_s": round(time.perf_counter() - started, 2)}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.search.candidates import TOP_KEPT, key
+from rlprune.search.candidates import TOP_KEPT, Kept, key
 from rlprune.space.costmodel import CostModel, meets_target
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, G) ratios -> (N,) predicted accuracy drop (points)
@@ -80,35 +80,6 @@ def scored(predict: Predictor, cm: CostModel, R: np.ndarray, target: float,
     return R, miss, drop, np.lexsort((drop, miss))
 
 
-class _Kept:
-    """The best distinct vectors a search has seen, by (misses the target, predicted drop)."""
-
-    def __init__(self):
-        self.items: dict[str, list] = {}  # key -> [ratios, miss, drop]
-
-    def add(self, R, miss, drop) -> None:
-        for r, m, d in zip(R, miss, drop, strict=True):
-            self.items[key(r)] = [r, bool(m), float(d)]
-        if len(self.items) > 4 * TOP_KEPT:  # prune now and then, not on every batch
-            self._trim()
-
-    def _trim(self) -> None:
-        best = sorted(self.items.items(), key=lambda kv: (kv[1][1], kv[1][2]))[:TOP_KEPT]
-        self.items = dict(best)
-
-    def ranked(self) -> list[list]:
-        self._trim()
-        return sorted(self.items.values(), key=lambda v: (v[1], v[2]))
-
-    def rescore(self, predict: Predictor) -> int:
-        vals = self.ranked()
-        if vals:
-            drop = np.asarray(predict(np.stack([v[0] for v in vals])), dtype=np.float64)
-            for v, d in zip(vals, drop, strict=True):
-                v[2] = float(d)
-        return len(vals)
-
-
 def blackbox_search(method: str, predict: Predictor, cm: CostModel, target: float, budget: str = "macs",
                     n_calls: int = 2048, seed: int = 0, *, rounds: int = 1, n_real: int = 0,
                     learn: Learn | None = None) -> tuple[np.ndarray, dict]:
@@ -141,7 +112,7 @@ def blackbox_search(method: str, predict: Predictor, cm: CostModel, target: floa
                           f"real evaluations; got n_calls={n_calls}, rounds={rounds}, n_real={n_real}")
     rng = np.random.default_rng(seed)
     proposer = _Random(cm, rng) if method == "random_search" else _CEM(cm, rng)
-    kept, real, report, calls = _Kept(), {}, [], 0
+    kept, real, report, calls = Kept(), {}, [], 0
     # Each online round's re-scoring (at most the kept candidates) is paid from the same calls, up front, so
     # the total never passes n_calls.
     reserve = TOP_KEPT if n_real else 0
@@ -152,16 +123,15 @@ def blackbox_search(method: str, predict: Predictor, cm: CostModel, target: floa
                                           target, budget)
             calls += len(R)
             proposer.tell(R, order)
-            kept.add(R, miss, drop)
-        want = n_real * (r + 1) // rounds - len(real)
-        chosen = [v for v in kept.ranked() if not v[1] and key(v[0]) not in real][:want]
+            kept.add(R, drop, miss)
+        chosen = kept.take(n_real * (r + 1) // rounds - len(real))
         if chosen:
             drops, predict = learn([v[0] for v in chosen])
             real.update({key(v[0]): float(d) for v, d in zip(chosen, drops, strict=True)})
             report.append({"round": r + 1, "n_real": len(chosen), "predicted_before": [v[2] for v in chosen],
                            "real_acc_drop": [float(d) for d in drops]})
             calls += kept.rescore(predict)  # the new world model re-ranks what was found, as RL's pool does
-    best = kept.ranked()[0]
+    best = kept.best()
     extra = {"predicted_acc_drop": best[2], "predictor_calls": calls, "real_evals": len(real),
              "online_rounds": report}
     if key(best[0]) in real:

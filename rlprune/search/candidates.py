@@ -14,6 +14,14 @@ ensemble disagrees on may be better than it looks, and evaluating it teaches the
 A target-conditioned search (episodes draw their target from a range) keeps one pool per target bin
 (:class:`BinnedPool`): rewards at different targets are not comparable (a lower target pays a larger cost
 term and loses more accuracy), so each bin ranks only the vectors found for targets inside it.
+
+A black-box search (random search, CEM; of ratios or of bit widths) has no episodes and no reward, only
+predicted drops: :class:`Kept` holds its best distinct vectors, lowest (misses the target, drop) first.
+
+    kept = Kept()
+    kept.add(R, predicted_drop, miss)
+    for vector, _, drop in kept.take(2): ...          # the best not measured yet
+    calls += kept.rescore(new_predict)                # re-ranked by a refined world model: counted calls
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from rlprune.errors import ConfigError
 
 TOP_KEPT = 64
 """Candidates remembered across iterations (by predicted reward); enough for several online rounds."""
@@ -200,6 +210,85 @@ class BinnedPool:
     def state(self) -> dict:
         """JSON-ready ``{"lo", "hi", "bins", "evaluated"}`` (what :func:`pool_from_state` takes back)."""
         return {"lo": self.lo, "hi": self.hi, "bins": [b.items for b in self.bins], "evaluated": self.evaluated}
+
+
+class Kept:
+    """The best distinct vectors a black-box search has scored: those meeting the target first, then by predicted
+    drop (lower is better), a vector seen again taking its newest prediction.
+
+    Args:
+        keep: how many are kept (a re-scoring costs one predictor call per kept vector).
+    """
+
+    def __init__(self, keep: int = TOP_KEPT) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigError(f"keep={keep!r} must be a positive integer")
+        self.keep = keep
+        self._items: dict[str, list] = {}  # key -> [vector, misses the target, predicted drop]
+        self._taken: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.ranked())
+
+    def add(self, V, drops, miss=None) -> None:
+        """Remember scored vectors.
+
+        Args:
+            V: ``(N, G)`` vectors.
+            drops: ``(N,)`` predicted drops.
+            miss: ``(N,)`` whether each misses the target (None: none does).
+        """
+        V = np.atleast_2d(np.asarray(V))
+        drops = np.asarray(drops, dtype=np.float64).reshape(-1)
+        miss = np.zeros(len(V), bool) if miss is None else np.asarray(miss, bool).reshape(-1)
+        for v, m, d in zip(V, miss, drops, strict=True):
+            self._items[key(v)] = [v, bool(m), float(d)]
+        if len(self._items) > 4 * self.keep:  # trim now and then, not on every batch
+            self._trim(self.keep)
+
+    def _trim(self, n: int) -> None:
+        self._items = dict(sorted(self._items.items(), key=lambda kv: (kv[1][1], kv[1][2]))[:n])
+
+    def ranked(self) -> list[tuple[np.ndarray, bool, float]]:
+        """The kept ``(vector, misses, predicted drop)``, best first."""
+        self._trim(self.keep)
+        return [tuple(v) for v in self._items.values()]
+
+    def take(self, k: int) -> list[tuple[np.ndarray, bool, float]]:
+        """Up to ``k`` of :meth:`ranked` that meet the target and were not taken before; they count as taken."""
+        out = [v for v in self.ranked() if not v[1] and key(v[0]) not in self._taken][: max(0, int(k))]
+        self._taken.update(key(v[0]) for v in out)
+        return out
+
+    def rescore(self, predict: Callable[[np.ndarray], np.ndarray], limit: int | None = None) -> int:
+        """Re-predict the kept vectors with a refined world model.
+
+        Args:
+            predict: ``(N, G) vectors -> (N,) predicted drops``.
+            limit: the calls that may be spent: only the best ``limit`` (by their old predictions) are kept
+                and re-scored (None: every kept one).
+
+        Returns:
+            The calls spent.
+        """
+        self._trim(self.keep if limit is None else min(self.keep, max(0, int(limit))))
+        if self._items:
+            vals = list(self._items.values())
+            for v, d in zip(vals, np.asarray(predict(np.stack([v[0] for v in vals])), np.float64).reshape(-1),
+                            strict=True):
+                v[2] = float(d)
+        return len(self._items)
+
+    def best(self) -> tuple[np.ndarray, bool, float]:
+        """The first of :meth:`ranked`.
+
+        Raises:
+            ConfigError: nothing was scored.
+        """
+        ranked = self.ranked()
+        if not ranked:
+            raise ConfigError("no vector was scored")
+        return ranked[0]
 
 
 def pool_from_state(state: dict) -> CandidatePool | BinnedPool:
