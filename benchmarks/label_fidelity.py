@@ -78,12 +78,12 @@ BUDGET = "macs"
 def reseeded(task, seed: int):
     """The same task (same base model, same splits) whose fine-tunes shuffle, augment and draw with ``seed``.
 
-    ``Task.finetune`` and its train loader read ``task.seed``, and nothing else of a task whose base model is
-    loaded does, so a shallow copy with another seed is the validation recipe under another seed.
+    ``Task.finetune`` draws its data order and augmentation from ``task.finetune_seed`` alone, so a shallow copy
+    with another one is the validation recipe under another seed (same splits, same base model).
     """
     task.base_model()  # load the weights first, so the copy shares them instead of looking for other ones
     other = copy.copy(task)
-    other.seed = seed
+    other.finetune_seed = seed
     return other
 
 

@@ -196,6 +196,9 @@ def test_quick_label_fidelity_scores_every_label_against_validation_finals(quick
         _, val = prune_and_score(lf.reseeded(task, 1), space, json.loads(rows[0]["ratios"]), spec, finetune=True,
                                  split="validation")
     assert val["acc"] == pytest.approx(rows[0]["final_acc_1"])
+    # The two finals are two fine-tune seeds of one recipe: some vector must score differently under them.
+    assert (lf.reseeded(task, 2).finetune_seed, task.finetune_seed) == (2, 0)
+    assert any(r["final_acc_1"] != r["final_acc_2"] for r in rows)
     summary = lf.summarise(rows)
     labels = {(s["k"], s["metric"]) for s in summary}
     assert labels == {(k, m) for k in steps for m in ("acc", "loss")} | {("final", "acc")}
