@@ -4,7 +4,8 @@ Each script in this folder runs as ``python benchmarks/<name>.py [--quick] [--re
 
 - writes ``<name>.csv`` (every measured row) and ``<name>.md`` (the table it prints) into ``--results-dir``
   (default ``benchmarks/results``), or ``<name>_quick.*`` with ``--quick`` so a smoke run never overwrites a
-  full result;
+  full result; every CSV row carries its provenance (:data:`PROVENANCE`: when it was measured, the commit, the
+  machine, the 1-min load), stamped when the row was measured where a run resumes from saved rows;
 - in full mode merges its headline figures into ``<results-dir>/summary.json`` (other scripts' keys are kept;
   ``date`` and ``machine`` say when and where the latest figures were measured).
 
@@ -19,8 +20,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +33,10 @@ from rlprune.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = "summary.json"
+PROVENANCE = ("date", "commit", "machine", "load_1min")
+"""The columns every results CSV row carries (see :func:`stamped`)."""
+_ARCHIVED_COMMIT = "$Format:%H$"
+"""Filled in by ``git archive`` (``.gitattributes``: export-subst): a snapshot to run benchmarks from has no .git."""
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -78,6 +85,37 @@ def stamp() -> str:
             f"{m['load_1min']:.1f}, torch {m['torch']}, ray {m['ray']}")
 
 
+@lru_cache(maxsize=1)
+def commit() -> str:
+    """The commit the benchmark code comes from (``-dirty`` when tracked files differ from it; ``unknown``
+    outside a checkout or archive)."""
+    if not _ARCHIVED_COMMIT.startswith("$"):
+        return _ARCHIVED_COMMIT
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance() -> dict:
+    """:data:`PROVENANCE` now: date and time, commit, machine (CPU, cores, torch, ray), 1-min load."""
+    m = machine()
+    return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": commit(),
+            "machine": f"{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']}, ray {m['ray']}",
+            "load_1min": m["load_1min"]}
+
+
+def stamped(rows: list[dict]) -> list[dict]:
+    """``rows`` with :func:`provenance` added to those without one (a row measured earlier keeps its own)."""
+    now = provenance()
+    return [r if all(k in r for k in PROVENANCE) else {**r, **{k: r.get(k, v) for k, v in now.items()}}
+            for r in rows]
+
+
 def md_table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> list[str]:
     """Markdown lines of a table of ``rows`` restricted to ``cols`` (missing values print empty)."""
     lines = ["| " + " | ".join(headers or cols) + " |", "|" + "---|" * len(cols)]
@@ -109,12 +147,13 @@ def write_results(results_dir: Path, name: str, rows: list[dict], markdown: str,
 
 
 def write_csv(results_dir: Path, name: str, rows: list[dict], fields: list[str] | None = None) -> Path:
-    """Write ``<name>.csv`` (``rows``; columns ``fields`` or the union of the rows' keys in order) into
-    ``results_dir``. Returns its path."""
+    """Write ``<name>.csv`` (``rows``; columns ``fields`` or the union of the rows' keys in order, then
+    :data:`PROVENANCE`, stamped now on rows that do not carry it) into ``results_dir``. Returns its path."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    if fields is None:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
+    rows = stamped(rows)
+    fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    fields += [k for k in PROVENANCE if k not in fields]
     path = results_dir / f"{name}.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

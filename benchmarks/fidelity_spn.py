@@ -14,6 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import common
 import numpy as np
 
 BUDGET_SHARE = 1 / 3
@@ -218,7 +219,7 @@ def comparison_cached(rows, features, share, seed, max_steps, work: Path) -> lis
     path = work / f"spn-compare-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    out = compare_fidelities(rows, features, share, FOLDS, seed, max_steps)
+    out = common.stamped(compare_fidelities(rows, features, share, FOLDS, seed, max_steps))
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out, sort_keys=False)  # the columns keep their order when read back
     return out

@@ -169,6 +169,7 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path) -
         row.update(key=key, task=label, seed=seed)
         read += not changed
         if changed:
+            row.update(common.provenance())  # when, where and from which commit this row was (last) measured
             work.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, row)
             print(f"{label} target {vec['target']:g} vector {vec['vector']}: labels "
@@ -326,7 +327,8 @@ def main(argv=None) -> None:
         comparison = comparison_cached(rows, features, share, args.seed, args.spn_steps or (600 if q else 4000), work)
     fields = ["task", "seed", "target", "vector", "sampler", "macs_ratio", "params_ratio",
               *(f"{m}_k{k}" for k in steps for m in (*METRICS, "s")), "final_split", "final_steps",
-              "final_acc", *(f"final_{c}_{j}" for c in ("acc", "seed", "n", "s") for j in (1, 2)), "ratios"]
+              "final_acc", *(f"final_{c}_{j}" for c in ("acc", "seed", "n", "s") for j in (1, 2)), "ratios",
+              *common.PROVENANCE]
     rows = [{f: r.get(f) for f in fields} for r in rows]
     header = (f"# Label fidelity ({label}, {'quick' if q else 'full'}: {n} vectors x targets "
               f"{' '.join(f'{t:g}' for t in args.targets)}, label steps {' '.join(map(str, steps))})\n\n"

@@ -116,6 +116,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
             for c in found:
                 row, _ = measure_candidate(task, space, c["ratios"], base, ft_spec, method=c["method"])
                 mine.append(_row(label, seed, target, ft, row, c, stages["sample_s"]))
+        mine = common.stamped(mine)  # measured now: a resumed run keeps this date, commit and load
         atomic_write_json(done[target], mine)
         rows += mine
         print(f"{label} seed {seed} target {target}: done ({rl['search_s']:.0f} s RL search)", file=sys.stderr,

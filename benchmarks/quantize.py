@@ -80,6 +80,7 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
                      "real_evals": int(r.get("real_evals", 0)),
                      "search_s": round(float(r.get("search_s", 0.0)), 2), "bits": " ".join(map(str, r["bits"])),
                      "test_correct": r.get("correct", "")})
+    rows = common.stamped(rows)  # measured now: a resumed run keeps this date, commit and load
     atomic_write_json(done, rows)
     print(f"{label} seed {seed}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return rows

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,8 @@ def test_quick_run_writes_its_tables(name, quick, bench):
     assert rows, f"{name}_quick.csv has no rows"
     assert columns <= set(rows[0]), f"missing columns: {columns - set(rows[0])}"
     assert kinds <= {r[kind] for r in rows}
+    # Every row says when, from which commit and on what machine (under what load) it was measured.
+    assert all(r["date"] and r["commit"] and r["machine"] and r["load_1min"] for r in rows)
     md = (out / f"{name}_quick.md").read_text()
     assert md.startswith("# ") and "|---" in md
     assert md.splitlines()[0] in proc.stdout  # the table is printed too
@@ -301,6 +304,26 @@ def test_stop_rule_and_speedup_reading(bench):
     assert r["level"] == 95 and r["time_spn_s"] == 11 and r["time_amc_s"] == 90
     assert r["speedup"] == pytest.approx(90 / 11, rel=1e-3) and "AMC-style did not reach" in r["note"]
     assert speed.time_to(amc, 96) is None
+
+
+def test_rows_keep_the_provenance_of_their_measurement_and_archives_know_their_commit(tmp_path, bench):
+    """A row stamped when it was measured keeps that stamp when a resumed run writes it again; a row without one
+    is stamped at writing; a snapshot made with ``git archive`` (no .git) still names its commit."""
+    common = bench("common")
+    old = {"seed": 0, "acc": 90.0, "date": "2026-01-01T00:00:00+00:00", "commit": "abc", "machine": "m",
+           "load_1min": 3.5}
+    path = common.write_csv(tmp_path, "t", [old, {"seed": 1, "acc": 91.0}], ["seed", "acc"])
+    rows = _csv(path)
+    assert list(rows[0]) == ["seed", "acc", *common.PROVENANCE]
+    assert rows[0] == old
+    assert rows[1]["commit"] == common.commit() and rows[1]["date"].startswith(time.strftime("%Y-"))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip("not a git checkout")
+    assert common.commit().split("-")[0] == head.stdout.strip()
+    archived = subprocess.run("git archive HEAD benchmarks/common.py | tar -xO", shell=True, cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+    assert f'_ARCHIVED_COMMIT = "{head.stdout.strip()}"' in archived
 
 
 def test_update_summary_merges_atomically(tmp_path, bench):
