@@ -520,3 +520,22 @@ def test_quick_quantize_of_a_pruned_model_reports_the_drop_from_the_unpruned_one
     assert 0.3 < shrink < 0.9  # the pruned input stores less than the unpruned model
     for name, (size, acc, drop) in rows.items():
         assert drop == pytest.approx(ref - acc, abs=0.015) and (name == "fp32" or size <= 0.125 * shrink + 1e-4)
+
+
+@pytest.mark.slow
+def test_plots_draw_every_results_csv(quick, bench, tmp_path):
+    """``benchmarks/plots.py`` draws one PNG per results CSV it knows (the committed full results and the quick
+    runs' label-fidelity and targets tables), skips the rest, and says so when there is nothing to draw."""
+    plots = bench("plots")
+    for name in ("quality", "search_speed_curves", "quantize", "search_speed"):
+        (tmp_path / f"{name}.csv").write_bytes((BENCH / "results" / f"{name}.csv").read_bytes())
+    for name in ("label_fidelity", "targets"):
+        out, _ = quick(name)
+        (tmp_path / f"{name}.csv").write_bytes((out / f"{name}_quick.csv").read_bytes())
+    written = plots.plot_all(tmp_path)
+    assert sorted(p.name for p in written) == ["label_fidelity.png", "quality.png", "quantize.png",
+                                               "search_speed_curves.png", "targets.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert plots.plot_all(tmp_path, quick=True) == []
+    with pytest.raises(SystemExit, match="no results CSV"):
+        plots.main(["--results-dir", str(tmp_path / "empty")])

@@ -150,7 +150,7 @@ def _ci(row: dict) -> str:
 def _fig_bits(rows: list[dict], layers: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from rlprune.pipeline.report import _save
+    from rlprune.pipeline.report import save_figure
 
     by = {r["method"]: r for r in rows}
     series = [m for m in ("rl", "sensitivity", "uniform8", "uniform6", "uniform4") if m in by]
@@ -168,7 +168,7 @@ def _fig_bits(rows: list[dict], layers: list[str], path: Path) -> Path:
     ax.set_title("Bits per layer: RL search vs rules")
     ax.legend(fontsize=8, ncol=min(5, len(series)))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def size_points(prune_rows: list[dict], quant_rows: list[dict]) -> list[dict]:
@@ -186,7 +186,7 @@ def size_points(prune_rows: list[dict], quant_rows: list[dict]) -> list[dict]:
 def _fig_size(prune_rows, quant_rows, base: dict, path: Path, metric: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from rlprune.pipeline.report import _save, pareto_front
+    from rlprune.pipeline.report import pareto_front, save_figure
 
     pts = size_points(prune_rows, quant_rows)
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
@@ -211,7 +211,7 @@ def _fig_size(prune_rows, quant_rows, base: dict, path: Path, metric: str) -> Pa
     ax.set_title(f"Size vs {metric}: both stages (RL: red stars)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["comparison", "quantize_blocks", "size_points", "stage_quantize"]

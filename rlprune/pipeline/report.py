@@ -98,7 +98,13 @@ def best_rl(rows: list[dict]) -> dict | None:
     return max((r for r in rows if r["method"].startswith("rl")), key=lambda r: r["val_acc"], default=None)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG through an atomic rename (a killed run leaves the old figure or the new one) and
+    close it.
+
+    Returns:
+        ``path``.
+    """
     import io
 
     buf = io.BytesIO()
@@ -129,7 +135,7 @@ def _fig_ratios(rows, groups, path: Path) -> Path:
     ax.set_title("Per-group ratios: RL strategy vs handcrafted rules")
     ax.legend(fontsize=8, ncol=min(5, len(series)))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -170,7 +176,7 @@ def _fig_pareto(rows, base, cfg, path: Path) -> Path:
     ax.set_title(f"{metric.capitalize()} vs {what}, every validated candidate")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def spn_vs_final(rows: list[dict], groups: list | None = None) -> dict:
@@ -226,7 +232,7 @@ def _fig_spn(done: dict, path: Path, final: dict) -> Path:
     ax2.set_xlabel(f"{metric} drop after the fine-tune (points, validation split)")
     ax2.set_ylabel(f"predicted {metric} drop (points)")
     ax2.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def describe_spn_vs_final(final: dict, metric: str) -> str:
@@ -261,7 +267,7 @@ def _fig_time(t: dict, path: Path) -> Path:
     ax.set_xlim(0, max(max(vals), 1e-3) * 1.22)
     ax.set_xlabel("measured wall time (s)")
     ax.set_title("Measured wall times: stages, RL searches, baseline searches", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ====================================================================== document

@@ -21,9 +21,9 @@ from rlprune.pipeline.report import (
     _fmt,
     _html,
     _markdown,
-    _save,
     _stage_times,
     describe_spn_vs_final,
+    save_figure,
     spn_vs_final,
 )
 from rlprune.pipeline.select import comparison
@@ -101,7 +101,7 @@ def fig_acc_vs_targets(per: list[dict], base: dict, cfg, path: Path) -> Path:
     ax.set_title(f"{metric.capitalize()} vs {what} per method across the targets (95% intervals)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _spn_vs_final(per: list[dict]) -> dict:
