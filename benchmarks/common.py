@@ -33,6 +33,13 @@ from rlprune.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = "summary.json"
+HEADLINE_WORKLOAD = {"search_speed": "fashion-mnist/resnet20", "quality": "fashion-mnist/resnet56",
+                     "spn_fidelity": "fashion-mnist/resnet56", "scaling": "fashion-mnist/resnet56",
+                     "targets": "fashion-mnist/resnet20", "quantize": "fashion-mnist/resnet20"}
+"""Per script, the workload whose full run supplies the headline figures of ``summary.json`` (the real workload;
+the net each headline is defined on). Its full runs on any other workload keep their figures, under the same
+keys, in ``summary_<workload>.json`` (e.g. ``summary_digits.json``), so no figure overwrites another workload's.
+Scripts not listed (label_fidelity) name the workload in their keys and always write ``summary.json``."""
 PROVENANCE = ("date", "commit", "machine", "load_1min")
 """The columns every results CSV row carries (see :func:`stamped`)."""
 _ARCHIVED_COMMIT = "$Format:%H$"
@@ -162,8 +169,18 @@ def write_csv(results_dir: Path, name: str, rows: list[dict], fields: list[str] 
     return path
 
 
-def update_summary(results_dir: Path, figures: dict, source: str, retired: tuple[str, ...] = ()) -> Path:
-    """Merge ``figures`` into ``<results_dir>/summary.json`` without touching other scripts' keys.
+def summary_name(source: str, label: str) -> str:
+    """``summary.json`` when ``label`` is ``source``'s :data:`HEADLINE_WORKLOAD` (or it has none), else
+    ``summary_<label as a slug>.json``."""
+    want = HEADLINE_WORKLOAD.get(source)
+    if want is None or want == label:
+        return SUMMARY
+    return f"summary_{label.replace('/', '_').replace('-', '')}.json"
+
+
+def update_summary(results_dir: Path, figures: dict, source: str, retired: tuple[str, ...] = (),
+                   label: str | None = None) -> Path:
+    """Merge ``figures`` into ``<results_dir>/`` :func:`summary_name` without touching other scripts' keys.
 
     ``date`` and ``machine`` describe the latest update; ``updated`` records per script when it last wrote
     (so figures from different days stay traceable). Written to a temporary file and renamed into place, so a
@@ -175,11 +192,13 @@ def update_summary(results_dir: Path, figures: dict, source: str, retired: tuple
         source: the script's name.
         retired: keys this script wrote once but no longer measures; removed, so a stale figure never
             outlives the method that produced it.
+        label: the workload measured (``digits``, ``fashion-mnist/resnet56``; :func:`task_choice`); None: the
+            script's headline workload.
 
     Returns:
         The summary's path.
     """
-    path = Path(results_dir) / SUMMARY
+    path = Path(results_dir) / (SUMMARY if label is None else summary_name(source, label))
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(path.read_text()) if path.is_file() else {}
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -187,6 +206,9 @@ def update_summary(results_dir: Path, figures: dict, source: str, retired: tuple
         summary.pop(k, None)
     summary.update({k: _plain(v) for k, v in figures.items()})
     summary["date"] = now
+    if label is not None and source in HEADLINE_WORKLOAD:
+        summary["task"] = label.split("/")[0]
+        summary.setdefault("workload", {})[source] = label
     summary["machine"] = machine()
     summary.setdefault("updated", {})[source] = now
     atomic_write_json(path, summary)

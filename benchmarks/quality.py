@@ -430,8 +430,8 @@ def main(argv=None) -> None:
               "search wall; `latency_ms` is batch-1 CPU latency.")
     md = markdown(summarise(rows), comparisons(rows), params_at_equal_drop(rows, ft), header)
     common.write_results(args.results_dir, common.stem(common.result_name("quality", label), q), rows, md, FIELDS)
-    if not q and args.task == "digits":
-        common.update_summary(args.results_dir, headline(rows), "quality")
+    if not q:
+        common.update_summary(args.results_dir, headline(rows), "quality", label=label)
 
 
 if __name__ == "__main__":

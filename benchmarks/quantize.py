@@ -112,13 +112,22 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def headline(rows: list[dict]) -> dict:
-    """``rl_minus_best_baseline_acc_at_size<t>`` (pooled over seeds, after QAT) with ``_ci`` and ``_real``."""
+    """``rl_minus_best_baseline_acc_at_size<t>`` (pooled over seeds, after QAT) with ``_ci`` and ``_real``; the
+    same as ``quant_rl_minus_best_baseline_acc`` (issue 19's name), and ``quant_acc_drop_vs_fp32``: the fp32
+    model's test accuracy minus RL's (means over seeds; RL's own interval in ``quant_rl_acc_ci``)."""
     out = {}
     for c in quality.comparisons(rows, budget="size"):
         if c["seed"] == "all":
             k = f"rl_minus_best_baseline_acc_at_size{c['target']:g}"
             out.update({k: c["diff"], f"{k}_ci": [c["diff_ci_lo"], c["diff_ci_hi"]], f"{k}_real": c["real"],
                         f"{k}_best_baseline": c["best_baseline"]})
+            out.update({"quant_rl_minus_best_baseline_acc": c["diff"],
+                        "quant_rl_minus_best_baseline_acc_ci": [c["diff_ci_lo"], c["diff_ci_hi"]],
+                        "quant_rl_minus_best_baseline_acc_real": c["real"], "quant_size_ratio": c["target"]})
+    s = {r["method"]: r for r in summarise(rows)}
+    if "rl" in s and "fp32" in s:
+        out.update({"quant_acc_drop_vs_fp32": round(s["fp32"]["acc"] - s["rl"]["acc"], 3),
+                    "quant_rl_acc_ci": [s["rl"]["acc_ci_lo"], s["rl"]["acc_ci_hi"]]})
     return out
 
 
@@ -209,6 +218,8 @@ def main(argv=None) -> None:
     ref = unpruned_reference(args.task, kw, args.pruned) if args.pruned else None
     common.write_results(args.results_dir, common.stem(common.result_name("quantize", label), q), rows,
                          markdown(rows, header, ref), FIELDS)
+    if not q:
+        common.update_summary(args.results_dir, headline(rows), "quantize", label=label)
 
 
 if __name__ == "__main__":

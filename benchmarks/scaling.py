@@ -161,7 +161,7 @@ def main(argv=None) -> None:
                                                                              ("sequential", n_seq))]
     common.write_results(args.results_dir, common.stem("scaling", q), rows, markdown(rows, q), FIELDS)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "scaling")
+        common.update_summary(args.results_dir, headline(rows), "scaling", label="digits")
 
 
 def headline(rows: list[dict]) -> dict:

@@ -299,7 +299,8 @@ def main(argv=None) -> None:
     common.write_results(args.results_dir, common.stem("search_speed", q), rows,
                          markdown(args.task, rows, setup, fig), FIELDS)
     if not q:
-        common.update_summary(args.results_dir, fig, "search_speed", retired=("end_to_end_speedup_is_lower_bound",))
+        common.update_summary(args.results_dir, fig, "search_speed", retired=("end_to_end_speedup_is_lower_bound",),
+                              label=args.task)
 
 
 def headline(rows: list[dict]) -> dict:

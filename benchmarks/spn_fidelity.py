@@ -224,7 +224,7 @@ def main(argv=None) -> None:
     meta = {"n_digits": len(df), "n_test": n_test, "n_vgg": len(vdf), "seeds": list(seeds)}
     common.write_results(args.results_dir, common.stem("spn_fidelity", q), rows, markdown(rows, q, meta), fields)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "spn_fidelity")
+        common.update_summary(args.results_dir, headline(rows), "spn_fidelity", label="digits")
 
 
 def headline(rows: list[dict]) -> dict:

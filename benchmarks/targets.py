@@ -173,7 +173,20 @@ def headline(rows: list[dict]) -> dict:
             "targets_unseen_answer_s_conditioned": c["unseen_answer_s"],
             "targets_unseen_answer_s_per_target_rl": s["per_target_rl"]["unseen_answer_s"],
             "targets_unseen_answer_s_cem": s["cem"]["unseen_answer_s"],
-            "targets_spn_calls_conditioned": c["spn_calls"]}
+            "targets_spn_calls_conditioned": c["spn_calls"],
+            # Issue 19's names: mean over every target (trained and unseen) and seed, with each seed's own
+            # difference (the spread), and the time to answer an unseen target.
+            "conditioned_minus_per_target_cem_acc": _mean_acc(rows, "conditioned_rl") - _mean_acc(rows, "cem"),
+            "conditioned_minus_per_target_cem_acc_per_seed": [
+                round(_mean_acc(rows, "conditioned_rl", seed) - _mean_acc(rows, "cem", seed), 3)
+                for seed in sorted({r["seed"] for r in rows})],
+            "unseen_target_answer_s": c["unseen_answer_s"]}
+
+
+def _mean_acc(rows: list[dict], method: str, seed=None) -> float:
+    """Mean test accuracy of ``method`` over every target (and seed, or only ``seed``)."""
+    return statistics.mean(float(r["acc"]) for r in rows if r["method"] == method and r["kind"] != "train"
+                           and (seed is None or r["seed"] == seed))
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -224,8 +237,8 @@ def main(argv=None) -> None:
               "its answer; its one training is counted in the per-method totals).")
     md = markdown(rows, header)
     common.write_results(args.results_dir, common.stem(common.result_name("targets", label), q), rows, md, FIELDS)
-    if not q and args.task == "digits":
-        common.update_summary(args.results_dir, headline(rows), "targets")
+    if not q:
+        common.update_summary(args.results_dir, headline(rows), "targets", label=label)
 
 
 if __name__ == "__main__":

@@ -337,6 +337,14 @@ def test_update_summary_merges_atomically(tmp_path, bench):
     assert set(s["updated"]) == {"one", "two"} and s["date"]
     assert {"platform", "cpu_count", "torch", "ray"} <= set(s["machine"])
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    # A script's headline workload writes summary.json (and names itself there); any other workload its own file.
+    common.update_summary(tmp_path, {"q": 1}, "quality", label=common.HEADLINE_WORKLOAD["quality"])
+    common.update_summary(tmp_path, {"q": 2}, "quality", label="digits")
+    common.update_summary(tmp_path, {"lf": 3}, "label_fidelity", label="digits")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["q"] == 1 and s["lf"] == 3 and s["task"] == "fashion-mnist"
+    assert s["workload"] == {"quality": common.HEADLINE_WORKLOAD["quality"]}
+    assert json.loads((tmp_path / "summary_digits.json").read_text())["q"] == 2
 
 
 def test_params_removed_at_equal_drop_interpolates_between_targets(bench):
