@@ -123,7 +123,7 @@ def compare_fidelities(rows: list[dict], features: np.ndarray, share: float = BU
     import pandas as pd
 
     from rlprune.errors import ConfigError
-    from rlprune.measure.stats import spearman_ci
+    from rlprune.measure.ranking import spearman_ci
     from rlprune.space.pruning import FEATURE_NAMES
     from rlprune.spn.frames import predict_frame
     from rlprune.spn.nets import one_thread

@@ -198,7 +198,7 @@ def summarise(rows: list[dict], steps=None) -> list[dict]:
         One dict per (label, scope): ``label``, ``k`` (or ``"final"``), ``metric``, ``cost_s``, ``scope``
         (``all``, ``within`` or a target), ``rho``, ``lo``, ``hi`` (95% bootstrap interval over vectors), ``n``.
     """
-    from rlprune.measure.stats import spearman_ci
+    from rlprune.measure.ranking import spearman_ci
 
     steps = steps if steps is not None else sorted(int(c[5:]) for c in rows[0] if c.startswith("acc_k"))
     targets = np.array([float(r["target"]) for r in rows])

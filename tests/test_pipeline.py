@@ -178,7 +178,7 @@ def test_report_renders_tables_and_figures(killed_and_resumed):
 def test_spn_is_scored_against_the_fine_tuned_validation_drop():
     """The report's second SPN panel pairs each validated candidate's prediction with its drop after the
     fine-tune on validation (not the label the SPN learned), within each target when given."""
-    from rlprune.measure.stats import spearman
+    from rlprune.measure.ranking import spearman
     from rlprune.pipeline.report import describe_spn_vs_final, spn_vs_final
 
     rows = [{"predicted_acc_drop": p, "val_drop": v} for p, v in [(1, 2), (2, 1), (3, 4), (4, 3), (5, 6)]]

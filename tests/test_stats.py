@@ -437,7 +437,7 @@ def _metric_points(values):
 def test_spearman_matches_scipy_with_ties():
     from scipy.stats import spearmanr
 
-    from rlprune.measure.stats import spearman
+    from rlprune.measure.ranking import spearman
 
     rng = np.random.default_rng(3)
     for n in (3, 7, 30):
@@ -451,7 +451,7 @@ def test_spearman_matches_scipy_with_ties():
 
 
 def test_spearman_ci_contains_its_estimate_and_groups_average_within():
-    from rlprune.measure.stats import spearman, spearman_ci
+    from rlprune.measure.ranking import spearman, spearman_ci
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=36)
@@ -478,7 +478,7 @@ def test_spearman_ci_contains_its_estimate_and_groups_average_within():
     (([1, 2, float("nan")], [1, 2, 3]), "must be finite"),
 ])
 def test_spearman_rejects_unpaired_or_missing_values(args, match):
-    from rlprune.measure.stats import spearman, spearman_ci
+    from rlprune.measure.ranking import spearman, spearman_ci
 
     for fn in (spearman, spearman_ci):
         with pytest.raises(ValueError, match=match):

@@ -20,9 +20,8 @@ A float vector whose values happen to be all 0 or 1 takes the 0/1 path, so for a
   scores. ``real`` is True only when the interval excludes 0.
 - ``describe``: the one sentence the report and README print for a difference.
 - ``pack_correct`` / ``unpack_correct``: a per-example vector as compact text for JSON rows.
-- ``spearman`` / ``spearman_ci``: how alike two numbers rank the same items (e.g. a cheap label and the
-  accuracy after fine-tuning, over ratio vectors), with a bootstrap interval over the items; within groups
-  (e.g. one MACs target each), the mean of the per-group correlations with a stratified bootstrap.
+- Rank agreement (``spearman``, ``spearman_ci``) lives in ``rlprune.measure.ranking``: how alike two numbers rank
+  the same items, with a bootstrap interval over the items.
 
 How to read them: all numbers are in the metric's points (accuracy points 0-100 for 0/1 outcomes; the score's
 own units for floats, e.g. dB for PSNR). An interval of [-0.3, +0.9] means the data are consistent with
@@ -37,7 +36,6 @@ Numpy only (no torch, no Ray), so reports and tests import it cheaply.
 from __future__ import annotations
 
 import base64
-import warnings
 from typing import Any
 
 import numpy as np
@@ -80,7 +78,8 @@ def _check_values(values: Any, name: str) -> np.ndarray:
                      f"metric scores: pass them as floats)")
 
 
-def _check_options(level: float, n_boot: int) -> None:
+def check_options(level: float, n_boot: int) -> None:
+    """Raise ValueError unless ``level`` is in (0, 1) and ``n_boot`` >= the minimum resamples."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level={level!r} must lie strictly between 0 and 1; use 0.95 for a 95% interval")
     if int(n_boot) != n_boot or n_boot < _MIN_BOOT:
@@ -88,7 +87,8 @@ def _check_options(level: float, n_boot: int) -> None:
                          f"2.5%/97.5% percentiles")
 
 
-def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``samples``."""
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(samples, [tail, 1.0 - tail])
     return float(lo), float(hi)
@@ -144,7 +144,7 @@ def accuracy_ci(correct: Any, level: float = 0.95, n_boot: int = 10_000, seed: i
             outside (0, 1), n_boot < 100.
     """
     arr = _check_values(correct, "correct")
-    _check_options(level, n_boot)
+    check_options(level, n_boot)
     n = arr.size
     rng = np.random.default_rng(seed)
     if arr.dtype == bool:
@@ -152,10 +152,10 @@ def accuracy_ci(correct: Any, level: float = 0.95, n_boot: int = 10_000, seed: i
         # so drawing the counts is the nonparametric bootstrap of a 0/1 mean, in O(n_boot) time and memory
         # instead of an (n_boot x n) index matrix.
         hits = rng.binomial(n, arr.sum() / n, size=int(n_boot))
-        return _percentiles(100.0 * hits / n, level)
+        return percentile_interval(100.0 * hits / n, level)
     if arr.min() == arr.max():  # every resample is the same vector; skip rounding noise in its mean
         return float(arr[0]), float(arr[0])
-    return _percentiles(_bootstrap_means(arr, int(n_boot), rng), level)
+    return percentile_interval(_bootstrap_means(arr, int(n_boot), rng), level)
 
 
 def _mcnemar_exact(a_only: int, b_only: int) -> float:
@@ -241,7 +241,7 @@ def paired_difference(correct_a: Any, correct_b: Any, level: float = 0.95, n_boo
     if a.size != b.size:
         raise ValueError(f"correct_a has {a.size} examples but correct_b has {b.size}; a paired comparison "
                          f"needs both methods scored on the same test examples in the same order")
-    _check_options(level, n_boot)
+    check_options(level, n_boot)
     n = a.size
     rng = np.random.default_rng(seed)
     if a.dtype == bool and b.dtype == bool:
@@ -251,7 +251,7 @@ def paired_difference(correct_a: Any, correct_b: Any, level: float = 0.95, n_boo
         # than O(n * n_boot).
         probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
         counts = rng.multinomial(n, probs, size=int(n_boot))
-        lo, hi = _percentiles(100.0 * (counts[:, 0] - counts[:, 1]) / n, level)
+        lo, hi = percentile_interval(100.0 * (counts[:, 0] - counts[:, 1]) / n, level)
         diff, p_value = 100.0 * (a_only - b_only) / n, _mcnemar_exact(a_only, b_only)
         acc_a, acc_b = 100.0 * float(a.mean()), 100.0 * float(b.mean())
     else:
@@ -263,7 +263,7 @@ def paired_difference(correct_a: Any, correct_b: Any, level: float = 0.95, n_boo
         if a_only + b_only == 0:
             lo = hi = 0.0
         else:
-            lo, hi = _percentiles(_bootstrap_means(d, int(n_boot), rng), level)
+            lo, hi = percentile_interval(_bootstrap_means(d, int(n_boot), rng), level)
         diff, p_value = float(d.mean()), _sign_flip_p(d, int(n_boot), rng)
         acc_a, acc_b = float(a.mean()), float(b.mean())
     return {
@@ -323,105 +323,6 @@ def pack_correct(correct: Any) -> str:
         raise ValueError(f"correct holds a score of magnitude {np.abs(arr).max():.3g}, beyond float32 "
                          f"(~3.4e38), so it cannot be packed; rescale the metric")
     return f"f{arr.size}:{base64.b64encode(arr.astype('<f4').tobytes()).decode()}"
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions) along the last axis of a 2-D array."""
-    order = np.argsort(a, axis=1, kind="stable")
-    s = np.take_along_axis(a, order, axis=1)
-    pos = np.broadcast_to(np.arange(a.shape[1]), a.shape)
-    new = np.ones(a.shape, dtype=bool)
-    new[:, 1:] = s[:, 1:] != s[:, :-1]  # where a run of equal values starts
-    ends = np.ones(a.shape, dtype=bool)
-    ends[:, :-1] = new[:, 1:]
-    first = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
-    last = np.minimum.accumulate(np.where(ends, pos, a.shape[1] - 1)[:, ::-1], axis=1)[:, ::-1]
-    out = np.empty(a.shape)
-    np.put_along_axis(out, order, (first + last) / 2.0, axis=1)
-    return out
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row pair: Pearson of average ranks; NaN where a row is constant."""
-    rx, ry = _ranks(x), _ranks(y)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rx * ry).sum(axis=1) / den, np.nan)
-
-
-def spearman(x: Any, y: Any) -> float:
-    """Spearman's rank correlation of paired values (ties get average ranks, as ``scipy.stats.spearmanr``).
-
-    Returns:
-        rho in [-1, 1]; NaN for fewer than 3 pairs or a constant side (no ranking to compare).
-
-    Raises:
-        ValueError: ``x`` and ``y`` differ in length or hold NaN/inf.
-    """
-    x, y = _check_pairs(x, y)
-    return float(_spearman_rows(x[None], y[None])[0]) if x.size >= 3 else float("nan")
-
-
-def _check_pairs(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    if x.size != y.size:
-        raise ValueError(f"x has {x.size} values but y has {y.size}; pass one value of each per item")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("x and y must be finite; drop the items whose measurement failed from both")
-    return x, y
-
-
-def spearman_ci(x: Any, y: Any, groups: Any = None, level: float = 0.95, n_boot: int = 2_000,
-                seed: int = 0) -> dict[str, Any]:
-    """Spearman's rho with a 95% percentile-bootstrap interval over the items.
-
-    Few items with many ties make the bootstrap distribution so discrete that the percentile interval can
-    miss the estimate itself (4 items, 3 of them tied, can only resample to a handful of values); the
-    interval is then widened to reach the estimate, so it is never narrower than the percentile interval.
-
-    With ``groups``, rho is the mean of the within-group correlations (groups of fewer than 3 items, or with a
-    constant side, are left out), and each resample draws items with replacement within every group, so the
-    groups keep their sizes. That is the number that matters when the groups differ in level (e.g. MACs
-    targets: everything ranks the targets alike, only the ranking within a target is informative).
-
-    Args:
-        x, y: paired values, one per item.
-        groups: one group key per item, or None for one group.
-        level: coverage of the interval, in (0, 1).
-        n_boot: resamples (>= 100); resamples without a ranking (a constant side) are skipped.
-        seed: seed of the resampling.
-
-    Returns:
-        ``{"rho", "ci": [lo, hi], "n", "level"}``; rho and the interval are NaN when no group has a ranking.
-
-    Raises:
-        ValueError: as :func:`spearman`, ``groups`` of another length, or a bad ``level`` or ``n_boot``.
-    """
-    x, y = _check_pairs(x, y)
-    _check_options(level, n_boot)
-    keys = np.zeros(x.size, dtype=int) if groups is None else np.asarray(groups).ravel()
-    if keys.size != x.size:
-        raise ValueError(f"groups has {keys.size} keys for {x.size} items; pass one group key per item")
-    rng = np.random.default_rng(seed)
-    rhos, boots = [], []
-    for key in dict.fromkeys(keys.tolist()):
-        idx = np.flatnonzero(keys == key)
-        if idx.size < 3:
-            continue
-        rhos.append(spearman(x[idx], y[idx]))
-        draw = idx[rng.integers(0, idx.size, size=(int(n_boot), idx.size))]
-        boots.append(_spearman_rows(x[draw], y[draw]))
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are reported as NaN below
-        rho = float(np.nanmean(rhos)) if rhos else float("nan")
-        boot = np.nanmean(np.stack(boots), axis=0) if boots else np.array([np.nan])
-    boot = boot[np.isfinite(boot)]
-    if not (boot.size and np.isfinite(rho)):
-        return {"rho": rho, "ci": [float("nan"), float("nan")], "n": int(x.size), "level": level}
-    lo, hi = _percentiles(boot, level)
-    return {"rho": rho, "ci": [min(lo, rho), max(hi, rho)], "n": int(x.size), "level": level}
 
 
 def unpack_correct(text: str) -> np.ndarray:

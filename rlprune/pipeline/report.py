@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.io import atomic_write_bytes
-from rlprune.measure.stats import describe, spearman_ci
+from rlprune.measure.ranking import spearman_ci
+from rlprune.measure.stats import describe
 from rlprune.pipeline.select import comparison
 
 RULE_METHODS = ("uniform", "larger_group", "depth", "global_l1")

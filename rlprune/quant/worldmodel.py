@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import ConfigError
-from rlprune.measure.stats import spearman
+from rlprune.measure.ranking import spearman
 from rlprune.quant.fake import wrap
 from rlprune.quant.size import LAYER_FEATURES, MAX_BITS, MIN_BITS, QuantSpace
 
