@@ -13,8 +13,11 @@ sample. A full run, per seed: 256 samples on 2 workers ~11 min idle (50 min was 
 training a few minutes, three SPN searches (at most ``--cap-s`` each), and three AMC-style searches of ~5 min per
 iteration (64 real episodes), which the default 600 s cap stops after 2-3 iterations each (every ~5 min more of
 ``--cap-s`` buys each one more iteration); validation (~5 s per new vector) comes on top, outside the
-walls. Plan on 1-1.5 h per seed, 3-4.5 h for 3 seeds, with nothing else running (twice that under load; nothing
-resumes: run it under ``nohup``). ``--quick --task fashion-mnist --arch resnet20 --seeds 0`` is a smoke run of it
+walls. Plan on 1-1.5 h per seed, 3-4.5 h for 3 seeds, with nothing else running (twice that under load). It
+resumes per seed: with ``--work DIR`` a finished seed's rows and curves are kept there (and with ``--keep-rows
+benchmarks/results/raw/search_speed_<workload>`` a committed copy too, for a fresh machine); a seed killed midway
+is run again from its start, since a restart inside it would put a gap into its clocks.
+``--quick --task fashion-mnist --arch resnet20 --seeds 0`` is a smoke run of it
 (~5 min idle; 11.5 min was measured at a load of 12-15, a real episode then costing ~12 s).
 
 Part 1, per env step: the same ``LayerPruningEnv`` (the task's base model, simultaneous mode, wall at 50% MACs,
@@ -66,9 +69,9 @@ headline workload) or ``summary_<workload>.json`` (any other: ``summary_digits.j
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -284,26 +287,22 @@ def main(argv=None) -> None:
                    help="the sweep's MACs targets (default 0.3 0.5 0.7; quick 0.5)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--cap-s", type=float, default=None, help="each search's wall cap (default 600; quick 20)")
+    p.add_argument("--work", type=Path,
+                   help="keep each finished seed here; rerunning with it resumes (a seed killed midway is run again "
+                        "from its start: its clocks must not include a restart; default: a temporary folder)")
+    common.add_keep_rows_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     kw, label = common.task_choice(args)
     targets = sorted(args.targets or ([0.5] if q else [0.3, 0.5, 0.7]))
-    n_spn, n_real = (100, 6) if q else (2000, 40)
     b = budgets(q, args.cap_s)
-
-    from rlprune.orchestration import init_ray
-
     t_start = time.perf_counter()
-    init_ray(None, 2)  # before any clock starts: neither method pays for it
-    rows, curves = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        spn_paths = {}
-        for seed in args.seeds:
-            r, c, spn_paths[seed] = run_seed(args.task, kw, seed, targets, Path(tmp), b)
-            rows += r
-            curves += c
-        first = args.seeds[0]
-        rows = step_speed(args.task, {"seed": first, **kw}, spn_paths[first], n_spn, n_real) + rows
+    # Ray starts in run_seeds, before any clock: neither method pays for it.
+    units = common.run_seeds(lambda seed, work: [seed_unit(args.task, kw, label, seed, args.seeds[0], targets, b, q,
+                                                           work)], args.seeds, args.work, args.keep_rows)
+    rows = [r for u in units if u["seed"] == args.seeds[0] for r in u["step"]]
+    rows += [r for u in units for r in u["rows"]]
+    curves = [c for u in units for c in u["curves"]]
     fig = headline(rows)
     name = common.result_name("search_speed", label)
     common.write_csv(args.results_dir, common.stem(common.result_name("search_speed_curves", label), q), curves,
@@ -314,6 +313,30 @@ def main(argv=None) -> None:
     if not q:
         common.update_summary(args.results_dir, fig, "search_speed", retired=("end_to_end_speedup_is_lower_bound",),
                               label=label)
+
+
+def seed_unit(task: str, kw: dict, label: str, seed: int, first: int, targets: list[float], b: dict, quick: bool,
+              work: Path) -> dict:
+    """One seed's rows and curves (and, for the ``first`` seed, part 1's step rows, on its SPN), read back from
+    ``work`` when that seed finished before.
+
+    Returns:
+        ``{"seed", "rows", "curves", "step"}``, as kept in ``work/seed<seed>/rows-<settings>.json``.
+    """
+    from rlprune.io import atomic_write_json
+
+    settings = (f"{'quick' if quick else 'full'}-{label.replace('/', '-')}-t{'_'.join(f'{t:g}' for t in targets)}"
+                f"-cap{b['cap_s']:g}")
+    done = Path(work) / f"seed{seed}" / f"rows-{settings}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(done.parent, ignore_errors=True)  # what a killed attempt left: its samples would skew the clock
+    rows, curves, spn = run_seed(task, kw, seed, targets, Path(work), b)
+    n_spn, n_real = (100, 6) if quick else (2000, 40)
+    step = step_speed(task, {"seed": seed, **kw}, spn, n_spn, n_real) if seed == first else []
+    unit = {"seed": seed, "rows": common.stamped(rows), "curves": common.stamped(curves), "step": common.stamped(step)}
+    atomic_write_json(done, unit)
+    return unit
 
 
 def headline(rows: list[dict]) -> dict:

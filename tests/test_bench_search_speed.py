@@ -90,10 +90,19 @@ def test_quick_sweep_of_two_targets_has_every_search(tmp_path, digits_task, spee
     """``--quick --targets 0.4 0.6``: per seed the samples and the SPN once, and per target both methods' rows and
     curves with counted real evaluations; every sweep row follows from the curves."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(BENCH / "search_speed.py"), "--quick", "--targets", "0.4", "0.6",
-                           "--seeds", "0", "--results-dir", str(out)], cwd=ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, str(BENCH / "search_speed.py"), "--quick", "--targets", "0.4", "0.6", "--seeds", "0",
+           "--work", str(tmp_path / "work"), "--keep-rows", str(tmp_path / "kept")]
+    proc = subprocess.run([*cmd, "--results-dir", str(out)], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # A rerun on a fresh machine (empty --work, the kept rows) measures nothing again and writes the same tables.
+    again = subprocess.run([*cmd[:-4], "--work", str(tmp_path / "fresh"), "--keep-rows", str(tmp_path / "kept"),
+                            "--results-dir", str(tmp_path / "again")], cwd=ROOT, env=dict(os.environ),
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    for name in ("search_speed_quick.csv", "search_speed_curves_quick.csv"):
+        assert pd.read_csv(tmp_path / "again" / name).equals(pd.read_csv(out / name)), name
+    assert not (tmp_path / "fresh" / "seed0" / "samples").exists()
     rows = pd.read_csv(out / "search_speed_quick.csv").to_dict("records")
     curves = pd.read_csv(out / "search_speed_curves_quick.csv")
     assert set(curves["target"]) == {0.4, 0.6} and set(curves["seed"]) == {0}
