@@ -321,7 +321,8 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
         ``{"store", "spn", "sample_s", "fit_s", "real_evals"}``: the paths, each stage's measured wall and the
         real evaluations the samples cost (counted by the sampler: the new unique samples).
     """
-    from rlprune.samples.store import read_samples, read_spaces
+    from rlprune.samples.spaces import read_spaces
+    from rlprune.samples.store import read_samples
     from rlprune.samples.tune import run_sampling
     from rlprune.spn.nets import one_thread
     from rlprune.spn.predictor import save_spn

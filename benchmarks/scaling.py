@@ -74,7 +74,8 @@ def sample_throughput(task: str, n: int, workers: int, store: Path, task_kwargs:
 
 def spn_inference(store: Path, n_vectors: int, work: Path) -> tuple[list[dict], Path]:
     """Rates of every SPN architecture fitted on ``store``; also saves the transformer for the env rows."""
-    from rlprune.samples.store import read_samples, read_spaces
+    from rlprune.samples.spaces import read_spaces
+    from rlprune.samples.store import read_samples
     from rlprune.spn.predictor import save_spn
     from rlprune.spn.train import FitConfig, fit
 

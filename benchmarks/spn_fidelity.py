@@ -67,7 +67,8 @@ import torch
 from rlprune.measure.spec import MeasureSpec
 from rlprune.models import vgg_small
 from rlprune.samples.generator import SampleGenerator
-from rlprune.samples.store import read_samples, read_spaces
+from rlprune.samples.spaces import read_spaces
+from rlprune.samples.store import read_samples
 from rlprune.spn.frames import metrics, predict_frame
 from rlprune.spn.train import FitConfig, finetune, fit
 from rlprune.tasks import DigitsTask, cache_dir

@@ -4,7 +4,7 @@
                                            "input_shape": [3, 32, 32], "reward": my_fn})
 
 Exactly one of ``task``, ``model`` (with ``input_shape``) or ``space`` says what is pruned. ``space`` is a
-space record (``rlprune.samples.store.space_record``: ``features`` + ``cost_model``), so env copies on Ray
+space record (``rlprune.samples.spaces.space_record``: ``features`` + ``cost_model``), so env copies on Ray
 workers never re-trace a model. Everything is checked here; the env never calls ``config.get``.
 """
 
@@ -167,8 +167,8 @@ class LayerPruningEnvConfig:
             missing = [k for k in ("features", "cost_model") if k not in self.space]
             if missing:
                 raise ConfigError(f"space record lacks {', '.join(missing)}; build it with "
-                                  "rlprune.samples.store.space_record or read it with "
-                                  "rlprune.samples.store.read_spaces")
+                                  "rlprune.samples.spaces.space_record or read it with "
+                                  "rlprune.samples.spaces.read_spaces")
         self._check_reward()
         self._check_target()
         _check_choice("budget", self.budget, BUDGETS)
@@ -297,10 +297,10 @@ def resolve_space(cfg: LayerPruningEnvConfig) -> SpaceView:
             features = np.asarray(cfg.space["features"], dtype=np.float32)
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"space record does not parse ({type(e).__name__}: {e}); build it with "
-                              "rlprune.samples.store.space_record") from e
+                              "rlprune.samples.spaces.space_record") from e
         if features.ndim != 2 or features.shape[0] != cm.n_groups:
             raise ConfigError(f"space record has features of shape {features.shape} for {cm.n_groups} groups; "
-                              "rebuild it with rlprune.samples.store.space_record")
+                              "rebuild it with rlprune.samples.spaces.space_record")
         _check_given_space(cfg, cm)
         ids = tuple(cfg.space.get("group_ids") or _default_ids(cm.n_groups))
         return SpaceView(features, cm, ids, cfg.space.get("fingerprint"))

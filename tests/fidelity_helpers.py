@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from rlprune.measure.spec import MeasureSpec
-from rlprune.samples.store import append_samples, now_iso, sample_id, write_space
+from rlprune.samples.spaces import write_space
+from rlprune.samples.store import append_samples, now_iso, sample_id
 from rlprune.space.pruning import FEATURE_NAMES
 
 G = 6

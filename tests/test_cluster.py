@@ -117,7 +117,7 @@ def _names(cluster: LoopbackCluster, known: dict) -> dict:
 
 
 def test_world_model_comes_back_with_its_weights_when_its_node_dies(nodes, digits_task, tmp_path):
-    from rlprune.samples.store import read_spaces
+    from rlprune.samples.spaces import read_spaces
     from rlprune.spn.predictor import save_spn
     from rlprune.spn.train import FitConfig, fit
     from tests.spn_helpers import real_samples_store

@@ -14,7 +14,7 @@ from rlprune.envs import CONTEXT_NAMES, ENV_NAME, LayerPruningEnv, LayerPruningE
 from rlprune.envs.rewards import team_reward
 from rlprune.errors import ConfigError
 from rlprune.measure.spec import MeasureSpec
-from rlprune.samples.store import space_record
+from rlprune.samples.spaces import space_record
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 from tests.arch_zoo import PlainFlatten
 

@@ -17,7 +17,8 @@ from rlprune.cli import main
 from rlprune.measure.recipe import evaluate_ratios, measure_baseline
 from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.generator import SampleGenerator
-from rlprune.samples.store import SAMPLE_COLUMNS, read_samples, read_spaces
+from rlprune.samples.spaces import read_spaces
+from rlprune.samples.store import SAMPLE_COLUMNS, read_samples
 from rlprune.space.pruning import PruningSpace
 
 FAST = MeasureSpec(eval_batches=1, bn_batches=2)  # one 128-image batch scored: enough for direction checks

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.samples.store import read_samples, read_spaces
+from rlprune.samples.spaces import read_spaces
+from rlprune.samples.store import read_samples
 from rlprune.search.rl import SearchConfig, run_search
 from rlprune.spn.predictor import load_spn, save_spn
 from rlprune.spn.train import FitConfig, fit

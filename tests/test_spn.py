@@ -13,7 +13,8 @@ import torch
 from rlprune.cli import main
 from rlprune.errors import CheckpointError, ConfigError
 from rlprune.models import vgg_small
-from rlprune.samples.store import read_samples, read_spaces
+from rlprune.samples.spaces import read_spaces
+from rlprune.samples.store import read_samples
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 from rlprune.spn.frames import evaluate, metrics, predict_frame, split_samples
 from rlprune.spn.local import LocalSPN

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.samples.store import read_samples, read_spaces
+from rlprune.samples.spaces import read_spaces
+from rlprune.samples.store import read_samples
 from rlprune.spn.predictor import save_spn
 from rlprune.spn.train import FitConfig, fit
 from rlprune.spn.world_model import connect, start_world_model

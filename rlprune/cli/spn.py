@@ -91,7 +91,8 @@ def cmd_spn(args) -> int:
 def _load(args):
     """(samples frame, space records) of the store, filtered by --task / --fingerprint (and, with
     --multi-fidelity, every fidelity of one spec)."""
-    from rlprune.samples.store import read_samples, read_spaces
+    from rlprune.samples.spaces import read_spaces
+    from rlprune.samples.store import read_samples
 
     across = args.multi_fidelity
     measure = _family_id(args) if across and not args.measure_id else args.measure_id

@@ -133,7 +133,7 @@ def _samples(run: _Run):
 
 
 def _stage_spn(run: _Run) -> dict:
-    from rlprune.samples.store import read_spaces
+    from rlprune.samples.spaces import read_spaces
     from rlprune.spn.frames import predict_frame
     from rlprune.spn.predictor import save_spn
     from rlprune.spn.train import train_heldout

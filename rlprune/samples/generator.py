@@ -26,7 +26,8 @@ from rlprune.errors import ConfigError
 from rlprune.measure.recipe import Baseline, evaluate_ratios, measure_baseline
 from rlprune.measure.spec import MeasureSpec
 from rlprune.samples.samplers import SamplerConfig, draw_labelled
-from rlprune.samples.store import append_samples, open_store, sample_id, space_record, stored_ids, write_space
+from rlprune.samples.spaces import space_record, write_space
+from rlprune.samples.store import append_samples, open_store, sample_id, stored_ids
 
 
 class SampleGenerator:

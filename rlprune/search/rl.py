@@ -56,7 +56,8 @@ class Search:
     def __init__(self, cfg: SearchConfig):
         from rlprune.io import model_fingerprint
         from rlprune.measure.recipe import measure_baseline
-        from rlprune.samples.store import open_store, space_record, write_space
+        from rlprune.samples.spaces import space_record, write_space
+        from rlprune.samples.store import open_store
         from rlprune.spn.predictor import load_spn
         from rlprune.tasks import get_task
 

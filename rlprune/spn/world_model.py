@@ -120,7 +120,7 @@ class WorldModel:
             (points) on the new rows before and after, i.e. how wrong the SPN was on fresh real samples
             and how much it moved. ``changed`` is False (and nothing else happens) when nothing is queued.
         """
-        from rlprune.samples.store import read_spaces
+        from rlprune.samples.spaces import read_spaces
         from rlprune.spn.frames import predict_frame
         from rlprune.spn.train import finetune
 
