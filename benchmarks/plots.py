@@ -96,19 +96,16 @@ def plot_curves(path: Path, out: Path) -> Path:
     """Best validation accuracy so far against wall seconds, per method and seed, one panel per MACs target
     (search_speed.py; a sweep's SPN-pipeline curves include the shared sampling and SPN training)."""
     df = pd.read_csv(path)
-    if "target" not in df:
-        df["target"] = float("nan")  # curves written before the sweep: one target
-    targets = list(dict.fromkeys(df["target"]))
+    targets = sorted(df["target"].unique()) if "target" in df else [None]  # curves from before the sweep: one
     fig, axes = _subplots(len(targets), "Time to accuracy: SPN pipeline (samples + SPN + search) vs AMC-style "
                                         "real-reward search")
     for ax, t in zip(axes, targets, strict=True):
-        for (method, seed), g in df[df["target"].isna() if pd.isna(t) else df["target"] == t].groupby(
-                ["method", "seed"]):
+        for (method, seed), g in (df if t is None else df[df["target"] == t]).groupby(["method", "seed"]):
             g = g.sort_values("wall_s")
             ax.step(g["wall_s"], g["best_val_acc"], where="post", color=_style(method)[0],
                     ls=["-", "--", ":", "-."][int(seed) % 4], label=f"{method} seed {seed}")
         ax.set(xlabel="measured wall (s)", ylabel="best validation accuracy so far (%)",
-               title=None if pd.isna(t) else f"MACs target {t:g}")
+               title=None if t is None else f"MACs target {t:g}")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
     return save_figure(fig, out)

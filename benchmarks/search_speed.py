@@ -235,11 +235,11 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets: list[float],
         cfg = SearchConfig(spn=str(pre["spn"]), out=str(work / f"search-{t:g}"), task=task_name,
                            task_kwargs=task_kwargs, target=t, train_batch=b["spn_batch"], online=b["online"],
                            online_every=b["online_every"], samples=str(store), seed=seed)
-        searches[SPN, t] = watched_search(cfg, rule, validate, seed, SPN, target=t, **shared)
+        searches[SPN, t] = watched_search(cfg, rule, validate, seed, SPN, **shared)
     for t in targets:
         cfg = SearchConfig(spn=None, reward="real", online=False, out=str(work / f"amc-{t:g}"), task=task_name,
                            task_kwargs=task_kwargs, target=t, train_batch=b["amc_batch"], seed=seed)
-        searches[AMC, t] = watched_search(cfg, rule, validate, seed, AMC, target=t)
+        searches[AMC, t] = watched_search(cfg, rule, validate, seed, AMC)
     base = measure_base(task, model, spec)
     rows = [{"section": "pipeline", "seed": seed, "method": f"spn_{k}", "wall_s": round(v, 1), "note": note}
             for k, v, note in (("sample", pre["sample_s"], f"{pre['real_evals']} real samples, 2 workers, once"),

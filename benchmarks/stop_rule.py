@@ -42,7 +42,7 @@ class _Stop(Exception):
 
 
 def watched_search(cfg, rule: StopRule, validate, seed: int, method: str, offset_s: float = 0.0,
-                   evals0: int = 0, target: float | None = None) -> dict:
+                   evals0: int = 0) -> dict:
     """Run one search, validating its best vector after every iteration, until ``rule`` stops it.
 
     Args:
@@ -54,7 +54,6 @@ def watched_search(cfg, rule: StopRule, validate, seed: int, method: str, offset
             every target of a sweep); the curve's ``wall_s`` includes it and ``shared_s`` records it.
         evals0: real evaluations already spent before the search (the SPN pipeline's samples); the curve's
             ``real_evals`` include them and ``shared_real_evals`` records them.
-        target: the search's MACs target, recorded in the curve rows (default ``cfg.target``).
 
     Returns:
         ``{"curve", "result", "search_s", "best"}``: the curve rows, the search's result (counted
@@ -65,7 +64,7 @@ def watched_search(cfg, rule: StopRule, validate, seed: int, method: str, offset
     from rlprune.search.rl import Search
 
     cfg = dataclasses.replace(cfg, iters=rule.max_iters)
-    fixed = {"seed": seed, "method": method, "target": cfg.target if target is None else target}
+    fixed = {"seed": seed, "method": method, "target": cfg.target}
     shared = {"shared_s": round(offset_s, 2), "shared_real_evals": evals0}
     curve: list[dict] = []
     seen: dict[tuple, float] = {}

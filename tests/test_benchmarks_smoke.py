@@ -544,6 +544,11 @@ def test_plots_draw_every_results_csv(quick, bench, tmp_path):
     assert sorted(p.name for p in written) == ["label_fidelity.png", "quality.png", "quantize.png",
                                                "search_speed_curves.png", "targets.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    # One panel per MACs target or fine-tune at most: curves written before the sweep (no target column) are one.
+    from PIL import Image
+
+    assert Image.open(tmp_path / "search_speed_curves.png").size[0] < 1000
+    assert all(Image.open(p).size[0] < 2000 for p in written)
     assert plots.plot_all(tmp_path, quick=True) == []
     with pytest.raises(SystemExit, match="no results CSV"):
         plots.main(["--results-dir", str(tmp_path / "empty")])
