@@ -13,17 +13,8 @@ import torch
 from rlprune.errors import SampleStoreError
 from rlprune.measure.spec import MeasureSpec
 from rlprune.models import digits_resnet
-from rlprune.samples.store import (
-    SAMPLE_COLUMNS,
-    SCHEMA_VERSION,
-    append_samples,
-    now_iso,
-    read_samples,
-    read_spaces,
-    sample_id,
-    space_record,
-    write_space,
-)
+from rlprune.samples.spaces import read_spaces, space_record, write_space
+from rlprune.samples.store import SAMPLE_COLUMNS, SCHEMA_VERSION, append_samples, now_iso, read_samples, sample_id
 from rlprune.space.pruning import FEATURE_NAMES, PruningSpace
 
 SPEC = MeasureSpec()
