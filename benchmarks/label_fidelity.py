@@ -108,7 +108,7 @@ def draw_vectors(space, targets, n: int, seed: int) -> list[dict]:
 
 
 def measure_vector(task, space, base, spec, vec: dict, steps, finals, row: dict | None) -> tuple[dict, bool]:
-    """Every label of ``steps`` and both finals of one vector, measuring only what ``row`` does not hold yet.
+    """Every label of ``steps`` and every final of one vector, measuring only what ``row`` does not hold yet.
 
     Args:
         task, space, base, spec: the task, its base model's space and :class:`Baseline`, the measure spec.
@@ -138,12 +138,23 @@ def measure_vector(task, space, base, spec, vec: dict, steps, finals, row: dict 
                         f"final_s_{j}": round(time.perf_counter() - t0, 3)})
             changed = True
     row.update(final_split="validation", final_steps=spec.finetune_steps,
-               final_acc=(row["final_acc_1"] + row["final_acc_2"]) / 2)
+               final_acc=float(np.mean([row[f"final_acc_{j}"] for j in range(1, len(finals) + 1)])))
     return row, changed
 
 
-def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path) -> tuple[list[dict], int]:
+def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
+        finals: int = 2) -> tuple[list[dict], int]:
     """Measure (or read back from ``work``) every vector's row; each finished row is written atomically.
+
+    Args:
+        task, label, spec: the task, its workload name (``fashion-mnist/resnet20``) and the measure spec (its
+            ``label_steps`` is ignored: ``steps`` names the labels).
+        targets, n, seed: the MACs targets, vectors per target and the seed of :func:`draw_vectors`.
+        steps: the labels' fine-tune steps k.
+        work: where each finished row is kept; rows measured by any caller with the same task, spec and seed
+            are shared (``spn_within_budget`` measures the k=0 label and the first final of the same vectors).
+        finals: how many of the two final fine-tunes (seeds ``seed + 1``, ``seed + 2``) to measure; a row's
+            ``final_acc`` is their mean.
 
     Returns:
         ``(rows, read)``: every vector's row, and how many were read back whole from ``work``.
@@ -155,8 +166,9 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path) -
     space = spec.space_of(model, task.example_input())
     base = measure_baseline(task, model, spec)
     final_seeds = (seed + 1, seed + 2)
-    finals = [(s, reseeded(task, s)) for s in final_seeds]
-    # What a finished row depends on besides its own vector and k (the label code's hash included).
+    tasks = [(s, reseeded(task, s)) for s in final_seeds[:finals]]
+    # What a finished row depends on besides its own vector and k (the label code's hash included); the final
+    # seeds are fixed by ``seed``, so a row with one final and a row with two share the key.
     fixed = {"task": label, "seed": seed, "fingerprint": base.fingerprint, "final_seeds": final_seeds,
              "spec": {**spec.to_dict(), "label_steps": None}, "code": spec.label()["code"]}
     rows, read, t_start = [], 0, time.perf_counter()
@@ -165,8 +177,8 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path) -
         path = work / f"t{vec['target']:g}-v{vec['vector']:03d}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
         saved = saved if saved and saved.get("key") == key else None
-        row, changed = measure_vector(task, space, base, spec, vec, steps, finals, saved)
-        row.update(key=key, task=label, seed=seed)
+        row, changed = measure_vector(task, space, base, spec, vec, steps, tasks, saved)
+        row.update(key=key, task=label, seed=seed, fingerprint=base.fingerprint)
         read += not changed
         if changed:
             row.update(common.provenance())  # when, where and from which commit this row was (last) measured
@@ -174,8 +186,8 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path) -
             atomic_write_json(path, row)
             print(f"{label} target {vec['target']:g} vector {vec['vector']}: labels "
                   + " ".join(f"k{k}={row[f'acc_k{k}']:.1f}" for k in steps)
-                  + f", final {row['final_acc_1']:.1f}/{row['final_acc_2']:.1f} "
-                    f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
+                  + ", final " + "/".join(f"{row[f'final_acc_{j}']:.1f}" for j in range(1, finals + 1))
+                  + f" ({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
         rows.append(row)
     return rows, read
 

@@ -14,91 +14,55 @@ and each is measured twice:
 - its ADAPTIVE-BN accuracy: the k=0 sample label (``evaluate_ratios`` with ``label_steps=0``: prune, recalibrate
   BatchNorm, score the calibration split), the zero-training proxy.
 
-Each finished vector's row is written atomically to ``work`` and read back by a rerun with the same settings
-(the key leaves the label fidelity out: the finals and the k=0 proxy do not depend on it), so a killed run loses
-at most the vector it was measuring. :func:`within_rows` scores the SPNs' predicted drops (negated: a smaller
-drop ranks higher) and the adaptive-BN accuracy against the finals: the within-target Spearman (mean of the
-per-target correlations, resampled within each target) with a 95% bootstrap interval over vectors, and each
-target alone.
+The measuring is ``label_fidelity.run``'s (its k=0 label and first final): each finished vector's row is
+written atomically to ``work`` and read back by a rerun with the same settings (the key leaves the label
+fidelity out), so a killed run loses at most the vector it was measuring, and the label-fidelity study of the
+same workload run into the same ``work`` reuses these rows (adding its other labels and second final).
+:func:`within_rows` scores the SPNs' predicted drops (negated: a smaller drop ranks higher) and the
+adaptive-BN accuracy against the finals: the within-target Spearman (mean of the per-target correlations,
+resampled within each target) with a 95% bootstrap interval over vectors, and each target alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import sys
-import time
 from pathlib import Path
 
 import common
+import label_fidelity
 import numpy as np
 import pandas as pd
 from fidelity_spn import rho_cell
-from label_fidelity import draw_vectors, reseeded
 
 TARGETS = (0.3, 0.5, 0.7)
 """The MACs targets the vectors are projected onto (kept MACs share)."""
 FIELDS = ["task", "target", "vector", "sampler", "macs_ratio", "params_ratio", "final_acc", "final_n", "final_s",
-          "final_split", "final_steps", "final_seed", "bn_acc", "bn_drop", "bn_s", "spn_pred_drop", "ratios"]
+          "final_split", "final_steps", "final_seed", "bn_acc", "bn_s", "spn_pred_drop", "ratios"]
 """The per-vector CSV's columns (then the provenance)."""
 
 
 def measure(task, label: str, spec, n: int, seed: int, work: Path) -> tuple[list[dict], int]:
     """Every vector's final and adaptive-BN accuracy, measured or read back from ``work``.
 
+    The vectors, the k=0 label and the first final are ``label_fidelity.run``'s (one measuring loop, one row
+    format): with the same ``work``, task, spec and seed, this section and the label-fidelity study share rows,
+    and either one resumes from the other's.
+
     Args:
         task: the task whose base model the SPN predicts.
         label: the workload (``fashion-mnist/resnet56``), recorded per row.
         spec: the measure spec (its ``finetune_steps`` make the final; ``label_steps`` is not used here).
         n: vectors per target.
-        seed: seeds the vector draws; the finals fine-tune with ``seed + 1``.
+        seed: seeds the vector draws; the final fine-tunes with ``seed + 1``.
         work: where each finished vector's row is kept (created when needed).
 
     Returns:
-        ``(rows, read)``: one row per vector, target by target, and how many were read back from ``work``.
+        ``(rows, read)``: one row per vector, target by target (``final_*`` the first final, ``bn_*`` the k=0
+        label), and how many were read back from ``work``.
     """
-    from rlprune.io import atomic_write_json
-    from rlprune.measure.recipe import measure_baseline
-
-    model = task.base_model()
-    space = spec.space_of(model, task.example_input())
-    base = measure_baseline(task, model, spec)
-    final_task = reseeded(task, seed + 1)
-    # What a row depends on besides its own vector: not the label fidelity, which neither measurement uses.
-    fixed = {"task": label, "seed": seed, "fingerprint": base.fingerprint,
-             "spec": {**spec.to_dict(), "label_steps": None}, "code": spec.label()["code"]}
-    rows, read, t0 = [], 0, time.perf_counter()
-    for vec in draw_vectors(space, TARGETS, n, seed):
-        key = hashlib.sha256(json.dumps([fixed, vec], sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(work) / f"t{vec['target']:g}-v{vec['vector']:03d}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved and saved.get("key") == key:
-            rows.append(saved)
-            read += 1
-            continue
-        row = {**vec, **_measure_vector(task, final_task, space, base, spec, vec["ratios"]),
-               "key": key, "task": label, "fingerprint": base.fingerprint, **common.provenance()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, row)
-        rows.append(row)
-        print(f"within budget {vec['target']:g} vector {vec['vector']}: final {row['final_acc']:.2f}, adaptive BN "
-              f"{row['bn_acc']:.2f} ({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr, flush=True)
-    return rows, read
-
-
-def _measure_vector(task, final_task, space, base, spec, ratios) -> dict:
-    """One vector's final (validation recipe) and adaptive-BN (k=0 label) measurements."""
-    from rlprune.measure.recipe import evaluate_ratios, prune_and_score
-
-    t0 = time.perf_counter()
-    _, val = prune_and_score(final_task, space, ratios, spec, finetune=True, split="validation")
-    final_s = time.perf_counter() - t0
-    bn = evaluate_ratios(task, space, ratios, base, dataclasses.replace(spec, label_steps=0))
-    return {"final_acc": float(val["acc"]), "final_n": int(val["n"]), "final_s": round(final_s, 3),
-            "final_split": "validation", "final_steps": spec.finetune_steps, "final_seed": final_task.finetune_seed,
-            "bn_acc": bn["acc"], "bn_drop": bn["acc_drop"], "bn_s": round(bn["eval_s"], 3),
-            "macs_ratio": bn["macs_ratio"], "params_ratio": bn["params_ratio"]}
+    rows, read = label_fidelity.run(task, label, spec, TARGETS, n, (0,), seed, work, finals=1)
+    named = {"final_acc": "final_acc_1", "final_n": "final_n_1", "final_s": "final_s_1",
+             "final_seed": "final_seed_1", "bn_acc": "acc_k0", "bn_s": "s_k0"}
+    return [{**r, **{k: r[v] for k, v in named.items()}} for r in rows], read
 
 
 def predicted_drops(spn, rows: list[dict]) -> np.ndarray:

@@ -552,3 +552,29 @@ def test_plots_draw_every_results_csv(quick, bench, tmp_path):
     assert plots.plot_all(tmp_path, quick=True) == []
     with pytest.raises(SystemExit, match="no results CSV"):
         plots.main(["--results-dir", str(tmp_path / "empty")])
+
+
+@pytest.mark.slow
+def test_within_budget_and_label_fidelity_share_their_vectors(digits_task, bench, tmp_path):
+    """The SPN fidelity's within-budget section (k=0 label, first final) and the label-fidelity study measure
+    with one loop into one row format: the study, run into the same folder, keeps the section's measurements
+    and only adds its other labels and its second final."""
+    from rlprune.measure.spec import MeasureSpec
+    from rlprune.spn.nets import one_thread
+
+    wb, lf = bench("spn_within_budget"), bench("label_fidelity")
+    spec = MeasureSpec(finetune_steps=5, eval_batches=1)
+    with one_thread():
+        first, read = wb.measure(digits_task, "digits", spec, 1, 0, tmp_path)
+        assert read == 0 and len(first) == len(wb.TARGETS)
+        assert all("final_acc_2" not in r and "acc_k10" not in r for r in first)
+        assert [r["final_acc"] for r in first] == [r["final_acc_1"] for r in first]
+        assert [r["bn_acc"] for r in first] == [r["acc_k0"] for r in first]
+        study, read = lf.run(digits_task, "digits", spec, wb.TARGETS, 1, (0, 10), 0, tmp_path)
+        again, read_again = wb.measure(digits_task, "digits", spec, 1, 0, tmp_path)
+    assert read == 0 and read_again == len(first)  # the study added to every row; the section only reads
+    for a, s, b in zip(first, study, again, strict=True):
+        assert (s["acc_k0"], s["final_acc_1"], s["ratios"]) == (a["acc_k0"], a["final_acc_1"], a["ratios"])
+        assert s["fingerprint"] == a["fingerprint"] and "acc_k10" in s
+        assert s["final_acc"] == pytest.approx((s["final_acc_1"] + s["final_acc_2"]) / 2)
+        assert b["final_acc"] == a["final_acc"]  # the section's final stays the first, whatever the study added
