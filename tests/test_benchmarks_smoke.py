@@ -578,3 +578,22 @@ def test_within_budget_and_label_fidelity_share_their_vectors(digits_task, bench
         assert s["fingerprint"] == a["fingerprint"] and "acc_k10" in s
         assert s["final_acc"] == pytest.approx((s["final_acc_1"] + s["final_acc_2"]) / 2)
         assert b["final_acc"] == a["final_acc"]  # the section's final stays the first, whatever the study added
+
+
+def test_readme_results_table_is_summary_json(bench):
+    """The README's headline table is exactly what readme_results.py renders from the committed summary.json;
+    a figure with an interval is called real only when the interval excludes 0; a missing one says so."""
+    rr = bench("readme_results")
+    assert rr.main(["--check"]) == 0, "run python benchmarks/readme_results.py after updating summary.json"
+    summary = {"rl_minus_best_baseline_acc_at_0.5": 0.4, "rl_minus_best_baseline_acc_at_0.5_ci": [0.1, 0.7],
+               "quant_rl_minus_best_baseline_acc": -0.05, "quant_rl_minus_best_baseline_acc_ci": [-0.15, 0.06],
+               "end_to_end_speedup": 3.0, "end_to_end_speedup_range": [2.0, 4.0],
+               "workload": {"quality": "fashion-mnist/resnet56"}, "updated": {"quality": "2026-12-01T10:00:00"}}
+    lines = {ln.split(" | ")[1]: ln for ln in rr.render(summary, ["a.png"]).splitlines() if "| `" in ln}
+    at_half = lines["`rl_minus_best_baseline_acc_at_0.5`"]
+    assert "| 0.4 | [0.1, 0.7] | yes | fashion-mnist/resnet56 2026-12-01 |" in at_half
+    assert "| -0.05 | [-0.15, 0.06] | no |" in lines["`quant_rl_minus_best_baseline_acc`"]
+    assert "| 3.00 (range 2.00-4.00) |  |  |" in lines["`end_to_end_speedup`"]
+    assert "not measured yet" in lines["`spn_spearman_at_512`"] and "--arch resnet56" in lines["`spn_spearman_at_512`"]
+    readme = "intro\n" + rr.BEGIN + "\nold\n" + rr.END + "\noutro\n"
+    assert rr.block_of(readme) == rr.BEGIN + "\nold\n" + rr.END and rr.block_of("no markers") is None
