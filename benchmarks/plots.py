@@ -72,9 +72,9 @@ def _subplots(n: int, title: str):
 
 def plot_quality(path: Path, out: Path) -> Path:
     """Accuracy vs MACs ratio per method, one panel per fine-tune (quality.py's per-seed rows)."""
-    import quality
+    import quality_tables
 
-    summary = quality.summarise(_records(path))
+    summary = quality_tables.summarise(_records(path))
     fts = sorted({s["finetune_steps"] for s in summary})
     fig, axes = _subplots(len(fts), f"{summary[0]['task']}: test accuracy at each MACs target "
                                     f"(mean over {max(s['seeds'] for s in summary)} seeds, 95% interval)")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import common
 import numpy as np
-import quality
+from quality_tables import comparisons, rounded
 
 FIELDS = ["task", "seed", "target", "finetune_steps", "method", "source", "size_ratio", "params_ratio", "val_acc",
           "acc", "acc_ci_lo", "acc_ci_hi", "acc_drop", "predicted_drop", "wm_calls", "real_evals", "search_s", "bits",
@@ -74,9 +74,9 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
         rows.append({**common_fields, "method": name, "source": "rl" if name == "rl" else "baseline",
                      "size_ratio": round(r["size_ratio"], 5),
                      "params_ratio": 1.0,  # one fp32 model for every method: the tie-break sees no difference
-                     "val_acc": round(r["val_acc"], 4), "acc": round(r["acc"], 4), "acc_ci_lo": quality._round(lo),
-                     "acc_ci_hi": quality._round(hi), "acc_drop": round(fp32["acc"] - r["acc"], 4),
-                     "predicted_drop": quality._round(r.get("predicted_drop")), "wm_calls": int(r.get("wm_calls", 0)),
+                     "val_acc": round(r["val_acc"], 4), "acc": round(r["acc"], 4), "acc_ci_lo": rounded(lo),
+                     "acc_ci_hi": rounded(hi), "acc_drop": round(fp32["acc"] - r["acc"], 4),
+                     "predicted_drop": rounded(r.get("predicted_drop")), "wm_calls": int(r.get("wm_calls", 0)),
                      "real_evals": int(r.get("real_evals", 0)),
                      "search_s": round(float(r.get("search_s", 0.0)), 2), "bits": " ".join(map(str, r["bits"])),
                      "test_correct": r.get("correct", "")})
@@ -102,8 +102,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"method": m, "seeds": len(v), "size_ratio": round(float(np.mean([float(r["size_ratio"])
                                                                                      for r in v])), 4),
                     "val_acc": round(float(np.mean([float(r["val_acc"]) for r in v])), 2),
-                    "acc": round(float(np.mean(acc)), 2), "acc_ci_lo": quality._round(lo),
-                    "acc_ci_hi": quality._round(hi),
+                    "acc": round(float(np.mean(acc)), 2), "acc_ci_lo": rounded(lo),
+                    "acc_ci_hi": rounded(hi),
                     "acc_std": round(float(np.std(acc, ddof=1)), 2) if len(acc) > 1 else 0.0,
                     "wm_calls": round(float(np.mean([float(r["wm_calls"]) for r in v]))),
                     "real_evals": round(float(np.mean([float(r.get("real_evals") or 0) for r in v]))),
@@ -116,7 +116,7 @@ def headline(rows: list[dict]) -> dict:
     same as ``quant_rl_minus_best_baseline_acc`` (issue 19's name), and ``quant_acc_drop_vs_fp32``: the fp32
     model's test accuracy minus RL's (means over seeds; RL's own interval in ``quant_rl_acc_ci``)."""
     out = {}
-    for c in quality.comparisons(rows, budget="size"):
+    for c in comparisons(rows, budget="size"):
         if c["seed"] == "all":
             k = f"rl_minus_best_baseline_acc_at_size{c['target']:g}"
             out.update({k: c["diff"], f"{k}_ci": [c["diff_ci_lo"], c["diff_ci_hi"]], f"{k}_real": c["real"],
@@ -170,7 +170,7 @@ def markdown(rows: list[dict], header: str, ref: dict | None = None) -> str:
     lines += ["", "## Per method (means over seeds)", ""]
     lines += common.md_table(summarise(rows), ["method", "seeds", "size_ratio", "val_acc", "acc", "acc_ci_lo",
                                                "acc_ci_hi", "acc_std", "wm_calls", "real_evals", "search_s"])
-    comps = quality.comparisons(rows, budget="size")
+    comps = comparisons(rows, budget="size")
     lines += ["", "## RL minus the best baseline (chosen on validation), test points", ""]
     lines += common.md_table(comps, ["seed", "best_baseline", "diff", "diff_ci_lo", "diff_ci_hi", "p_value", "real"])
     return "\n".join(lines) + "\n"

@@ -130,7 +130,7 @@ def test_quick_quality_chooses_on_validation_with_equal_budgets(quick, bench):
     """The best baseline is the validation winner; the paired interval contains the difference; the searches
     spend RL's counted budget; every accuracy has an interval around it and every method meets the target."""
     out, _ = quick("quality")
-    quality = bench("quality")
+    quality = bench("quality_tables")
     rows = _csv(out / "quality_quick.csv")
     for r in rows:
         _assert_in_ci(r["acc"], r["acc_ci_lo"], r["acc_ci_hi"])
@@ -341,15 +341,18 @@ def test_update_summary_merges_atomically(tmp_path, bench):
     common.update_summary(tmp_path, {"q": 1}, "quality", label=common.HEADLINE_WORKLOAD["quality"])
     common.update_summary(tmp_path, {"q": 2}, "quality", label="digits")
     common.update_summary(tmp_path, {"lf": 3}, "label_fidelity", label="digits")
+    common.update_summary(tmp_path, {"x": 4}, "no_headline", label="digits")  # a script without one: summary.json
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["q"] == 1 and s["lf"] == 3 and s["task"] == "fashion-mnist"
+    assert s["q"] == 1 and s["x"] == 4 and "lf" not in s and s["task"] == "fashion-mnist"
     assert s["workload"] == {"quality": common.HEADLINE_WORKLOAD["quality"]}
-    assert json.loads((tmp_path / "summary_digits.json").read_text())["q"] == 2
+    digits = json.loads((tmp_path / "summary_digits.json").read_text())
+    assert digits["q"] == 2 and digits["lf"] == 3 and digits["workload"] == {"quality": "digits",
+                                                                             "label_fidelity": "digits"}
 
 
 def test_params_removed_at_equal_drop_interpolates_between_targets(bench):
     """The rule's curve is walked from the unpruned model; RL's drop may fall between two targets."""
-    quality = bench("quality")
+    quality = bench("quality_tables")
     points = [(0.5, 0.3), (1.4, 0.52), (5.0, 0.8)]  # (acc drop, params removed), least pruned first
     assert quality.removed_at_drop(points, 0.83) == pytest.approx(0.3 + 0.33 / 0.9 * 0.22)
     assert quality.removed_at_drop(points, 10.0) == pytest.approx(0.8)
@@ -384,7 +387,7 @@ def _synthetic_rows() -> list[dict]:
 def test_quality_chooses_the_best_baseline_on_validation(bench):
     """The baseline compared with RL is the validation winner (``cem``), not the test winner (``uniform``);
     pooled over seeds the difference is the mean of the per-seed ones, inside its interval, with its spread."""
-    quality = bench("quality")
+    quality = bench("quality_tables")
     rows = _synthetic_rows()
     comps = [c for c in quality.comparisons(rows) if c["target"] == 0.5]
     per_seed = [c for c in comps if c["seed"] != "all"]
