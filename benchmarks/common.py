@@ -35,11 +35,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = "summary.json"
 HEADLINE_WORKLOAD = {"search_speed": "fashion-mnist/resnet20", "quality": "fashion-mnist/resnet56",
                      "spn_fidelity": "fashion-mnist/resnet56", "scaling": "fashion-mnist/resnet56",
-                     "targets": "fashion-mnist/resnet20", "quantize": "fashion-mnist/resnet20"}
+                     "targets": "fashion-mnist/resnet20", "quantize": "fashion-mnist/resnet20",
+                     "label_fidelity": "fashion-mnist/resnet20"}
 """Per script, the workload whose full run supplies the headline figures of ``summary.json`` (the real workload;
 the net each headline is defined on). Its full runs on any other workload keep their figures, under the same
 keys, in ``summary_<workload>.json`` (e.g. ``summary_digits.json``), so no figure overwrites another workload's.
-Scripts not listed (label_fidelity) name the workload in their keys and always write ``summary.json``."""
+(label_fidelity's keys name their workload too; its headline is the study issue 15 chooses the default on.)"""
 PROVENANCE = ("date", "commit", "machine", "load_1min")
 """The columns every results CSV row carries (see :func:`stamped`)."""
 _ARCHIVED_COMMIT = "$Format:%H$"

@@ -50,7 +50,7 @@ without it a temporary folder is used. Writes ``label_fidelity[_<task>_<arch>][_
 vector: ``acc_k<k>``, ``loss_k<k>``, ``s_k<k>``, ``final_acc_1/2``, ``final_split``) and ``.md`` into
 ``--results-dir``, and section 2's table as ``label_fidelity[...]_spn[_quick].csv`` (one row per SPN and
 scope; cached in ``--work`` too); a full run merges its headline figures (``label_fidelity_<task>_...``) into
-summary.json.
+summary.json (fashion-mnist ResNet-20, the study the default label is chosen on) or ``summary_<workload>.json``.
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def main(argv=None) -> None:
     common.write_csv(args.results_dir, common.stem(f"{name}_spn", q), comparison)
     common.write_results(args.results_dir, common.stem(name, q), rows, md, fields)
     if not q:
-        common.update_summary(args.results_dir, headline(rows, comparison), "label_fidelity")
+        common.update_summary(args.results_dir, headline(rows, comparison), "label_fidelity", label=label)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from rlprune.cli.common import add_measure_args, measure_spec
+from rlprune.cli.common import add_measure_args, add_task_args, measure_spec
 from rlprune.errors import ConfigError
 from rlprune.measure.recipe import evaluate_ratios, measure_baseline, prune_and_score
-from rlprune.measure.spec import LABEL_FIELDS, MeasureSpec
+from rlprune.measure.spec import LABEL_FIELDS, TASK_LABEL_STEPS, MeasureSpec
 from rlprune.pipeline.config import from_mapping
 from rlprune.search.rl import _evaluate
 from rlprune.spn.nets import one_thread
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = MeasureSpec(eval_batches=1, bn_batches=2)
 
@@ -98,3 +101,40 @@ def test_label_steps_from_the_command_line_and_yaml():
     assert cfg.key("measure_label") != from_mapping({"out": "runs/x"}).key("measure_label")
     with pytest.raises(ConfigError, match=r"measure\.label_steps=-1 is invalid"):
         from_mapping({"out": "runs/x", "measure": {"label_steps": -1}})
+
+
+def test_a_built_in_task_starts_from_its_studied_label(monkeypatch):
+    """The CLI and a run config start a studied task from its chosen label; a flag or a YAML value wins; a task
+    nobody studied starts from 0 (a table value of 7 stands in for a study's choice, so 0 cannot pass by luck)."""
+    monkeypatch.setitem(TASK_LABEL_STEPS, "fashion-mnist", 7)
+    p = argparse.ArgumentParser()
+    add_task_args(p)
+    add_measure_args(p)
+    assert measure_spec(p.parse_args(["--task", "fashion-mnist"])).label_steps == 7
+    assert measure_spec(p.parse_args(["--task", "fashion-mnist", "--label-steps", "0"])).label_steps == 0
+    assert measure_spec(p.parse_args(["--task", "cifar10"])).label_steps == 0  # not studied: adaptive BN
+    assert from_mapping({"out": "runs/x", "task": "fashion-mnist"}).measure.label_steps == 7
+    given = {"out": "runs/x", "task": "fashion-mnist", "measure": {"label_steps": 10}, "preset": "full"}
+    assert from_mapping(given).measure.label_steps == 10
+    assert from_mapping({"out": "runs/x"}).measure.label_steps == TASK_LABEL_STEPS["digits"]  # the default task
+    assert "studied label, digits 0, fashion-mnist 7;" in " ".join(p.format_help().split())  # --help says so
+
+
+def test_each_studied_default_is_the_label_its_study_chose(monkeypatch):
+    """A default label is the one issue 15's rule picks from the task's committed study rows, not a guess.
+
+    The study's rows (benchmarks/results/raw/label_fidelity_*) are the data the README's table was made from;
+    the SPN learns accuracy labels, so the choice is among the accuracy labels."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_fidelity
+
+    studies = {"digits": "label_fidelity_digits", "fashion-mnist": "label_fidelity_fashionmnist_resnet20"}
+    assert set(TASK_LABEL_STEPS) <= set(studies)  # a task gets a default only from a committed study
+    for task in TASK_LABEL_STEPS:
+        folder = studies[task]
+        files = sorted((ROOT / "benchmarks/results/raw" / folder).glob("t*-v*.json"))  # one row per vector
+        rows = [json.loads(f.read_text()) for f in files]
+        assert len({r["target"] for r in rows}) == 3 and len(rows) >= 60, f"{task}: the study is incomplete"
+        summary = [s for s in label_fidelity.summarise(rows) if s["metric"] == "acc"]
+        best = label_fidelity.cheapest(summary)
+        assert best is not None and TASK_LABEL_STEPS[task] == best["k"], (task, best)

@@ -201,10 +201,14 @@ def add_measure_args(p: argparse.ArgumentParser, *, label: bool = True, final: b
         g.add_argument("--bn-batches", type=int, help="calibration batches of 128 for BN recalibration (default 4)")
         g.add_argument("--eval-batches", type=int,
                        help="calibration batches of 128 a sample or real evaluation is scored on (default: all)")
+        from rlprune.measure.spec import TASK_LABEL_STEPS
+
+        studied = ", ".join(f"{t} {k}" for t, k in TASK_LABEL_STEPS.items())
         g.add_argument("--label-steps", type=int, metavar="K",
                        help="the label's fidelity: SGD steps of a short fine-tune of its own (train split, cosine "
                             "from the fine-tune lr to 0) that every sample and online/AMC-style real evaluation "
-                            "gets before it is scored (default 0: scored right after BN recalibration). Each step "
+                            "gets before it is scored (default: the task's studied label, " + studied + "; other "
+                            "tasks 0 = scored right after BN recalibration; README, label fidelity). Each step "
                             "costs about one training step, so K steps make every label about K training steps "
                             "dearer; benchmarks/label_fidelity.py measures which K ranks like the fine-tuned "
                             "accuracy")
@@ -226,10 +230,11 @@ def measure_spec(args, **defaults):
     Raises:
         ConfigError: a flag value the spec rejects (named).
     """
-    from rlprune.measure.spec import MeasureSpec
+    from rlprune.measure.spec import MeasureSpec, task_measure_defaults
 
+    studied = task_measure_defaults(getattr(args, "task", None))  # a built-in task's chosen label
     try:
-        return MeasureSpec(**{**defaults, **measure_overrides(args)})
+        return MeasureSpec(**{**studied, **defaults, **measure_overrides(args)})
     except ConfigError as e:  # name the flag the user typed, not the spec's field
         m = re.match(r"measure\.(\w+)=(.*?) is invalid; (.*)", str(e))
         raise (ConfigError(f"--{m[1].replace('_', '-')} {m[2]} is invalid; {m[3]}") if m else e) from e

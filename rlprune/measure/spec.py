@@ -35,6 +35,12 @@ MAX_RATIO = 0.9
 LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches", "label_steps")
 """The fields a sample label depends on (``finetune_lr`` too while ``label_steps`` > 0; the validation
 fine-tune's steps and the latency settings only affect validation)."""
+TASK_LABEL_STEPS: dict[str, int] = {"digits": 0}
+"""Each built-in task's default ``label_steps``, chosen by issue 15's rule from the task's label-fidelity study
+(``benchmarks/label_fidelity.py``; the table is in the README): the cheapest label whose within-target Spearman
+with the validated final accuracy is >= 0.8, or within 0.1 of the final recipe's own seed-to-seed agreement.
+A test recomputes the choice from the committed study rows, so a default cannot drift from its data. Other
+tasks and your own models get 0 (adaptive-BN accuracy, the cheapest label) until studied."""
 MEASURE_CODE = ("measure/recipe.py", "space", "tasks")
 """The source a sample label depends on besides the spec (pruning, recalibration, data, scoring): a label
 measured by other code is another label, so its hash is part of :meth:`MeasureSpec.label`."""
@@ -62,7 +68,8 @@ class MeasureSpec:
     eval_batches: int | None = None
     """Calibration batches a sample label or an online/AMC-style evaluation is scored on (None: all)."""
     label_steps: int = 0
-    """The label's fidelity: SGD steps of a short fine-tune of its own (train split, cosine-decayed from
+    """The label's fidelity (a run or a CLI verb on a built-in task starts from the task's studied default,
+    :data:`TASK_LABEL_STEPS`): SGD steps of a short fine-tune of its own (train split, cosine-decayed from
     ``finetune_lr`` to 0 over these steps) that a sample label, an online round's or the AMC-style real
     evaluation gets after BN recalibration and before it is scored on the calibration split. 0 scores right
     after recalibration (adaptive-BN accuracy, the cheapest label); each step costs about one training step,
@@ -152,6 +159,19 @@ class MeasureSpec:
         return self.space_of(task.base_model(), task.example_input())
 
 
+def task_measure_defaults(task) -> dict:
+    """The ``MeasureSpec`` fields a task sets unless the user or the config does: a studied task's label.
+
+    Args:
+        task: a task name (``digits``), ``package.module:callable``, a ``Task`` or None.
+
+    Returns:
+        ``{"label_steps": k}`` for a task in :data:`TASK_LABEL_STEPS`, else ``{}`` (the spec's own defaults).
+    """
+    name = task if isinstance(task, str) else getattr(task, "name", None)
+    return {"label_steps": TASK_LABEL_STEPS[name]} if name in TASK_LABEL_STEPS else {}
+
+
 @functools.cache
 def source_hash(*parts: str | Path) -> str:
     """A 12-hex-digit hash of source files: paths relative to the ``rlprune`` package, or absolute.
@@ -173,4 +193,5 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-__all__ = ["IMPORTANCES", "LABEL_FIELDS", "MAX_RATIO", "MEASURE_CODE", "MeasureSpec", "source_hash"]
+__all__ = ["IMPORTANCES", "LABEL_FIELDS", "MAX_RATIO", "MEASURE_CODE", "TASK_LABEL_STEPS", "MeasureSpec",
+           "source_hash", "task_measure_defaults"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlprune.errors import ConfigError
-from rlprune.measure.spec import MeasureSpec
+from rlprune.measure.spec import MeasureSpec, task_measure_defaults
 
 STAGES = ("base", "samples", "spn", "sweep", "validate", "report", "quantize")
 """Pipeline stages in order; each is skipped on rerun when its recorded output is still valid. ``quantize``
@@ -357,7 +357,9 @@ def from_mapping(data: dict) -> RunConfig:
         bad = sorted(set(given) - valid)
         if bad:
             raise ConfigError(f"unknown key(s) {', '.join(bad)} in section {name!r}; valid: {', '.join(sorted(valid))}")
-        merged = {**PRESETS[preset].get(name, {}), **given}
+        # A built-in task's studied label comes first: the preset and the user's section both override it.
+        task_default = task_measure_defaults(data.get("task") or RunConfig.task) if name == "measure" else {}
+        merged = {**task_default, **PRESETS[preset].get(name, {}), **given}
         data[name] = _build(cls, name, merged)
     return _build(RunConfig, "run", data)
 
