@@ -31,7 +31,10 @@ each target alone. The last line is the final recipe against itself: seed 1's fi
 finals' own noise caps what any label can reach: even a label ranking exactly like the noise-free final would
 correlate only about sqrt(2 rho_ff / (1 + rho_ff)) with the two seeds' mean (Spearman-Brown, approximate for
 ranks), so a label near rho_ff is about as good as this final can tell. The "cheapest label" line applies the
-rule of issue 15: the cheapest label whose within-target Spearman is >= 0.8 or within 0.1 of rho_ff. Nothing
+rule of issue 15 target by target: the cheapest label that, at EVERY target, has a Spearman >= 0.8 or within 0.1
+of that target's rho_ff. (Per target, because the bound differs by target: where the finals of a budget barely
+differ, rho_ff is low and any label is "within 0.1" of it; averaged with the other targets, that would excuse a
+label that ranks clearly worse than the final at a budget where the final does discriminate.) Nothing
 is asserted; with the quick mode's 4 vectors per target every interval is wide and the ranking is noise.
 
 Section 2: can many cheap labels plus a few finals stand in for many finals? The same rows, used as sample
@@ -70,8 +73,8 @@ from fidelity_spn import BUDGET_SHARE, comparison_cached, fidelity_markdown, rho
 
 METRICS = ("acc", "loss")
 RULE_RHO, RULE_GAP = 0.8, 0.1
-"""Issue 15's choice of the default label: within-target Spearman >= 0.8, or within 0.1 of the final recipe's
-own seed-to-seed agreement."""
+"""Issue 15's choice of the default label: at every target, Spearman >= 0.8 or within 0.1 of the final recipe's
+own seed-to-seed agreement at that target (:func:`cheapest`)."""
 BUDGET = "macs"
 
 
@@ -233,11 +236,25 @@ def summarise(rows: list[dict], steps=None) -> list[dict]:
 
 
 def cheapest(summary: list[dict]) -> dict | None:
-    """The cheapest label meeting issue 15's rule (see :data:`RULE_RHO`), or None."""
-    within = {(s["k"], s["metric"]): s for s in summary if s["scope"] == "within"}
-    bound = within[("final", "acc")]["rho"]
-    ok = [s for (k, _), s in within.items() if k != "final" and np.isfinite(s["rho"])
-          and (s["rho"] >= RULE_RHO or (np.isfinite(bound) and s["rho"] >= bound - RULE_GAP))]
+    """The cheapest label meeting issue 15's rule at every target (see :data:`RULE_RHO`), or None.
+
+    Args:
+        summary: :func:`summarise`'s rows (the labels to choose among, and the final's seed-vs-seed rows).
+
+    Returns:
+        The chosen label's ``within`` row (its mean within-target Spearman, for the report), or None.
+    """
+    rows = {(s["k"], s["metric"], s["scope"]): s for s in summary}
+    targets = [sc for (k, _, sc) in rows if k == "final" and sc not in ("all", "within")]
+
+    def meets(k, metric, target) -> bool:
+        rho, bound = rows[(k, metric, target)]["rho"], rows[("final", "acc", target)]["rho"]
+        if not np.isfinite(bound):  # the finals of this target are all equal: nothing to rank against
+            return True
+        return bool(np.isfinite(rho) and (rho >= RULE_RHO or rho >= bound - RULE_GAP))
+
+    ok = [s for (k, m, sc), s in rows.items() if sc == "within" and k != "final"
+          and all(meets(k, m, t) for t in targets)]
     return min(ok, key=lambda s: (s["cost_s"], s["k"]), default=None)
 
 
@@ -256,8 +273,8 @@ def markdown(rows: list[dict], summary: list[dict], header: str) -> str:
         lines.append(f"| {name} | {first['cost_s']:.2f} | {cells} |")
     best = cheapest(summary)
     bound = by[(names[-1], "within")]
-    lines += ["", f"Cheapest label with within-target Spearman >= {RULE_RHO} or within {RULE_GAP} of the final "
-              f"recipe's own ({rho_cell(bound)}): "
+    lines += ["", f"Cheapest label whose Spearman at every target is >= {RULE_RHO} or within {RULE_GAP} of the "
+              f"final recipe's own at that target (seed 1 vs seed 2, last line; within-target {rho_cell(bound)}): "
               + (f"**{best['label']}** ({best['cost_s']:.2f} s, {rho_cell(best)})." if best else "**none**."), "",
               "## Accuracy levels (mean over vectors; min-max of the final)", ""]
     steps = sorted(int(c[5:]) for c in rows[0] if c.startswith("acc_k"))

@@ -600,3 +600,22 @@ def test_readme_results_table_is_summary_json(bench):
     assert "not measured yet" in lines["`spn_spearman_at_512`"] and "--arch resnet56" in lines["`spn_spearman_at_512`"]
     readme = "intro\n" + rr.BEGIN + "\nold\n" + rr.END + "\noutro\n"
     assert rr.block_of(readme) == rr.BEGIN + "\nold\n" + rr.END and rr.block_of("no markers") is None
+
+
+def test_cheapest_label_must_meet_the_rule_at_every_target(bench):
+    """A label ranking far below the final where the finals discriminate is not excused by a target where they
+    do not (low seed-to-seed agreement there), even when its mean within-target Spearman would be."""
+    lf = bench("label_fidelity")
+
+    def rows(k, cost, per_target):
+        out = [{"k": k, "metric": "acc", "cost_s": cost, "scope": "within", "rho": float(np.mean(per_target))}]
+        return out + [{"k": k, "metric": "acc", "cost_s": cost, "scope": t, "rho": r}
+                      for t, r in zip(("0.3", "0.7"), per_target, strict=True)]
+
+    final = rows("final", 90.0, [0.9, 0.3])  # the mean bound is 0.6
+    cheap = rows(0, 5.0, [0.7, 0.5])  # mean 0.6: "within 0.1" of the mean bound, but 0.2 below it at 0.3
+    dear = rows(25, 17.0, [0.85, 0.2])  # >= 0.8 at 0.3, within 0.1 of the bound at 0.7
+    assert lf.cheapest(final + cheap + dear)["k"] == 25
+    assert lf.cheapest(final + cheap) is None
+    flat = [dict(r, rho=float("nan")) if r["scope"] == "0.7" else r for r in final]  # finals all equal at 0.7
+    assert lf.cheapest(flat + rows(0, 5.0, [0.82, float("nan")]))["k"] == 0
