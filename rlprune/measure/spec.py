@@ -37,8 +37,9 @@ LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_bat
 fine-tune's steps and the latency settings only affect validation)."""
 TASK_LABEL_STEPS: dict[str, int] = {"digits": 0}
 """Each built-in task's default ``label_steps``, chosen by issue 15's rule from the task's label-fidelity study
-(``benchmarks/label_fidelity.py``; the table is in the README): the cheapest label whose within-target Spearman
-with the validated final accuracy is >= 0.8, or within 0.1 of the final recipe's own seed-to-seed agreement.
+(``benchmarks/label_fidelity.py``; the table is in the README): the cheapest label whose Spearman with the
+validated final accuracy is, at every MACs target, >= 0.8 or within 0.1 of the final recipe's own seed-to-seed
+agreement there. A run whose default changes measures its samples again (the label is part of their id).
 A test recomputes the choice from the committed study rows, so a default cannot drift from its data. Other
 tasks and your own models get 0 (adaptive-BN accuracy, the cheapest label) until studied."""
 MEASURE_CODE = ("measure/recipe.py", "space", "tasks")
