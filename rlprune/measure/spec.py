@@ -35,7 +35,7 @@ MAX_RATIO = 0.9
 LABEL_FIELDS = ("importance", "round_to", "recalibrate", "bn_batches", "eval_batches", "label_steps")
 """The fields a sample label depends on (``finetune_lr`` too while ``label_steps`` > 0; the validation
 fine-tune's steps and the latency settings only affect validation)."""
-TASK_LABEL_STEPS: dict[str, int] = {"digits": 0}
+TASK_LABEL_STEPS: dict[str, int] = {"digits": 0, "fashion-mnist": 25}
 """Each built-in task's default ``label_steps``, chosen by issue 15's rule from the task's label-fidelity study
 (``benchmarks/label_fidelity.py``; the table is in the README): the cheapest label whose Spearman with the
 validated final accuracy is, at every MACs target, >= 0.8 or within 0.1 of the final recipe's own seed-to-seed
