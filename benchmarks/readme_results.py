@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import HEADLINE_WORKLOAD
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- results-table:begin (benchmarks/readme_results.py) -->", "<!-- results-table:end -->"
@@ -85,9 +87,6 @@ def render(summary: dict, plots: list[str]) -> str:
     Returns:
         The block, from :data:`BEGIN` to :data:`END`.
     """
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import HEADLINE_WORKLOAD
-
     lines = [BEGIN, "", "| figure | key | value | 95% interval | real? | workload, date | produced by |",
              "|---|---|---|---|---|---|---|"]
     lines += [_row(summary, k, s, w, HEADLINE_WORKLOAD) for k, s, w in FIGURES]
