@@ -5,6 +5,7 @@ How to run:
     python benchmarks/label_fidelity.py             # ~20-30 min on digits: 24 vectors x 3 targets, k 0 10 25 50 100
     python benchmarks/label_fidelity.py --task fashion-mnist --arch resnet20 --work ~/bench/lf-fm20   # hours on
     python benchmarks/label_fidelity.py --task fashion-mnist --arch resnet56 --work ~/bench/lf-fm56   # 2 cores
+    python benchmarks/label_fidelity.py ... --work W --shard 0/2 & ... --shard 1/2; then without --shard: tables
 
 What it measures. Per MACs target (``--targets``), ``--vectors`` ratio vectors are drawn from the samplers the
 sample store is filled with (``mixed``: uniform, Sobol, rule families, budget directions; each vector from its
@@ -58,6 +59,7 @@ summary.json (fashion-mnist ResNet-20, the study the default label is chosen on)
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import hashlib
@@ -146,7 +148,7 @@ def measure_vector(task, space, base, spec, vec: dict, steps, finals, row: dict 
 
 
 def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
-        finals: int = 2) -> tuple[list[dict], int]:
+        finals: int = 2, shard: tuple[int, int] = (0, 1)) -> tuple[list[dict], int]:
     """Measure (or read back from ``work``) every vector's row; each finished row is written atomically.
 
     Args:
@@ -158,9 +160,11 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
             are shared (``spn_within_budget`` measures the k=0 label and the first final of the same vectors).
         finals: how many of the two final fine-tunes (seeds ``seed + 1``, ``seed + 2``) to measure; a row's
             ``final_acc`` is their mean.
+        shard: ``(i, m)``: only the vectors whose index is ``i`` modulo ``m`` (several processes sharing ``work``
+            measure disjoint vectors; each row is one file, so they never write the same one).
 
     Returns:
-        ``(rows, read)``: every vector's row, and how many were read back whole from ``work``.
+        ``(rows, read)``: every vector's row (of this shard), and how many were read back whole from ``work``.
     """
     from rlprune.io import atomic_write_json
     from rlprune.measure.recipe import measure_baseline
@@ -176,6 +180,8 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
              "spec": {**spec.to_dict(), "label_steps": None}, "code": spec.label()["code"]}
     rows, read, t_start = [], 0, time.perf_counter()
     for vec in draw_vectors(space, targets, n, seed):
+        if vec["vector"] % shard[1] != shard[0]:
+            continue
         key = hashlib.sha256(json.dumps([fixed, vec], sort_keys=True).encode()).hexdigest()[:16]
         path = work / f"t{vec['target']:g}-v{vec['vector']:03d}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
@@ -316,6 +322,21 @@ def headline(rows: list[dict], comparison: list[dict] | None = None) -> dict:
     return out
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/M"`` -> ``(I, M)`` with ``0 <= I < M``.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, naming the value.
+    """
+    try:
+        i, m = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, m = -1, 0
+    if not 0 <= i < m:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: want I/M with 0 <= I < M, e.g. 0/2 and 1/2")
+    return i, m
+
+
 def main(argv=None) -> None:
     """Measure every vector's labels and finals (resuming from ``--work``), then write the tables."""
     p = common.parser(__doc__)
@@ -333,7 +354,12 @@ def main(argv=None) -> None:
     p.add_argument("--spn-share", type=float, help="section 2's budget: what finals of this share of a fold's "
                                                    f"training vectors cost (default {BUDGET_SHARE:.2f}; quick 0.9)")
     p.add_argument("--spn-steps", type=int, help="section 2's SPN optimiser steps at most (default 4000; quick 600)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/M",
+                   help="measure only the vectors whose index is I modulo M into --work and stop (no tables): run "
+                        "M shards side by side, one core each, then once without --shard to write the tables")
     args = p.parse_args(argv)
+    if args.shard != (0, 1) and args.work is None:
+        p.error("--shard needs --work: the shards' rows meet there")
     import torch
 
     from rlprune.measure.spec import MeasureSpec
@@ -350,7 +376,11 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        rows, read = run(task, label, spec, args.targets, n, steps, args.seed, work)
+        rows, read = run(task, label, spec, args.targets, n, steps, args.seed, work, shard=args.shard)
+        if args.shard != (0, 1):
+            print(f"shard {args.shard[0]}/{args.shard[1]}: {len(rows)} vectors in {work} ({read} read back); run "
+                  "again without --shard for the tables", file=sys.stderr)
+            return
         t1 = time.perf_counter()
         features = spec.task_space(task).features()
         comparison = comparison_cached(rows, features, share, args.seed, args.spn_steps or (600 if q else 4000), work)
