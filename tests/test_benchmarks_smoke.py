@@ -245,6 +245,27 @@ def test_quick_label_fidelity_scores_every_label_against_validation_finals(quick
 
 
 @pytest.mark.slow
+def test_label_fidelity_shards_measure_disjoint_vectors_into_one_folder(quick):
+    """``--shard 1/2`` measures only the odd vectors that --work lacks (here vector 5 of each target; 1 and 3 are
+    read back), writes no tables; a bad shard or one without --work is refused before anything is measured."""
+    out, _ = quick("label_fidelity")
+    work = out / "work"
+    before = {p.name for p in work.glob("t*-v*.json")}
+    cmd = [sys.executable, str(BENCH / "label_fidelity.py"), "--quick", "--vectors", "6", "--results-dir",
+           str(out / "shard"), "--work", str(work)]
+    proc = subprocess.run([*cmd, "--shard", "1/2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    new = {p.name for p in work.glob("t*-v*.json")} - before
+    assert new == {f"t{t}-v005.json" for t in ("0.3", "0.5", "0.7")}
+    assert "9 vectors" in proc.stderr and "(6 read back)" in proc.stderr
+    assert not (out / "shard").exists() or not list((out / "shard").iterdir())
+    for bad, why in ((["--shard", "2/2"], "0 <= I < M"), (["--shard", "1/2"], "--shard needs --work")):
+        args = cmd[:-2] + bad if why.startswith("--shard needs") else [*cmd, *bad]
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and why in proc.stderr
+
+
+@pytest.mark.slow
 def test_quick_search_speed_curves_are_like_for_like(quick, bench):
     """Three seeds of both searches; curves rise monotonically in time; counts are counted and match the
     table; the speedup is read at the best validation accuracy both reached."""
