@@ -32,7 +32,7 @@ import common
 import numpy as np
 import pandas as pd
 
-from rlprune.pipeline.report import save_figure
+from rlprune.pipeline.report.figures import save_figure
 
 STYLE = {"rl": ("C3", "o"), "conditioned_rl": ("C3", "o"), "per_target_rl": ("C1", "s"), "cem": ("C0", "^"),
          "random_search": ("C2", "v"), "global_l1": ("C4", "D"), "uniform": ("C7", "x"), "larger_group": ("C5", "+"),

@@ -33,7 +33,9 @@ the time from asking for a target to having its vector (for an unseen target: th
 
 Reading it: the summary table gives per method the total SPN calls and wall over all targets, mean test
 accuracy at the training and at the unseen targets (over seeds), and the median time to answer an unseen
-target. Nothing is asserted. Full mode on digits merges ``targets_*`` figures into ``summary.json``.
+target; below it, conditioned RL minus CEM over every target and seed with a 95% paired interval (test images
+resampled, each with its outcome at every target; rows keep their per-image outcomes, ``test_correct``).
+Nothing is asserted. Full mode on digits merges ``targets_*`` figures into ``summary.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ import numpy as np
 METHODS = ("conditioned_rl", "per_target_rl", "random_search", "cem")
 UNSEEN = (0.45, 0.65)
 FIELDS = ["task", "seed", "target", "kind", "method", "macs_ratio", "params_ratio", "val_acc", "acc", "acc_ci_lo",
-          "acc_ci_hi", "predicted_acc_drop", "spn_calls", "search_s", "answer_s", "projected", "chosen", "ratios"]
+          "acc_ci_hi", "predicted_acc_drop", "spn_calls", "search_s", "answer_s", "projected", "chosen", "ratios",
+          "test_correct"]
 BUDGET = "macs"
 
 
@@ -130,7 +133,8 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, train_targets: list[f
                          "predicted_acc_drop": round(float(got["predicted"]), 3), "spn_calls": got["spn_calls"],
                          "search_s": round(got["search_s"], 3), "answer_s": round(got["answer_s"], 4),
                          "projected": not np.allclose(cm.achieved(np.asarray(got["ratios"])), row["ratios"]),
-                         "ratios": " ".join(f"{x:.4f}" for x in row["ratios"])})
+                         "ratios": " ".join(f"{x:.4f}" for x in row["ratios"]),
+                         "test_correct": row.get("test_correct")})  # packed per-image outcomes: paired intervals
         chosen = max(mine, key=lambda r: (r["val_acc"], -r["params_ratio"], r["method"]))["method"]
         rows += [{**r, "chosen": chosen} for r in mine]
         print(f"{label} seed {seed} target {t:g}: done (validation picks {chosen})", file=sys.stderr, flush=True)
@@ -180,7 +184,41 @@ def headline(rows: list[dict]) -> dict:
             "conditioned_minus_per_target_cem_acc_per_seed": [
                 round(_mean_acc(rows, "conditioned_rl", seed) - _mean_acc(rows, "cem", seed), 3)
                 for seed in sorted({r["seed"] for r in rows})],
-            "unseen_target_answer_s": c["unseen_answer_s"]}
+            "unseen_target_answer_s": c["unseen_answer_s"],
+            **_paired_figure(rows, "conditioned_rl", "cem", "conditioned_minus_per_target_cem_acc")}
+
+
+def paired_over_targets(rows: list[dict], a: str, b: str) -> dict | None:
+    """Method ``a`` minus ``b``, mean test accuracy over every target and seed, with a paired interval.
+
+    Per seed, each test image scores ``100 x`` the share of the targets at which a method got it right (so the
+    mean over images is the mean accuracy over the targets); the images of every seed are pooled and
+    ``rlprune.measure.stats.paired_difference`` resamples them, each image with all its targets (the same
+    images serve every target of a seed, so resampling (image, target) pairs would treat them as independent
+    and narrow the interval).
+
+    Returns:
+        ``paired_difference``'s dict, or None when a row lacks its per-image outcomes (rows of an older run).
+    """
+    from rlprune.measure.stats import paired_difference, unpack_correct
+
+    mine = [r for r in rows if r["kind"] != "train" and r["method"] in (a, b)]
+    if not mine or any(not isinstance(r.get("test_correct"), str) for r in mine):
+        return None
+    per_method: dict[str, list[np.ndarray]] = {a: [], b: []}
+    for seed in sorted({r["seed"] for r in mine}):
+        for m in (a, b):
+            outcomes = [unpack_correct(r["test_correct"]) for r in sorted(mine, key=lambda r: float(r["target"]))
+                        if r["seed"] == seed and r["method"] == m]
+            per_method[m].append(100.0 * np.mean(outcomes, axis=0))
+    return paired_difference(np.concatenate(per_method[a]), np.concatenate(per_method[b]))
+
+
+def _paired_figure(rows: list[dict], a: str, b: str, key: str) -> dict:
+    got = paired_over_targets(rows, a, b)
+    if got is None:
+        return {f"{key}_ci": None, f"{key}_real": None}
+    return {f"{key}_ci": [round(x, 3) for x in got["diff_ci"]], f"{key}_real": got["real"]}
 
 
 def _mean_acc(rows: list[dict], method: str, seed=None) -> float:
@@ -197,8 +235,13 @@ def markdown(rows: list[dict], header: str) -> str:
     summary = summarise(rows)
     scols = ["method", "spn_calls", "wall_s", "acc_trained", "acc_trained_ci", "acc_unseen", "acc_unseen_ci",
              "chosen", "unseen_answer_s"]
-    lines = [header, "", "## Per method (means over seeds)", "", *common.md_table(summary, scols), "",
-             "## Per target", "", *common.md_table(per_target, cols)]
+    lines = [header, "", "## Per method (means over seeds)", "", *common.md_table(summary, scols), ""]
+    got = paired_over_targets(rows, "conditioned_rl", "cem")
+    if got is not None:
+        lines += [f"Conditioned RL minus CEM, mean test accuracy over every target and seed: {got['diff']:+.2f} "
+                  f"points, 95% paired interval [{got['diff_ci'][0]:+.2f}, {got['diff_ci'][1]:+.2f}] (resampling test "
+                  f"images, each with all its targets): {'a real' if got['real'] else 'not a real'} difference.", ""]
+    lines += ["## Per target", "", *common.md_table(per_target, cols)]
     return "\n".join(lines)
 
 

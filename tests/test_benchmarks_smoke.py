@@ -475,6 +475,37 @@ def test_quick_targets_answers_every_target_with_equal_budgets(quick, bench):
     assert summary["conditioned_rl"]["spn_calls"] == train[0]["spn_calls"] + 2 * len({r["target"] for r in answers})
     md = (out / "targets_quick.md").read_text()
     assert "## Per method" in md and "## Per target" in md
+    # Conditioned RL minus CEM over every target, paired on the test images that every method was scored on.
+    got = targets.paired_over_targets(rows, "conditioned_rl", "cem")
+    mean = {m: np.mean([r["acc"] for r in answers if r["method"] == m]) for m in ("conditioned_rl", "cem")}
+    assert got["diff"] == pytest.approx(mean["conditioned_rl"] - mean["cem"], abs=1e-3)
+    _assert_in_ci(got["diff"], *got["diff_ci"])
+    assert "Conditioned RL minus CEM" in md and "95% paired interval" in md
+
+
+def test_conditioned_minus_cem_resamples_images_with_all_their_targets(bench):
+    """One seed, two targets, 200 images: A beats B on the first 100 images at target 0.3 and loses on the same
+    images at 0.7, so per image the two targets cancel: the difference is exactly 0 with a zero-width interval
+    (resampling (image, target) pairs separately would give a wide one). Rows without per-image outcomes
+    (older runs) give None."""
+    from rlprune.measure.stats import pack_correct
+
+    targets = bench("targets")
+    first = np.arange(200) < 100
+
+    def row(method, target, correct):
+        return {"kind": "trained", "seed": 0, "target": target, "method": method,
+                "test_correct": pack_correct(correct)}
+
+    rows = [row("a", 0.3, first), row("b", 0.3, np.zeros(200, bool)),
+            row("a", 0.7, np.zeros(200, bool)), row("b", 0.7, first)]
+    got = targets.paired_over_targets(rows, "a", "b")
+    assert got["diff"] == 0 and got["diff_ci"] == [0.0, 0.0] and not got["real"]
+    # A right on every image at both targets, B on the first half at both: +50 points, clearly real.
+    rows = [row("a", t, np.ones(200, bool)) for t in (0.3, 0.7)] + [row("b", t, first) for t in (0.3, 0.7)]
+    got = targets.paired_over_targets(rows, "a", "b")
+    assert got["diff"] == pytest.approx(50.0) and got["n"] == 200 and got["real"] and got["diff_ci"][0] > 0
+    assert targets.paired_over_targets([{**r, "test_correct": None} for r in rows], "a", "b") is None
 
 
 def test_model_seed_shares_one_base_model_across_benchmark_seeds(bench, tmp_path):

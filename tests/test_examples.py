@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import rlprune
-from rlprune.pipeline.config import BASELINES
+from rlprune.pipeline.sections import BASELINES
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

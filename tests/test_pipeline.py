@@ -179,7 +179,7 @@ def test_spn_is_scored_against_the_fine_tuned_validation_drop():
     """The report's second SPN panel pairs each validated candidate's prediction with its drop after the
     fine-tune on validation (not the label the SPN learned), within each target when given."""
     from rlprune.measure.ranking import spearman
-    from rlprune.pipeline.report import describe_spn_vs_final, spn_vs_final
+    from rlprune.pipeline.report.figures import describe_spn_vs_final, spn_vs_final
 
     rows = [{"predicted_acc_drop": p, "val_drop": v} for p, v in [(1, 2), (2, 1), (3, 4), (4, 3), (5, 6)]]
     rows += [{"predicted_acc_drop": None, "val_drop": 9.0}, {"predicted_acc_drop": float("nan"), "val_drop": 0.0}]

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from rlprune.errors import ConfigError
-from rlprune.pipeline.config import PRESETS, STAGES, RunConfig, SweepStage, from_mapping, load_yaml
-from rlprune.pipeline.report import pareto_front
+from rlprune.pipeline.config import PRESETS, STAGES, RunConfig, from_mapping, load_yaml
+from rlprune.pipeline.report.figures import pareto_front
+from rlprune.pipeline.sections import SweepStage
 
 ROOT = Path(__file__).resolve().parents[1]
 

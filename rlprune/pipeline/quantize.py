@@ -45,7 +45,7 @@ def stage_quantize(run, log) -> dict:
     Raises:
         ConfigError: a target below the smallest reachable size (named, with that size).
     """
-    from rlprune.pipeline.report import write_report
+    from rlprune.pipeline.report.single import write_report
     from rlprune.quant.pipeline import QuantizeConfig, run_quantize
 
     cfg, q = run.cfg, run.cfg.quantize
@@ -106,7 +106,7 @@ def quantize_blocks(done: dict, figdir: Path, metric: str) -> tuple[list[tuple],
         metric: the task's metric name.
 
     Returns:
-        ``(blocks, figure paths)``; blocks in ``rlprune.pipeline.report``'s format.
+        ``(blocks, figure paths)``; blocks in ``rlprune.pipeline.report.document``'s format.
     """
     qd = done["quantize"]
     rows = qd["methods"]
@@ -150,7 +150,7 @@ def _ci(row: dict) -> str:
 def _fig_bits(rows: list[dict], layers: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from rlprune.pipeline.report import save_figure
+    from rlprune.pipeline.report.figures import save_figure
 
     by = {r["method"]: r for r in rows}
     series = [m for m in ("rl", "sensitivity", "uniform8", "uniform6", "uniform4") if m in by]
@@ -186,7 +186,7 @@ def size_points(prune_rows: list[dict], quant_rows: list[dict]) -> list[dict]:
 def _fig_size(prune_rows, quant_rows, base: dict, path: Path, metric: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from rlprune.pipeline.report import pareto_front, save_figure
+    from rlprune.pipeline.report.figures import pareto_front, save_figure
 
     pts = size_points(prune_rows, quant_rows)
     fig, ax = plt.subplots(figsize=(7.2, 4.6))

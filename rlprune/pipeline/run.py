@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from rlprune.errors import ConfigError
-from rlprune.io import atomic_write_bytes, atomic_write_json, json_default
+from rlprune.io import atomic_write_json
 from rlprune.measure.spec import source_hash
 from rlprune.pipeline.config import STAGES, RunConfig
-from rlprune.pipeline.select import SELECTION_SPLIT, comparison, pick_winner, rank_rl, within_slack
+from rlprune.pipeline.results import results_frame, run_summary, write_csv
+from rlprune.pipeline.select import pick_winner, rank_rl
 
 # Fields and sections each stage depends on (besides everything the stages before it depend on).
 # The base stage and everything after it depend on the sample-label part of the measurement spec; only
@@ -147,7 +148,7 @@ def _stage_spn(run: _Run) -> dict:
     save_spn(spn, path)
     mean, std = predict_frame(spn, test_df)
     held = test_df[["sample_id", "macs_ratio", "params_ratio", "acc_drop"]].assign(predicted=mean, predicted_std=std)
-    _write_csv(held, run.out / "spn" / "heldout.csv")
+    write_csv(held, run.out / "spn" / "heldout.csv")
     metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in m.items()}
     log(f"      SPN ({c.arch}) on {len(train_df)} samples; held-out {len(test_df)}: MAE {m['mae']:.2f} points, "
         f"Spearman {m['spearman']:.3f}")
@@ -228,7 +229,7 @@ def _stage_validate(run: _Run) -> dict:
 
 def _stage_report(run: _Run) -> dict:
     from rlprune.io import load_pruned, save_pruned
-    from rlprune.pipeline.report import write_report
+    from rlprune.pipeline.report.single import write_report
 
     if run.cfg.multi_target:
         from rlprune.pipeline.targets import report_targets
@@ -241,7 +242,7 @@ def _stage_report(run: _Run) -> dict:
     manifest = {k: v for k, v in manifest.items() if k not in ("weights_file", "weights_sha256", "fingerprint",
                                                                 "saved_at", "manifest_version")}
     save_pruned(model, run.out / "pruned_model.pt", {**manifest, "selected_from": [r["method"] for r in rows]})
-    _write_csv(_results_frame(rows), run.out / "results.csv")
+    write_csv(results_frame(rows), run.out / "results.csv")
     files = write_report(run.out, cfg, run.done, winner)
     return {"winner": winner["method"], "pruned_model": str(run.out / "pruned_model.pt"), **files}
 
@@ -337,73 +338,9 @@ def run_pipeline(cfg: RunConfig, address: str | None = None, progress: bool = Tr
             import ray
 
             ray.shutdown()
-    summary = _summary(run, timing)
+    summary = run_summary(run, timing)
     atomic_write_json(out / "summary.json", summary, sort_keys=False)  # stages stay in pipeline order
     return summary
-
-
-def _summary(run: _Run, timing: dict) -> dict:
-    cfg, d = run.cfg, run.done
-    common = {
-        "task": cfg.task, "target": cfg.target, "budget": cfg.budget, "preset": cfg.preset, "out": str(run.out),
-        # What "acc" means in every row: the task's metric, in points (top-1 accuracy unless the task says).
-        "metric": d["base"].get("metric", "accuracy") if "base" in d else None,
-        "selection_split": SELECTION_SPLIT,
-        "stages": timing, "total_wall_s": sum(t["wall_s"] for t in timing.values()),
-        "base": {k: d["base"].get(k) for k in ("acc", "acc_ci", "val_acc", "latency_ms", "params", "macs")}
-        if "base" in d else None,
-        "spn": d["spn"]["metrics"] if "spn" in d else None,
-        # Where each Tune stage's trials ran (node ids) and how often Tune restarted one whose worker or node
-        # died, as of the time that stage ran (a reused stage keeps what it recorded then).
-        "placement": {s: {k: d[s]["placement"][k] for k in ("nodes", "trials", "retries")}
-                      for s in ("samples", "sweep", "validate") if (d.get(s) or {}).get("placement")},
-    }
-    if cfg.multi_target:
-        from rlprune.pipeline.targets import targets_summary
-
-        return json.loads(json.dumps({**common, **targets_summary(run)}, default=json_default))
-    rows = d.get("validate", {}).get("rows", [])
-    return json.loads(json.dumps({
-        **common,
-        "winner": d.get("report", {}).get("winner"), "methods": method_rows(rows, cfg.target, cfg.budget),
-        "comparison": comparison(rows, cfg.target, cfg.budget) if rows else None,
-        # What each search method (RL's sweep in total, random search, CEM) was allowed to spend.
-        "search_budget": {k: d["validate"].get(k) for k in ("n_calls", "n_real", "rounds")} if rows else None,
-        "pruned_model": d.get("report", {}).get("pruned_model"),
-        "quantize": {k: v for k, v in d["quantize"].items() if k not in ("report_md", "report_html", "figures")}
-        if "quantize" in d else None,
-    }, default=json_default))
-
-
-def method_rows(rows: list[dict], target: float, budget: str) -> list[dict]:
-    """``summary.json``'s ``methods``: each validation row's reported fields and whether it met ``target``.
-
-    Pruning candidates are fp32 (``bits`` None: 32 everywhere), so their stored size over the unpruned model,
-    ``size_ratio``, is their params ratio; the second stage's rows are under ``summary["quantize"]``."""
-    return [{k: r.get(k) for k in _METHOD_KEYS} | {"meets_target": within_slack(r, target, budget), "bits": None,
-                                                     "size_ratio": r.get("params_ratio")} for r in rows]
-
-
-#: What each method row of ``summary.json`` carries (``test_correct`` stays in the validation rows).
-_METHOD_KEYS = ("method", "source", "ratios", "params_ratio", "macs_ratio", "val_acc", "acc", "acc_ci", "acc_drop",
-                "latency_ms", "latency_ratio", "predicted_acc_drop", "finetune_steps", "spn_calls", "real_evals",
-                "candidates", "search_s")
-
-
-def _results_frame(rows: list[dict]):
-    import pandas as pd
-
-    cols = ["method", "source", "val_acc", "acc", "acc_drop", "params_ratio", "macs_ratio", "latency_ms",
-            "latency_ratio", "predicted_acc_drop", "finetune_steps"]
-    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
-    df["acc_ci_lo"] = [r["acc_ci"][0] if r.get("acc_ci") else None for r in rows]
-    df["acc_ci_hi"] = [r["acc_ci"][1] if r.get("acc_ci") else None for r in rows]
-    df["ratios"] = [" ".join(f"{x:.3f}" for x in r["ratios"]) for r in rows]
-    return df
-
-
-def _write_csv(df, path: Path) -> None:
-    atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
 def _with_abs_data_dir(cfg: RunConfig) -> RunConfig:

@@ -165,8 +165,8 @@ def report_targets(run) -> dict:
         ConfigError: a target where no validated candidate is feasible.
     """
     from rlprune.io import load_pruned, save_pruned
-    from rlprune.pipeline.report_targets import write_targets_report
-    from rlprune.pipeline.run import _results_frame, _write_csv
+    from rlprune.pipeline.report.multi_target import write_targets_report
+    from rlprune.pipeline.results import results_frame, write_csv
 
     cfg = run.cfg
     winners, models = {}, []
@@ -182,9 +182,9 @@ def report_targets(run) -> dict:
         winners[target_dir(t)] = winner["method"]
         models.append(str(path))
     rows = [r for p in run.done["validate"]["targets"] for r in p["rows"]]
-    df = _results_frame(rows)
+    df = results_frame(rows)
     df.insert(0, "target", [r["target"] for r in rows])
-    _write_csv(df, run.out / "results.csv")
+    write_csv(df, run.out / "results.csv")
     files = write_targets_report(run.out, cfg, run.done, winners)
     return {"winners": winners, "pruned_models": models, **files,
             "files": [*models, files["report_md"], files["report_html"], *files["figures"]]}
@@ -194,7 +194,7 @@ def targets_summary(run) -> dict:
     """``summary.json``'s list-form part: ``targets``, every row (``methods``, each with its ``target``), the
     budget rule and totals (``search_budget``) and ``per_target``: ``{"target", "winner", "pruned_model",
     "comparison", "search_budget", "methods"}`` per target."""
-    from rlprune.pipeline.run import method_rows
+    from rlprune.pipeline.results import method_rows
 
     cfg, d = run.cfg, run.done
     val = d.get("validate", {})

@@ -1,6 +1,6 @@
 """The report of a run with several targets (``rlprune run --target-macs 0.3,0.5,0.7``).
 
-Built from the same blocks as the single-target report (``rlprune.pipeline.report``) and rendered to the same
+Built from the same blocks as the single-target report (:mod:`rlprune.pipeline.report.single`) and rendered to the same
 two formats: per target, the output model and RL against the best baseline (both chosen on validation,
 compared on the same test images); the figure ``acc_vs_targets.png`` (every method's test score against its
 achieved cost, one line per method across the targets, 95% bootstrap intervals as error bars); per-target
@@ -13,19 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rlprune.io import atomic_write_bytes
 from rlprune.measure.stats import describe
-from rlprune.pipeline.report import (
-    _ci,
-    _fig_spn,
-    _fmt,
-    _html,
-    _markdown,
-    _stage_times,
-    describe_spn_vs_final,
-    save_figure,
-    spn_vs_final,
-)
+from rlprune.pipeline.report.document import ci_cell, figure_dir, fmt, publish, stage_blocks, stage_times
+from rlprune.pipeline.report.figures import describe_spn_vs_final, fig_spn, save_figure, spn_vs_final
 from rlprune.pipeline.select import comparison
 from rlprune.pipeline.targets import target_dir
 
@@ -44,21 +34,13 @@ def write_targets_report(out: Path, cfg, done: dict, winners: dict) -> dict:
     Returns:
         ``{"report_md", "report_html", "figures"}`` paths.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
+    figdir = figure_dir(out)
     per = done["validate"]["targets"]
     final = _spn_vs_final(per)
     figs = {"targets": fig_acc_vs_targets(per, done["base"], cfg, figdir / "acc_vs_targets.png"),
-            "spn": _fig_spn(done, figdir / "spn_predicted_vs_real.png", final)}
-    blocks = _blocks(cfg, done, winners, per, figs, _stage_times(out), final)
-    md, page = _markdown(blocks), _html(blocks, f"rlprune report: {done['base'].get('task', cfg.task)}")
-    atomic_write_bytes(out / "report.md", md.encode())
-    atomic_write_bytes(out / "report.html", page.encode())
-    return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
-            "figures": [str(p) for p in figs.values()]}
+            "spn": fig_spn(done, figdir / "spn_predicted_vs_real.png", final)}
+    blocks = _blocks(cfg, done, winners, per, figs, stage_times(out), final)
+    return publish(out, blocks, f"rlprune report: {done['base'].get('task', cfg.task)}", figs)
 
 
 def method_series(per: list[dict]) -> dict[str, list[dict]]:
@@ -136,7 +118,7 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict, final: dict) -> lis
         comp = comparison(rows, t, cfg.budget)
         said = "n/a" if comp is None else describe(comp) if comp.get("diff_ci") else f"{comp['diff']:+.2f} points"
         body.append([f"{t:g}", f"{w['method']} ({target_dir(t)}/pruned_model.pt)", f"{w['val_acc']:.2f}",
-                     f"{w['acc']:.2f}", _ci(w), f"{w[f'{cfg.budget}_ratio']:.3f}", comp["rl"] if comp else "n/a",
+                     f"{w['acc']:.2f}", ci_cell(w), f"{w[f'{cfg.budget}_ratio']:.3f}", comp["rl"] if comp else "n/a",
                      comp["best_baseline"] if comp else "n/a", said])
     b.append(("table", head, body))
     b.append(("p", "Each target's output model is its best validation score within the target, saved with its "
@@ -148,8 +130,8 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict, final: dict) -> lis
         b.append(("h2", f"Target {p['target']:g}"))
         b.append(("table", ["method", f"val {metric}", f"test {metric}", "95% CI", "params", "MACs",
                             "SPN predicted drop", "SPN calls", "real evals"],
-                  [[r["method"], f"{r['val_acc']:.2f}", f"{r['acc']:.2f}", _ci(r), f"{r['params_ratio']:.3f}",
-                    f"{r['macs_ratio']:.3f}", _fmt(r.get("predicted_acc_drop")), str(r.get("spn_calls", "")),
+                  [[r["method"], f"{r['val_acc']:.2f}", f"{r['acc']:.2f}", ci_cell(r), f"{r['params_ratio']:.3f}",
+                    f"{r['macs_ratio']:.3f}", fmt(r.get("predicted_acc_drop")), str(r.get("spn_calls", "")),
                     str(r.get("real_evals", ""))] for r in sorted(p["rows"], key=lambda r: -r["val_acc"])]))
         b.append(("p", f"Random search and CEM here: {p['n_calls']} SPN calls and {p['n_real']} real evaluations "
                        f"in {p['rounds']} online round(s); RL rows report the whole sweep's spending, shared by "
@@ -157,7 +139,7 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict, final: dict) -> lis
     m = done["spn"]["metrics"]
     b.append(("h2", "State predictor network"))
     b.append(("p", f"{done['spn']['arch']} SPN trained on {done['spn']['n_train']} real samples; on {m['n']} "
-                   f"held-out samples: MAE {m['mae']:.2f} points, Spearman {_fmt(m.get('spearman'), 3)}."))
+                   f"held-out samples: MAE {m['mae']:.2f} points, Spearman {fmt(m.get('spearman'), 3)}."))
     b.append(("p", describe_spn_vs_final(final, metric) + " Spearman is taken within each target "
                    "and averaged."))
     b.append(("img", figs["spn"], f"SPN predicted vs real {metric} drop"))
@@ -165,9 +147,7 @@ def _blocks(cfg, done, winners, per, figs, stage_wall: dict, final: dict) -> lis
     b.append(("table", ["trial", "episodes", "SPN calls", "real evals", "wall s", "policy"],
               [[t["tag"], str(t["episodes"]), str(t["spn_calls"]), str(t["real_evals"]), f"{t['wall_s']:.0f}",
                 str(t.get("policy"))] for t in done["sweep"]["trials"]]))
-    b.append(("h2", "Stages"))
-    b.append(("table", ["stage", "wall s"], [[s, f"{w:.1f}"] for s, w in stage_wall.items()]))
-    return b
+    return b + stage_blocks(stage_wall)
 
 
 __all__ = ["RL_LABEL", "fig_acc_vs_targets", "method_series", "write_targets_report"]
