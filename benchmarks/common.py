@@ -241,6 +241,35 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
                         "hour to train and are committed)")
 
 
+def add_label_arg(p: argparse.ArgumentParser) -> None:
+    """``--label-steps K``: the label of every sample, online round and real reward a benchmark measures."""
+    from rlprune.measure.spec import TASK_LABEL_STEPS
+
+    studied = ", ".join(f"{t} {k}" for t, k in TASK_LABEL_STEPS.items())
+    p.add_argument("--label-steps", type=int, metavar="K",
+                   help="fine-tune steps each sample's label gets (MeasureSpec.label_steps; default: the task's, "
+                        f"as `rlprune run` uses it: {studied}; other tasks 0)")
+
+
+def label_spec(task_name: str, label_steps: int | None = None, **fields):
+    """The ``MeasureSpec`` a benchmark measures with: the task's default label (what ``rlprune run`` uses, from
+    ``TASK_LABEL_STEPS``) unless ``label_steps`` is given, and ``fields``.
+
+    Raises:
+        ConfigError: a field out of its range.
+    """
+    from rlprune.measure.spec import MeasureSpec, task_measure_defaults
+
+    chosen = {} if label_steps is None else {"label_steps": label_steps}
+    return MeasureSpec(**{**task_measure_defaults(task_name), **chosen, **fields})
+
+
+def label_suffix(label_steps: int) -> str:
+    """A work folder's suffix for a label of ``label_steps``: empty for k=0 (folders made before labels had steps
+    keep their names), ``-k<k>`` otherwise, so work measured under one label is never read back under another."""
+    return f"-k{label_steps}" if label_steps else ""
+
+
 def task_choice(args) -> tuple[dict, str]:
     """The task's keyword arguments and its label (``fashion-mnist/resnet20``) from :func:`add_task_args`' flags.
 
@@ -314,9 +343,11 @@ def _copy_rows(src: Path, dst: Path) -> None:
             atomic_write_bytes(target, data)
 
 
-def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None) -> dict:
-    """The first two stages of every SPN pipeline here: ``n`` real samples (2 Tune workers) into
-    ``work/samples``, then a transformer SPN on them (one torch thread) saved as ``work/spn.pt``.
+def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None,
+                    spec=None) -> dict:
+    """The first two stages of every SPN pipeline here: ``n`` real samples (2 Tune workers, measured under
+    ``spec``; default ``MeasureSpec()``) into ``work/samples``, then a transformer SPN on them (one torch thread)
+    saved as ``work/spn.pt``.
 
     Returns:
         ``{"store", "spn", "sample_s", "fit_s", "real_evals"}``: the paths, each stage's measured wall and the
@@ -333,7 +364,7 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
     store, spn_path = work / "samples", work / "spn.pt"
     t0 = time.perf_counter()
     got = run_sampling(task, n, 2, store, progress=False, seed=seed,
-                       task_kwargs={"seed": seed, **(task_kwargs or {})})
+                       task_kwargs={"seed": seed, **(task_kwargs or {})}, spec=spec)
     t1 = time.perf_counter()
     with one_thread():
         save_spn(fit("transformer", read_samples(store), read_spaces(store)), spn_path)

@@ -54,7 +54,7 @@ BUDGET = "macs"
 
 
 def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: int, iters: int, train_batch: int,
-             finetune_steps: int, work: Path, label: str | None = None) -> list[dict]:
+             finetune_steps: int, work: Path, label: str | None = None, label_steps: int | None = None) -> list[dict]:
     """Every method at every target for one task and seed; resumable target by target.
 
     Each finished target's rows are written to ``work`` atomically, and a rerun with the same ``work`` folder
@@ -66,24 +66,24 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
         targets, n_samples, iters, train_batch: MACs targets, the SPN's samples, the RL search's size.
         finetune_steps, work: the fine-tune every method gets (rows also without it), the work folder.
         label: the rows' ``task`` (default ``task_name``; e.g. ``fashion-mnist/resnet20``).
+        label_steps: the samples' and online rounds' label (default: the task's, as ``rlprune run`` has it).
 
     Returns:
         One row per (target, fine-tune, method): the ``FIELDS``.
     """
     from rlprune.io import atomic_write_json
     from rlprune.measure.recipe import measure_base, measure_candidate
-    from rlprune.measure.spec import MeasureSpec
     from rlprune.search.rl import SearchConfig, run_search
     from rlprune.spn.nets import one_thread
 
     label = label or task_name
-    work = Path(work) / f"{label.replace('/', '-')}-{seed}"
+    spec = common.label_spec(task_name, label_steps)
+    work = Path(work) / f"{label.replace('/', '-')}-{seed}{common.label_suffix(spec.label_steps)}"
     done = {t: work / f"rows-target{t:g}-ft{finetune_steps}.json" for t in targets}
     rows = [r for t in targets if done[t].is_file() for r in json.loads(done[t].read_text())]
     todo = [t for t in targets if not done[t].is_file()]
     if not todo:
         return rows
-    spec = MeasureSpec()
     task = common.task_of(task_name, seed, task_kwargs)
     # A --model-seed fixes the base model for every seed; each seed still fine-tunes with its own data order, so
     # a rule's fixed vector gets a replicate per seed too (its spread is then the fine-tune's, not zero).
@@ -91,7 +91,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())
-    stages = _stages(task_name, n_samples, work, seed, task_kwargs)
+    stages = _stages(task_name, n_samples, work, seed, task_kwargs, spec)
     pristine = stages["pristine"]
     base = measure_base(task, model, spec)
     for target in todo:
@@ -102,7 +102,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
         res = run_search(SearchConfig(spn=str(stages["spn"]), out=str(out), task=task_name, task_kwargs=task_kwargs,
                                       target=target, iters=iters, train_batch=train_batch,
                                       samples=str(_copy(pristine, out / "samples")), online_every=min(5, iters),
-                                      seed=seed), progress=False)
+                                      seed=seed, measure=spec), progress=False)
         rl = {"method": "rl", "source": "rl", "ratios": res["ratios"], "predicted_acc_drop": res["predicted_acc_drop"],
               "spn_calls": res["spn_calls"], "real_evals": res["real_evals"], "candidates": 1,
               "search_s": time.perf_counter() - t1}
@@ -122,7 +122,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
     return rows
 
 
-def _stages(task_name: str, n_samples: int, work: Path, seed: int, task_kwargs: dict) -> dict:
+def _stages(task_name: str, n_samples: int, work: Path, seed: int, task_kwargs: dict, spec) -> dict:
     """The samples, the SPN and the pristine copy of the store, made once per work folder (resumed if killed)."""
     from rlprune.io import atomic_write_json
 
@@ -130,7 +130,7 @@ def _stages(task_name: str, n_samples: int, work: Path, seed: int, task_kwargs: 
     if record.is_file():
         got = json.loads(record.read_text())
         return {k: Path(v) if k in ("store", "spn", "pristine") else v for k, v in got.items()}
-    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
+    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs, spec)
     pristine = work / "samples-pristine"
     shutil.rmtree(pristine, ignore_errors=True)
     _copy(stages["store"], pristine)  # every search starts from the store as sampling left it
@@ -204,6 +204,7 @@ def main(argv=None) -> None:
                    help="keep samples, SPNs and finished targets here; rerunning with it resumes (default: a "
                         "temporary folder, deleted at the end)")
     common.add_keep_rows_arg(p)
+    common.add_label_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     targets = args.targets or ([0.5] if q else [0.3, 0.5, 0.7])
@@ -214,8 +215,11 @@ def main(argv=None) -> None:
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, targets, n_samples, iters, batch, ft,
-                                                        work, label), seeds, args.work, args.keep_rows)
-    header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples, "
+                                                        work, label, args.label_steps), seeds, args.work,
+                                 args.keep_rows)
+    k = common.label_spec(args.task, args.label_steps).label_steps
+    header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
+              f"steps, "
               f"{iters} RL iterations x {batch} episodes, seeds {seeds}, fine-tune {ft} steps)\n\n"
               f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s"
               f"{' (this call; finished targets were read back from --work)' if args.work else ''}. "

@@ -160,20 +160,21 @@ def sweep_row(seed: int, pairs: dict[float, tuple[list[dict], list[dict]]]) -> d
             "note": "levels " + ", ".join(f"{t:g}: {v:.2f}" for t, v in levels.items())}
 
 
-def step_speed(task: str, task_kwargs: dict, spn_path: Path, n_spn: int, n_real: int) -> list[dict]:
+def step_speed(task: str, task_kwargs: dict, spn_path: Path, n_spn: int, n_real: int, spec=None) -> list[dict]:
     """Part 1: env steps/s with the SPN reward and with the real-evaluation reward, same env and actions.
 
     Args:
         task, task_kwargs: the task (``task_kwargs`` holds the base model's ``seed``).
         spn_path: the SPN checkpoint for the SPN reward.
         n_spn, n_real: episodes timed with each reward.
+        spec: the ``MeasureSpec`` of the real reward (its label: the one the SPN learned; default ``MeasureSpec()``).
 
     Returns:
         Two ``section == "step"`` rows.
     """
     from rlprune.spn.nets import one_thread
 
-    env = {"task": task, "task_kwargs": task_kwargs, "target": 0.5}
+    env = {"task": task, "task_kwargs": task_kwargs, "target": 0.5, **({"measure": spec.to_dict()} if spec else {})}
     rows = []
     with one_thread():
         for reward, n, extra in (("spn", n_spn, {"spn": str(spn_path)}), ("real", n_real, {})):
@@ -211,11 +212,10 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets: list[float],
         ``(rows, curve rows, SPN path)``: the table's pipeline/amc/speedup/sweep rows, every curve, the SPN.
     """
     from rlprune.measure.recipe import measure_base, measure_candidate, prune_and_score
-    from rlprune.measure.spec import MeasureSpec
     from rlprune.search.rl import SearchConfig
     from rlprune.spn.nets import one_thread
 
-    spec = MeasureSpec(finetune_steps=0)
+    spec = common.label_spec(task_name, b.get("label_steps"), finetune_steps=0)
     task = common.task_of(task_name, seed, task_kwargs)
     with one_thread():  # trained before anything is timed; on 2 shared cores torch's threads spin-wait
         model = task.base_model()
@@ -225,8 +225,8 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets: list[float],
         return float(prune_and_score(task, space, space.achieved(ratios), spec, split="validation")[1]["acc"])
 
     rule = StopRule(b["patience"], b["cap_s"], b["max_iters"])
-    work = work / f"seed{seed}"
-    pre = common.samples_and_spn(task_name, b["n_samples"], work, seed, task_kwargs)
+    work = work / f"seed{seed}{common.label_suffix(spec.label_steps)}"
+    pre = common.samples_and_spn(task_name, b["n_samples"], work, seed, task_kwargs, spec)
     shared = {"offset_s": pre["sample_s"] + pre["fit_s"], "evals0": pre["real_evals"]}
     searches = {}
     for t in targets:
@@ -234,11 +234,11 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets: list[float],
         store = shutil.copytree(pre["store"], work / f"samples-{t:g}", ignore=shutil.ignore_patterns("tune"))
         cfg = SearchConfig(spn=str(pre["spn"]), out=str(work / f"search-{t:g}"), task=task_name,
                            task_kwargs=task_kwargs, target=t, train_batch=b["spn_batch"], online=b["online"],
-                           online_every=b["online_every"], samples=str(store), seed=seed)
+                           online_every=b["online_every"], samples=str(store), seed=seed, measure=spec)
         searches[SPN, t] = watched_search(cfg, rule, validate, seed, SPN, **shared)
     for t in targets:
         cfg = SearchConfig(spn=None, reward="real", online=False, out=str(work / f"amc-{t:g}"), task=task_name,
-                           task_kwargs=task_kwargs, target=t, train_batch=b["amc_batch"], seed=seed)
+                           task_kwargs=task_kwargs, target=t, train_batch=b["amc_batch"], seed=seed, measure=spec)
         searches[AMC, t] = watched_search(cfg, rule, validate, seed, AMC)
     base = measure_base(task, model, spec)
     rows = [{"section": "pipeline", "seed": seed, "method": f"spn_{k}", "wall_s": round(v, 1), "note": note}
@@ -267,7 +267,8 @@ def budgets(quick: bool, cap_s: float | None) -> dict:
         cap_s: ``--cap-s``, each search's wall cap; None for the mode's default (quick 20 s, full 600 s).
 
     Returns:
-        ``{"n_samples", "spn_batch", "online", "online_every", "amc_batch", "patience", "max_iters", "cap_s"}``.
+        ``{"n_samples", "spn_batch", "online", "online_every", "amc_batch", "patience", "max_iters", "cap_s"}``
+        (``main`` adds ``label_steps``, the label every real evaluation and sample gets).
     """
     # Quick mode skips the online rounds: starting the world-model actor and the evaluation workers would double
     # a smoke run's time.
@@ -291,11 +292,12 @@ def main(argv=None) -> None:
                    help="keep each finished seed here; rerunning with it resumes (a seed killed midway is run again "
                         "from its start: its clocks must not include a restart; default: a temporary folder)")
     common.add_keep_rows_arg(p)
+    common.add_label_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     kw, label = common.task_choice(args)
     targets = sorted(args.targets or ([0.5] if q else [0.3, 0.5, 0.7]))
-    b = budgets(q, args.cap_s)
+    b = {**budgets(q, args.cap_s), "label_steps": common.label_spec(args.task, args.label_steps).label_steps}
     t_start = time.perf_counter()
     # Ray starts in run_seeds, before any clock: neither method pays for it.
     units = common.run_seeds(lambda seed, work: [seed_unit(args.task, kw, label, seed, args.seeds[0], targets, b, q,
@@ -327,13 +329,14 @@ def seed_unit(task: str, kw: dict, label: str, seed: int, first: int, targets: l
 
     settings = (f"{'quick' if quick else 'full'}-{label.replace('/', '-')}-t{'_'.join(f'{t:g}' for t in targets)}"
                 f"-cap{b['cap_s']:g}")
-    done = Path(work) / f"seed{seed}" / f"rows-{settings}.json"
+    done = Path(work) / f"seed{seed}{common.label_suffix(b['label_steps'])}" / f"rows-{settings}.json"
     if done.is_file():
         return json.loads(done.read_text())
     shutil.rmtree(done.parent, ignore_errors=True)  # what a killed attempt left: its samples would skew the clock
     rows, curves, spn = run_seed(task, kw, seed, targets, Path(work), b)
     n_spn, n_real = (100, 6) if quick else (2000, 40)
-    step = step_speed(task, {"seed": seed, **kw}, spn, n_spn, n_real) if seed == first else []
+    spec = common.label_spec(task, b["label_steps"], finetune_steps=0)
+    step = step_speed(task, {"seed": seed, **kw}, spn, n_spn, n_real, spec) if seed == first else []
     unit = {"seed": seed, "rows": common.stamped(rows), "curves": common.stamped(curves), "step": common.stamped(step)}
     atomic_write_json(done, unit)
     return unit

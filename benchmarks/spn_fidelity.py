@@ -3,8 +3,8 @@
 How to run:
     python benchmarks/spn_fidelity.py --quick     # digits, ~1 min: 16/32 samples, 1 seed (+ ~30 s for 104 samples)
     python benchmarks/spn_fidelity.py             # digits, ~6 min (+ ~5-10 min to generate 976 samples once)
-    python benchmarks/spn_fidelity.py --task fashion-mnist --arch resnet56 --work ~/bench/spn-fm56   # hours
-    python benchmarks/spn_fidelity.py --task fashion-mnist --arch resnet56 --label-steps 25 --work ...
+    python benchmarks/spn_fidelity.py --task fashion-mnist --arch resnet56 --work ~/bench/spn-fm56   # hours; the
+        # task's label (fashion-mnist: k=25, from the label-fidelity study); --label-steps 0 for adaptive-BN labels
 
 The real workload (``--task fashion-mnist --arch resnet56``, transfer source ``--source-arch``, default
 resnet20; committed base models, data in /usr/share/datasets/fashion-mnist) takes hours on 2 cores and resumes:
@@ -17,7 +17,8 @@ x 4 sizes x 3 architectures on 30 groups, and the transfer) ~20-40 min: ~3-4 h; 
 10 steps: ~3 min on ResNet-20 (twice that on a loaded machine), a smoke run, not a figure.
 
 What it measures (on held-out real samples; a label is the calibration-split accuracy after BN recalibration
-and ``--label-steps`` fine-tune steps, ``MeasureSpec.label_steps``, default 0):
+and ``--label-steps`` fine-tune steps, ``MeasureSpec.label_steps``; default the task's, as ``rlprune run`` has it,
+0 with ``--quick``):
 - learning curve: each architecture trained on 64/128/256/512 samples (digits: the ResNet-8; another task:
   ``--arch``), scored on a fixed held-out set: MAE and RMSE (points), Spearman rho, R^2, mean ensemble std,
   and MAE over the held-out samples that lost at most 10 points (where a search at a sensible budget picks);
@@ -337,8 +338,7 @@ def _parser():
                    help="sample store to use/extend (default $RLPRUNE_CACHE/benchmarks/spn_fidelity)")
     p.add_argument("--source-arch", help="the transfer source's architecture on a task other than digits (default "
                                          + ", ".join(f"{a} on {t}" for t, a in SOURCE_ARCH.items()) + ")")
-    p.add_argument("--label-steps", type=int, default=0, metavar="K",
-                   help="the label's fidelity: fine-tune steps every sample gets (MeasureSpec.label_steps; default 0)")
+    common.add_label_arg(p)  # --label-steps; --quick uses 0 unless given (a smoke run)
     p.add_argument("--final-vectors", type=int, metavar="N",
                    help="within-budget vectors per MACs target (default 16, quick 3; 0 on digits unless given)")
     p.add_argument("--work", type=Path, help="keep each finished within-budget vector's row here; rerunning with "
@@ -365,8 +365,10 @@ def main(argv=None) -> None:
     seeds = (0,) if q else (0, 1, 2)
     n_test, n_vgg_test, n_few = ((32, 24, 16) if digits else (24, 24, 16)) if q else (200, 200, 64)
     n_final = args.final_vectors if args.final_vectors is not None else 0 if digits else 3 if q else 16
-    spec = MeasureSpec(label_steps=args.label_steps, finetune_steps=10 if q else MeasureSpec().finetune_steps,
-                       eval_batches=QUICK_EVAL_BATCHES if q and not digits else None)
+    spec = common.label_spec(args.task, 0 if q and args.label_steps is None else args.label_steps,
+                             finetune_steps=10 if q else MeasureSpec().finetune_steps,
+                             eval_batches=QUICK_EVAL_BATCHES if q and not digits else None)
+    args.label_steps = spec.label_steps  # the rows and the header say which label was measured
     store = args.store or cache_dir() / "benchmarks" / "spn_fidelity"
     wl = (digits_workload(store, spec, n_test + max(sizes), n_test, n_vgg_test, n_few, kw.get("seed", 0)) if digits
           else task_workload(args, kw, label, store, spec, n_test + max(sizes), n_test, max(sizes)))

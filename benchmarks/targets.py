@@ -58,34 +58,35 @@ BUDGET = "macs"
 
 
 def run_seed(task_name: str, task_kwargs: dict, seed: int, train_targets: list[float], n_samples: int, iters: int,
-             train_batch: int, finetune_steps: int, work: Path, label: str) -> list[dict]:
-    """Every method at every target (training and unseen) for one task and seed.
+             train_batch: int, finetune_steps: int, work: Path, label: str,
+             label_steps: int | None = None) -> list[dict]:
+    """Every method at every target (training and unseen) for one task and seed; ``label_steps``: the samples'
+    label (default: the task's, as ``rlprune run`` has it).
 
     Returns:
         One row per (target, method), plus one ``kind="train"`` row per method with its whole cost.
     """
     from rlprune.io import model_fingerprint
     from rlprune.measure.recipe import measure_base, measure_candidate
-    from rlprune.measure.spec import MeasureSpec
     from rlprune.policy import load
     from rlprune.search.blackbox import cem, random_search
     from rlprune.search.rl import SearchConfig, run_search
     from rlprune.spn.local import spn_predictor
     from rlprune.spn.nets import one_thread
 
-    work = Path(work) / f"{label.replace('/', '-')}-{seed}"
-    spec = MeasureSpec()
+    spec = common.label_spec(task_name, label_steps)
+    work = Path(work) / f"{label.replace('/', '-')}-{seed}{common.label_suffix(spec.label_steps)}"
     task = common.task_of(task_name, seed, task_kwargs)
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
     space = spec.space_of(model, task.example_input())
     cm = space.cost_model
     base = measure_base(task, model, spec)
-    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs)
+    stages = common.samples_and_spn(task_name, n_samples, work, seed, task_kwargs, spec)
     targets = [*train_targets, *UNSEEN]
     K = len(train_targets)
     search = dict(spn=str(stages["spn"]), task=task_name, task_kwargs=task_kwargs, train_batch=train_batch,
-                  online=False, samples=str(stages["store"]), seed=seed)
+                  online=False, samples=str(stages["store"]), seed=seed, measure=spec)
 
     t0 = time.perf_counter()
     cond = run_search(SearchConfig(out=str(work / "conditioned"), target=(min(train_targets), max(train_targets)),
@@ -259,6 +260,7 @@ def main(argv=None) -> None:
                                              "per-target RL gets iters / K per target")
     p.add_argument("--work", type=Path, help="keep samples, SPNs, searches and policies here (default: a "
                                              "temporary folder, deleted at the end)")
+    common.add_label_arg(p)
     args = p.parse_args(argv)
     q = args.quick
     train_targets = args.train_targets or ([0.3, 0.7] if q else [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -269,8 +271,10 @@ def main(argv=None) -> None:
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, train_targets, n_samples, iters, batch,
-                                                        ft, work, label), seeds, args.work)
-    header = (f"# Targets ({label}, {'quick' if q else 'full'}: {n_samples} samples, conditioned RL {iters} "
+                                                        ft, work, label, args.label_steps), seeds, args.work)
+    k = common.label_spec(args.task, args.label_steps).label_steps
+    header = (f"# Targets ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
+              f"steps, conditioned RL {iters} "
               f"iterations x {batch} episodes over [{min(train_targets):g}, {max(train_targets):g}], K="
               f"{len(train_targets)} training targets {train_targets} + unseen {list(UNSEEN)}, seeds {seeds}, "
               f"fine-tune {ft} steps)\n\n{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` "

@@ -508,6 +508,42 @@ def test_conditioned_minus_cem_resamples_images_with_all_their_targets(bench):
     assert targets.paired_over_targets([{**r, "test_correct": None} for r in rows], "a", "b") is None
 
 
+def test_benchmarks_measure_with_the_tasks_label_unless_told(bench, monkeypatch):
+    """Every sampling benchmark measures what ``rlprune run`` would: the task's studied label (TASK_LABEL_STEPS;
+    a value of 7 patched in, so a constant cannot pass), ``--label-steps`` overriding it; work folders of a
+    label with steps get their own name, so rows of one label are never read back under another."""
+    import rlprune.measure.spec as spec_module
+
+    common = bench("common")
+    monkeypatch.setitem(spec_module.TASK_LABEL_STEPS, "fashion-mnist", 7)
+    assert common.label_spec("fashion-mnist").label_steps == 7
+    assert common.label_spec("fashion-mnist", 0).label_steps == 0  # the flag wins, 0 included
+    assert common.label_spec("digits").label_steps == spec_module.TASK_LABEL_STEPS["digits"]
+    assert common.label_spec("my.module:task").label_steps == 0  # unstudied tasks: the spec's own default
+    got = common.label_spec("fashion-mnist", 3, finetune_steps=0)
+    assert (got.label_steps, got.finetune_steps) == (3, 0)
+    assert (common.label_suffix(0), common.label_suffix(25)) == ("", "-k25")
+    for name in ("quality", "targets", "search_speed", "spn_fidelity"):
+        proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "--label-steps" in proc.stdout, name
+
+
+@pytest.mark.slow
+def test_samples_and_spn_label_their_samples_with_the_given_spec(bench, tmp_path, digits_task):
+    """The shared sample stage measures under the spec it is given (here 2 fine-tune steps per label): every
+    stored row carries that label, none the default one."""
+    from rlprune.measure.spec import MeasureSpec
+    from rlprune.samples.store import read_samples
+
+    common = bench("common")
+    spec = MeasureSpec(label_steps=2)
+    got = common.samples_and_spn("digits", 10, tmp_path, seed=0, spec=spec)  # the SPN needs 8 or more
+    assert got["real_evals"] == 10 and got["spn"].is_file()
+    assert len(read_samples(got["store"], measure=spec)) == 10
+    assert read_samples(got["store"], measure=MeasureSpec()).empty
+
+
 def test_model_seed_shares_one_base_model_across_benchmark_seeds(bench, tmp_path):
     """``--model-seed`` fixes the base model (and its splits) for every benchmark seed; the search built from the
     benchmark's keyword arguments uses it, not its own seed; digits keeps one base model per seed by default."""
