@@ -203,14 +203,13 @@ def paired_over_targets(rows: list[dict], a: str, b: str) -> dict | None:
     """
     from rlprune.measure.stats import paired_difference, unpack_correct
 
-    mine = [r for r in rows if r["kind"] != "train" and r["method"] in (a, b)]
+    mine = sorted((r for r in rows if r["kind"] != "train" and r["method"] in (a, b)), key=lambda r: float(r["target"]))
     if not mine or any(not isinstance(r.get("test_correct"), str) for r in mine):
         return None
     per_method: dict[str, list[np.ndarray]] = {a: [], b: []}
     for seed in sorted({r["seed"] for r in mine}):
         for m in (a, b):
-            outcomes = [unpack_correct(r["test_correct"]) for r in sorted(mine, key=lambda r: float(r["target"]))
-                        if r["seed"] == seed and r["method"] == m]
+            outcomes = [unpack_correct(r["test_correct"]) for r in mine if r["seed"] == seed and r["method"] == m]
             per_method[m].append(100.0 * np.mean(outcomes, axis=0))
     return paired_difference(np.concatenate(per_method[a]), np.concatenate(per_method[b]))
 
@@ -230,6 +229,8 @@ def _mean_acc(rows: list[dict], method: str, seed=None) -> float:
 
 def markdown(rows: list[dict], header: str) -> str:
     """The per-target table and the per-method summary."""
+    from rlprune.measure.stats import describe
+
     per_target = sorted((r for r in rows if r["kind"] != "train"), key=lambda r: (r["seed"], r["target"], r["method"]))
     cols = ["seed", "target", "kind", "method", "macs_ratio", "val_acc", "acc", "acc_ci_lo", "acc_ci_hi", "spn_calls",
             "answer_s", "projected", "chosen"]
@@ -239,9 +240,8 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "", "## Per method (means over seeds)", "", *common.md_table(summary, scols), ""]
     got = paired_over_targets(rows, "conditioned_rl", "cem")
     if got is not None:
-        lines += [f"Conditioned RL minus CEM, mean test accuracy over every target and seed: {got['diff']:+.2f} "
-                  f"points, 95% paired interval [{got['diff_ci'][0]:+.2f}, {got['diff_ci'][1]:+.2f}] (resampling test "
-                  f"images, each with all its targets): {'a real' if got['real'] else 'not a real'} difference.", ""]
+        lines += ["Conditioned RL minus CEM, mean test accuracy over every target and seed, 95% paired interval "
+                  f"(test images resampled, each with all its targets): {describe(got)}.", ""]
     lines += ["## Per target", "", *common.md_table(per_target, cols)]
     return "\n".join(lines)
 
