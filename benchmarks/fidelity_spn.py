@@ -14,8 +14,8 @@ import hashlib
 import json
 from pathlib import Path
 
-import common
 import numpy as np
+import record
 
 BUDGET_SHARE = 1 / 3
 """Sample-generation budget of each training fold: what finals of this share of its vectors cost (the rest of
@@ -219,7 +219,7 @@ def comparison_cached(rows, features, share, seed, max_steps, work: Path) -> lis
     path = work / f"spn-compare-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    out = common.stamped(compare_fidelities(rows, features, share, FOLDS, seed, max_steps))
+    out = record.stamped(compare_fidelities(rows, features, share, FOLDS, seed, max_steps))
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out, sort_keys=False)  # the columns keep their order when read back
     return out

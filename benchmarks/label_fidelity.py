@@ -71,6 +71,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import record
 from fidelity_spn import BUDGET_SHARE, comparison_cached, fidelity_markdown, rho_cell
 
 METRICS = ("acc", "loss")
@@ -190,7 +191,7 @@ def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
         row.update(key=key, task=label, seed=seed, fingerprint=base.fingerprint)
         read += not changed
         if changed:
-            row.update(common.provenance())  # when, where and from which commit this row was (last) measured
+            row.update(record.provenance())  # when, where and from which commit this row was (last) measured
             work.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, row)
             print(f"{label} target {vec['target']:g} vector {vec['vector']}: labels "
@@ -387,11 +388,11 @@ def main(argv=None) -> None:
     fields = ["task", "seed", "target", "vector", "sampler", "macs_ratio", "params_ratio",
               *(f"{m}_k{k}" for k in steps for m in (*METRICS, "s")), "final_split", "final_steps",
               "final_acc", *(f"final_{c}_{j}" for c in ("acc", "seed", "n", "s") for j in (1, 2)), "ratios",
-              *common.PROVENANCE]
+              *record.PROVENANCE]
     rows = [{f: r.get(f) for f in fields} for r in rows]
     header = (f"# Label fidelity ({label}, {'quick' if q else 'full'}: {n} vectors x targets "
               f"{' '.join(f'{t:g}' for t in args.targets)}, label steps {' '.join(map(str, steps))})\n\n"
-              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s"
+              f"{record.stamp()}; total {time.perf_counter() - t0:.0f} s"
               f"{f' (this call; {read} finished vectors read back from --work)' if read else ''}. Labels: "
               f"calibration split after BN recalibration and k SGD steps (cosine from lr {spec.finetune_lr:g}); "
               f"final: validation split after the validation recipe ({ft} steps, cosine from lr "
@@ -399,11 +400,11 @@ def main(argv=None) -> None:
               f"per label (prune, recalibrate, fine-tune, score), or per final fine-tune.")
     md = markdown(rows, summarise(rows, steps), header)
     md += f"\n{fidelity_markdown(comparison, rows, share)}\nSection 2 took {time.perf_counter() - t1:.0f} s.\n"
-    name = common.result_name("label_fidelity", label)
-    common.write_csv(args.results_dir, common.stem(f"{name}_spn", q), comparison)
-    common.write_results(args.results_dir, common.stem(name, q), rows, md, fields)
+    name = record.result_name("label_fidelity", label)
+    record.write_csv(args.results_dir, record.stem(f"{name}_spn", q), comparison)
+    record.write_results(args.results_dir, record.stem(name, q), rows, md, fields)
     if not q:
-        common.update_summary(args.results_dir, headline(rows, comparison), "label_fidelity", label=label)
+        record.update_summary(args.results_dir, headline(rows, comparison), "label_fidelity", label=label)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import common
+import record
 from quality_tables import RULES, comparisons, headline, markdown, params_at_equal_drop, rounded, summarise
 
 BASELINES = (*RULES, "global_l1", "random_search", "cem")
@@ -114,7 +115,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
             for c in found:
                 row, _ = measure_candidate(task, space, c["ratios"], base, ft_spec, method=c["method"])
                 mine.append(_row(label, seed, target, ft, row, c, stages["sample_s"]))
-        mine = common.stamped(mine)  # measured now: a resumed run keeps this date, commit and load
+        mine = record.stamped(mine)  # measured now: a resumed run keeps this date, commit and load
         atomic_write_json(done[target], mine)
         rows += mine
         print(f"{label} seed {seed} target {target}: done ({rl['search_s']:.0f} s RL search)", file=sys.stderr,
@@ -221,7 +222,7 @@ def main(argv=None) -> None:
     header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
               f"steps, "
               f"{iters} RL iterations x {batch} episodes, seeds {seeds}, fine-tune {ft} steps)\n\n"
-              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s"
+              f"{record.stamp()}; total {time.perf_counter() - t0:.0f} s"
               f"{' (this call; finished targets were read back from --work)' if args.work else ''}. "
               "`val_acc` (validation, which chooses) and "
               "`acc` (test, which only reports) in %, after BN recalibration (finetune_steps 0) or after the "
@@ -230,9 +231,9 @@ def main(argv=None) -> None:
               "spend the RL search's counted `spn_calls` and `real_evals`; `search_s` is each method's measured "
               "search wall; `latency_ms` is batch-1 CPU latency.")
     md = markdown(summarise(rows), comparisons(rows), params_at_equal_drop(rows, ft), header)
-    common.write_results(args.results_dir, common.stem(common.result_name("quality", label), q), rows, md, FIELDS)
+    record.write_results(args.results_dir, record.stem(record.result_name("quality", label), q), rows, md, FIELDS)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "quality", label=label)
+        record.update_summary(args.results_dir, headline(rows), "quality", label=label)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 
-import common
 import numpy as np
+import record
 
 RULES = ("uniform", "larger_group", "depth")
 """The handcrafted rules (the params-at-equal-drop comparison's reference)."""
@@ -181,7 +181,7 @@ def params_at_equal_drop(rows: list[dict], finetune_steps: int) -> list[dict]:
 def markdown(summary: list[dict], comps: list[dict], equal: list[dict], header: str) -> str:
     """The three tables as markdown, with how to read them."""
     def table(rows):  # every column, in the order the row builders give them
-        return common.md_table(rows, list(rows[0]) if rows else [])
+        return record.md_table(rows, list(rows[0]) if rows else [])
 
     lines = [header, "", "## Every method (means over seeds)", "", *table(summary), "",
              "## RL minus the best baseline (chosen on validation), test accuracy points", "",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import record
 from quality_tables import comparisons, rounded
 
 FIELDS = ["task", "seed", "target", "finetune_steps", "method", "source", "size_ratio", "params_ratio", "val_acc",
@@ -80,7 +81,7 @@ def run_seed(args, kw: dict, label: str, seed: int, work: Path) -> list[dict]:
                      "real_evals": int(r.get("real_evals", 0)),
                      "search_s": round(float(r.get("search_s", 0.0)), 2), "bits": " ".join(map(str, r["bits"])),
                      "test_correct": r.get("correct", "")})
-    rows = common.stamped(rows)  # measured now: a resumed run keeps this date, commit and load
+    rows = record.stamped(rows)  # measured now: a resumed run keeps this date, commit and load
     atomic_write_json(done, rows)
     print(f"{label} seed {seed}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return rows
@@ -158,21 +159,21 @@ def reference_lines(ref: dict, rows: list[dict]) -> list[str]:
     table = [{"method": r["method"], "size_vs_unpruned": round(float(r["size_ratio"]) * ref["input_vs_unpruned"], 4),
               "acc": r["acc"], "drop_vs_unpruned": round(ref["acc"] - float(r["acc"]), 2)}
              for r in summarise(rows)]
-    return lines + common.md_table(table, ["method", "size_vs_unpruned", "acc", "drop_vs_unpruned"]) + [""]
+    return lines + record.md_table(table, ["method", "size_vs_unpruned", "acc", "drop_vs_unpruned"]) + [""]
 
 
 def markdown(rows: list[dict], header: str, ref: dict | None = None) -> str:
     held = [r for r in rows if r["method"] == "fp32"]
     lines = [header, ""] + (reference_lines(ref, rows) if ref else [])
     lines += ["## Bits world models on each seed's held-out quarter of the samples", ""]
-    lines += common.md_table(held, ["seed", "world_model", "heldout_spearman_spn", "heldout_mae_spn",
+    lines += record.md_table(held, ["seed", "world_model", "heldout_spearman_spn", "heldout_mae_spn",
                                     "heldout_spearman_mlp", "heldout_mae_mlp"])
     lines += ["", "## Per method (means over seeds)", ""]
-    lines += common.md_table(summarise(rows), ["method", "seeds", "size_ratio", "val_acc", "acc", "acc_ci_lo",
+    lines += record.md_table(summarise(rows), ["method", "seeds", "size_ratio", "val_acc", "acc", "acc_ci_lo",
                                                "acc_ci_hi", "acc_std", "wm_calls", "real_evals", "search_s"])
     comps = comparisons(rows, budget="size")
     lines += ["", "## RL minus the best baseline (chosen on validation), test points", ""]
-    lines += common.md_table(comps, ["seed", "best_baseline", "diff", "diff_ci_lo", "diff_ci_hi", "p_value", "real"])
+    lines += record.md_table(comps, ["seed", "best_baseline", "diff", "diff_ci_lo", "diff_ci_hi", "p_value", "real"])
     return "\n".join(lines) + "\n"
 
 
@@ -209,17 +210,17 @@ def main(argv=None) -> None:
               f"iterations x {args.rl_batch} episodes, {args.online_top} real evaluations per iteration, QAT "
               f"{args.qat_steps} steps, {args.world_model} world model, "
               f"seeds {args.seeds})\n\n"
-              f"{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
+              f"{record.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` (validation, which chooses) and "
               "`acc` (test, which only reports) in %, after the same QAT for every method, activations fp32; "
               "`acc_ci_lo`-`acc_ci_hi`: 95% bootstrap interval over all seeds' test images together. Random search "
               "and CEM score exactly the RL search's counted `wm_calls` on the same world model and measure as many "
               "vectors for real (`real_evals`, in as many online rounds), each refining a world model of its own.")
     # Without --pruned the fp32 row is the unpruned model already (on digits, each seed's own).
     ref = unpruned_reference(args.task, kw, args.pruned) if args.pruned else None
-    common.write_results(args.results_dir, common.stem(common.result_name("quantize", label), q), rows,
+    record.write_results(args.results_dir, record.stem(record.result_name("quantize", label), q), rows,
                          markdown(rows, header, ref), FIELDS)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "quantize", label=label)
+        record.update_summary(args.results_dir, headline(rows), "quantize", label=label)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import HEADLINE_WORKLOAD
+from record import HEADLINE_WORKLOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

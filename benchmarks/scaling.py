@@ -40,6 +40,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import record
 
 SEED = 0
 """Scaling has no seeds: the base model of seed 0 (digits: its own, trained in seconds; any other task: the
@@ -147,21 +148,21 @@ def markdown(rows: list[dict], quick: bool, label: str = "digits") -> str:
     """Four small tables and the headline ratios, titled with the workload ``label``."""
     sec = {s: [r for r in rows if r["section"] == s] for s in ("samples", "spn", "cost_model", "env")}
     sim, seq = (next(r for r in sec["env"] if r["mode"] == m) for m in ("simultaneous", "sequential"))
-    lines = [f"# Scaling ({label}, {'quick' if quick else 'full'})", "", common.stamp() + ".", "",
+    lines = [f"# Scaling ({label}, {'quick' if quick else 'full'})", "", record.stamp() + ".", "",
              "## Sample throughput (real samples, Ray Tune workers)", "",
-             *common.md_table(sec["samples"], ["workers", "n", "samples_per_s", "wall_s", "speedup_vs_1"],
+             *record.md_table(sec["samples"], ["workers", "n", "samples_per_s", "wall_s", "speedup_vs_1"],
                               ["workers", "samples", "samples/s (evaluating)", "wall s (incl. Ray start)",
                                "speedup vs 1"]), "",
              "## SPN inference (one thread)", "",
-             *common.md_table(sec["spn"], ["name", "batch", "vectors_per_s", "single_ms"],
+             *record.md_table(sec["spn"], ["name", "batch", "vectors_per_s", "single_ms"],
                               ["arch", "batch", "vectors/s", "one vector (ms)"]), "",
              "## Cost model (one thread)", "",
-             *common.md_table(sec["cost_model"], ["name", "n_groups", "batch", "vectors_per_s",
+             *record.md_table(sec["cost_model"], ["name", "n_groups", "batch", "vectors_per_s",
                                                   "project_vectors_per_s"],
                               ["model", "groups", "batch", "exact cost, vectors/s", "projection, vectors/s"]), "",
              "Projection: raising a vector until it meets 50% MACs (the env's wall, every episode).", "",
              "## Env with the SPN reward (one thread, random actions)", "",
-             *common.md_table(sec["env"], ["mode", "episodes", "env_steps", "episodes_per_s", "env_steps_per_s"]),
+             *record.md_table(sec["env"], ["mode", "episodes", "env_steps", "episodes_per_s", "env_steps_per_s"]),
              "", f"2 vs 1 sample workers: {common.ratio_text(sec['samples'][1]['speedup_vs_1'])}; sequential vs "
                  f"simultaneous episodes/s: {common.ratio_text(seq['episodes_per_s'] / sim['episodes_per_s'])}; "
                  f"SPN inference target >= 50,000 vectors/s: "
@@ -215,10 +216,10 @@ def save(results_dir: Path, rows: list[dict], label: str, quick: bool) -> Path:
     Returns:
         The markdown's path.
     """
-    md = common.write_results(results_dir, common.stem(common.result_name("scaling", label), quick), rows,
+    md = record.write_results(results_dir, record.stem(record.result_name("scaling", label), quick), rows,
                               markdown(rows, quick, label), FIELDS)
     if not quick:
-        common.update_summary(results_dir, headline(rows), "scaling", label=label)
+        record.update_summary(results_dir, headline(rows), "scaling", label=label)
     return md
 
 

@@ -76,6 +76,7 @@ import time
 from pathlib import Path
 
 import common
+import record
 from stop_rule import StopRule, watched_search
 
 FIELDS = ["section", "seed", "target", "method", "iterations", "episodes", "spn_calls", "real_evals", "wall_s",
@@ -306,14 +307,14 @@ def main(argv=None) -> None:
     rows += [r for u in units for r in u["rows"]]
     curves = [c for u in units for c in u["curves"]]
     fig = headline(rows)
-    name = common.result_name("search_speed", label)
-    common.write_csv(args.results_dir, common.stem(common.result_name("search_speed_curves", label), q), curves,
+    name = record.result_name("search_speed", label)
+    record.write_csv(args.results_dir, record.stem(record.result_name("search_speed_curves", label), q), curves,
                      CURVE_FIELDS)
     setup = {"mode": "quick" if q else "full", **b, "seeds": args.seeds, "targets": targets,
              "wall": time.perf_counter() - t_start}
-    common.write_results(args.results_dir, common.stem(name, q), rows, markdown(label, rows, setup, fig), FIELDS)
+    record.write_results(args.results_dir, record.stem(name, q), rows, markdown(label, rows, setup, fig), FIELDS)
     if not q:
-        common.update_summary(args.results_dir, fig, "search_speed", retired=("end_to_end_speedup_is_lower_bound",),
+        record.update_summary(args.results_dir, fig, "search_speed", retired=("end_to_end_speedup_is_lower_bound",),
                               label=label)
 
 
@@ -337,7 +338,7 @@ def seed_unit(task: str, kw: dict, label: str, seed: int, first: int, targets: l
     n_spn, n_real = (100, 6) if quick else (2000, 40)
     spec = common.label_spec(task, b["label_steps"], finetune_steps=0)
     step = step_speed(task, {"seed": seed, **kw}, spn, n_spn, n_real, spec) if seed == first else []
-    unit = {"seed": seed, "rows": common.stamped(rows), "curves": common.stamped(curves), "step": common.stamped(step)}
+    unit = {"seed": seed, "rows": record.stamped(rows), "curves": record.stamped(curves), "step": record.stamped(step)}
     atomic_write_json(done, unit)
     return unit
 
@@ -380,9 +381,9 @@ def markdown(label: str, rows: list[dict], s: dict, fig: dict) -> str:
             "acc", "acc_ci_lo", "acc_ci_hi", "macs_ratio", "params_ratio", "note"]
     sp_cols = ["seed", "target", "level", "time_spn_s", "time_amc_s", "speedup", "real_evals_spn", "real_evals_amc",
                "note"]
-    lines = [f"# Search speed ({label}, {s['mode']})", "", common.stamp() + ".", "",
+    lines = [f"# Search speed ({label}, {s['mode']})", "", record.stamp() + ".", "",
              "## Per env step (same env, same random actions, simultaneous mode, wall at 50% MACs)", "",
-             *common.md_table([r for r in rows if r["section"] == "step"], ["method", "episodes", "env_steps_per_s"],
+             *record.md_table([r for r in rows if r["section"] == "step"], ["method", "episodes", "env_steps_per_s"],
                               ["reward", "episodes", "env steps/s"]), "",
              f"SPN vs real per-step speedup: {common.ratio_text(step)} (target >= 1000x: {common.met(step >= 1000)})",
              "", f"## End to end, a sweep of MACs targets {targets}: time to equal validation accuracy", "",
@@ -395,14 +396,14 @@ def markdown(label: str, rows: list[dict], s: dict, fig: dict) -> str:
              "include its sampling and SPN training (`spn_sample`, `spn_fit`; `spn_search` is each search's own "
              "wall); `spn_calls` are counted. `acc` (test, 95% CI) only reports the vector each search chose on "
              "validation. Curves: `search_speed_curves*.csv`.", "",
-             *common.md_table(final, cols), "",
+             *record.md_table(final, cols), "",
              "Per target, speedup = AMC-style time / SPN pipeline time to the level, the best validation accuracy "
              "both reached at that target (the SPN pipeline's time includes all of its sampling and SPN training, "
              "as a single-target run would):", "",
-             *common.md_table([r for r in rows if r["section"] == "speedup"], sp_cols), "",
+             *record.md_table([r for r in rows if r["section"] == "speedup"], sp_cols), "",
              "The sweep, per seed: each method's time = (SPN pipeline: sampling + SPN training, once) + the sum over "
              "the targets of each search's own time to that target's level; speedup = AMC-style / SPN pipeline:", "",
-             *common.md_table([r for r in rows if r["section"] == "sweep"],
+             *record.md_table([r for r in rows if r["section"] == "sweep"],
                               ["seed", "time_spn_s", "time_amc_s", "speedup", "real_evals_spn", "real_evals_amc",
                                "note"]), "",
              f"End-to-end speedup of the sweep at equal validation accuracy: {common.ratio_text(e2e)} median over "

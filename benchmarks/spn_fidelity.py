@@ -62,6 +62,7 @@ from pathlib import Path
 import common
 import numpy as np
 import pandas as pd
+import record
 import spn_within_budget as within_budget
 import torch
 
@@ -276,7 +277,7 @@ def markdown(rows, quick: bool, meta) -> str:
     df = pd.DataFrame(rows)
     lines = [f"# SPN fidelity ({meta['label']}, {'quick' if quick else 'full'})", "",
              f"{meta['describe']}; labels after {meta['label_steps']} fine-tune steps; seeds {meta['seeds']}; "
-             f"mean ± sd over seeds. {common.stamp()}.", "",
+             f"mean ± sd over seeds. {record.stamp()}.", "",
              "## Learning curve (held-out acc_drop, points)", "",
              f"MAE low: MAE over test samples whose real drop is <= {LOW_DROP:g} points.", "",
              "| arch | n_train | MAE | RMSE | Spearman | R^2 | mean std | MAE low |",
@@ -384,15 +385,15 @@ def main(argv=None) -> None:
     if vectors:
         rows += within_budget.within_rows(vectors, largest, max(sizes))
         meta["within"] = within_budget.markdown(vectors, [r for r in rows if r["section"] == "within"], read)
-        common.write_csv(args.results_dir, common.stem(common.result_name("spn_within_budget", label), q),
+        record.write_csv(args.results_dir, record.stem(record.result_name("spn_within_budget", label), q),
                          within_budget.vector_rows(vectors, largest[0]), within_budget.FIELDS)
     rows = [{**r, "label_steps": args.label_steps} for r in rows]
-    common.write_csv(args.results_dir, common.stem(common.result_name("spn_points", label), q),
+    record.write_csv(args.results_dir, record.stem(record.result_name("spn_points", label), q),
                      points(largest[0], wl.curve.iloc[:n_test]))
-    common.write_results(args.results_dir, common.stem(common.result_name("spn_fidelity", label), q), rows,
+    record.write_results(args.results_dir, record.stem(record.result_name("spn_fidelity", label), q), rows,
                          markdown(rows, q, meta), FIELDS)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
+        record.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import common
 import label_fidelity
 import numpy as np
 import pandas as pd
+import record
 from fidelity_spn import rho_cell
 
 TARGETS = (0.3, 0.5, 0.7)
@@ -113,7 +113,7 @@ def vector_rows(rows: list[dict], spn) -> list[dict]:
     """The per-vector CSV rows (:data:`FIELDS`): ``spn``'s (seed 0's) predicted drop added."""
     pred = predicted_drops(spn, rows) if spn is not None else [float("nan")] * len(rows)
     return [{**{f: r.get(f) for f in FIELDS}, "spn_pred_drop": round(float(p), 4),
-             **{k: r[k] for k in common.PROVENANCE if k in r}} for r, p in zip(rows, pred, strict=True)]
+             **{k: r[k] for k in record.PROVENANCE if k in r}} for r, p in zip(rows, pred, strict=True)]
 
 
 def markdown(rows: list[dict], within: list[dict], read: int) -> list[str]:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import record
 
 METHODS = ("conditioned_rl", "per_target_rl", "random_search", "cem")
 UNSEEN = (0.45, 0.65)
@@ -237,12 +238,12 @@ def markdown(rows: list[dict], header: str) -> str:
     summary = summarise(rows)
     scols = ["method", "spn_calls", "wall_s", "acc_trained", "acc_trained_ci", "acc_unseen", "acc_unseen_ci",
              "chosen", "unseen_answer_s"]
-    lines = [header, "", "## Per method (means over seeds)", "", *common.md_table(summary, scols), ""]
+    lines = [header, "", "## Per method (means over seeds)", "", *record.md_table(summary, scols), ""]
     got = paired_over_targets(rows, "conditioned_rl", "cem")
     if got is not None:
         lines += ["Conditioned RL minus CEM, mean test accuracy over every target and seed, 95% paired interval "
                   f"(test images resampled, each with all its targets): {describe(got)}.", ""]
-    lines += ["## Per target", "", *common.md_table(per_target, cols)]
+    lines += ["## Per target", "", *record.md_table(per_target, cols)]
     return "\n".join(lines)
 
 
@@ -277,15 +278,15 @@ def main(argv=None) -> None:
               f"steps, conditioned RL {iters} "
               f"iterations x {batch} episodes over [{min(train_targets):g}, {max(train_targets):g}], K="
               f"{len(train_targets)} training targets {train_targets} + unseen {list(UNSEEN)}, seeds {seeds}, "
-              f"fine-tune {ft} steps)\n\n{common.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` "
+              f"fine-tune {ft} steps)\n\n{record.stamp()}; total {time.perf_counter() - t0:.0f} s. `val_acc` "
               "(validation, which chooses: `chosen`) and `acc` (test, which only reports) in %; `acc_ci_lo`-"
               "`acc_ci_hi`: 95% bootstrap interval over the test images. Every vector is projected onto its MACs "
               "target from below. `spn_calls`/`answer_s`: what producing that target's vector cost (conditioned RL: "
               "its answer; its one training is counted in the per-method totals).")
     md = markdown(rows, header)
-    common.write_results(args.results_dir, common.stem(common.result_name("targets", label), q), rows, md, FIELDS)
+    record.write_results(args.results_dir, record.stem(record.result_name("targets", label), q), rows, md, FIELDS)
     if not q:
-        common.update_summary(args.results_dir, headline(rows), "targets", label=label)
+        record.update_summary(args.results_dir, headline(rows), "targets", label=label)
 
 
 if __name__ == "__main__":

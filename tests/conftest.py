@@ -6,6 +6,7 @@ user's cache and the digits base model is trained exactly once (``digits_task``)
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,3 +48,21 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory: pytest.TempPathFactory, digits_task: DigitsTask):
+    """``name -> (results folder, finished process)``: each benchmark's quick run, once per session (on digits,
+    whose base model ``digits_task`` has cached for the subprocesses)."""
+    from tests.bench_helpers import quick_runs
+
+    return quick_runs(tmp_path_factory.mktemp)
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Import a benchmark script as a module (the scripts import their siblings, such as ``common``)."""
+    from tests.bench_helpers import BENCH
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module

@@ -8,36 +8,23 @@ covered by ``tests/test_benchmarks_smoke.py``.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from rlprune.tasks.fashion_data import DEBIAN_FOLDER
+from tests.bench_helpers import run_script
 from tests.test_fashion_data import write_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 SECTIONS = ["samples", "samples", "spn", "spn", "spn", "cost_model", "env", "env"]
 """A task other than digits: one cost-model row (its own net), no CIFAR ResNet-56 row."""
 
 
-@pytest.fixture
-def bench(monkeypatch):
-    """Import a benchmark script as a module (the scripts import their sibling ``common``)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
-
-
 def _run_quick(out: Path, *task_args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(BENCH / "scaling.py"), "--quick", "--results-dir", str(out),
-                           *task_args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=1200)
+    proc = run_script("scaling", "--quick", "--results-dir", str(out), *task_args, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -79,12 +66,12 @@ def test_quick_run_on_a_tiny_fashion_folder_takes_arch_and_data_dir_to_the_worke
 
 def test_default_workload_is_digits_with_todays_file_names(bench):
     """No flags: digits, its own base model per seed (no shared one), ``scaling.csv`` / ``scaling_quick.csv``."""
-    scaling, common = bench("scaling"), bench("common")
+    scaling, common, record = bench("scaling"), bench("common"), bench("record")
     args = scaling.parse_args([])
     assert (args.task, args.arch, args.data_dir, args.model_seed) == ("digits", None, None, None)
     kw, label = common.task_choice(args)
     assert (kw, label) == ({}, "digits")
-    assert [common.stem(common.result_name("scaling", label), q) for q in (False, True)] == ["scaling",
+    assert [record.stem(record.result_name("scaling", label), q) for q in (False, True)] == ["scaling",
                                                                                           "scaling_quick"]
 
 
@@ -92,19 +79,18 @@ def test_default_workload_is_digits_with_todays_file_names(bench):
 def test_fashion_flags_give_the_task_kwargs_and_label(bench):
     """``--task fashion-mnist --arch resnet56``: the committed seed-0 base model, labelled by its arch;
     ``--model-seed`` is passed on as the task's seed."""
-    scaling, common = bench("scaling"), bench("common")
+    scaling, common, record = bench("scaling"), bench("common"), bench("record")
     kw, label = common.task_choice(scaling.parse_args(["--task", "fashion-mnist", "--arch", "resnet56"]))
     assert (kw, label) == ({"arch": "resnet56", "seed": 0}, "fashion-mnist/resnet56")
-    assert common.stem(common.result_name("scaling", label), True) == "scaling_fashionmnist_resnet56_quick"
+    assert record.stem(record.result_name("scaling", label), True) == "scaling_fashionmnist_resnet56_quick"
     args = scaling.parse_args(["--task", "fashion-mnist", "--arch", "resnet20", "--model-seed", "3"])
     assert common.task_choice(args)[0] == {"arch": "resnet20", "seed": 3}
 
 
 def test_missing_data_folder_is_one_line_and_exit_2(tmp_path):
     """``--task fashion-mnist --data-dir`` with no data there stops before any work, with the task's message."""
-    proc = subprocess.run([sys.executable, str(BENCH / "scaling.py"), "--quick", "--task", "fashion-mnist",
-                           "--data-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "out")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script("scaling", "--quick", "--task", "fashion-mnist", "--data-dir", str(tmp_path / "none"),
+                      "--results-dir", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "dataset-fashion-mnist" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -5,24 +5,17 @@ real evaluations, and the sweep's figures follow from the curves).
 
 from __future__ import annotations
 
-import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
+from tests.bench_helpers import assert_in_ci, read_rows, run_script
 
 
 @pytest.fixture
-def speed(monkeypatch):
+def speed(bench):
     """``benchmarks/search_speed.py`` imported as a module (it imports its siblings ``common`` and ``stop_rule``)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module("search_speed")
+    return bench("search_speed")
 
 
 def _curve(points, shared_s=0.0, shared_evals=0, evals_per_iter=10):
@@ -90,15 +83,13 @@ def test_quick_sweep_of_two_targets_has_every_search(tmp_path, digits_task, spee
     """``--quick --targets 0.4 0.6``: per seed the samples and the SPN once, and per target both methods' rows and
     curves with counted real evaluations; every sweep row follows from the curves."""
     out = tmp_path / "out"
-    cmd = [sys.executable, str(BENCH / "search_speed.py"), "--quick", "--targets", "0.4", "0.6", "--seeds", "0",
-           "--work", str(tmp_path / "work"), "--keep-rows", str(tmp_path / "kept")]
-    proc = subprocess.run([*cmd, "--results-dir", str(out)], cwd=ROOT, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=900)
+    cmd = ["--quick", "--targets", "0.4", "0.6", "--seeds", "0", "--work", str(tmp_path / "work"), "--keep-rows",
+           str(tmp_path / "kept")]
+    proc = run_script("search_speed", *cmd, "--results-dir", str(out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     # A rerun on a fresh machine (empty --work, the kept rows) measures nothing again and writes the same tables.
-    again = subprocess.run([*cmd[:-4], "--work", str(tmp_path / "fresh"), "--keep-rows", str(tmp_path / "kept"),
-                            "--results-dir", str(tmp_path / "again")], cwd=ROOT, env=dict(os.environ),
-                           capture_output=True, text=True, timeout=900)
+    again = run_script("search_speed", *cmd[:-4], "--work", str(tmp_path / "fresh"), "--keep-rows",
+                       str(tmp_path / "kept"), "--results-dir", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr[-4000:]
     for name in ("search_speed_quick.csv", "search_speed_curves_quick.csv"):
         assert pd.read_csv(tmp_path / "again" / name).equals(pd.read_csv(out / name)), name
@@ -140,3 +131,65 @@ def test_quick_sweep_of_two_targets_has_every_search(tmp_path, digits_task, spee
     md = (out / "search_speed_quick.md").read_text()
     assert "a sweep of MACs targets 0.4 0.6" in md
     assert not (out / "summary.json").exists() and not (out / "summary_digits.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_search_speed_curves_are_like_for_like(quick, bench):
+    """Three seeds of both searches; curves rise monotonically in time; counts are counted and match the
+    table; the speedup is read at the best validation accuracy both reached."""
+    out, _ = quick("search_speed")
+    speed = bench("search_speed")
+    rows = read_rows(out / "search_speed_quick.csv")
+    curves = pd.read_csv(out / "search_speed_curves_quick.csv")
+    assert set(curves["method"]) == {speed.SPN, speed.AMC} and curves["seed"].nunique() >= 3
+    for (seed, method), c in curves.groupby(["seed", "method"]):
+        c = c.sort_values("iteration")
+        assert list(c["iteration"]) == list(range(1, len(c) + 1))
+        for col in ("wall_s", "episodes"):
+            assert np.all(np.diff(c[col]) > 0), (seed, method, col)
+        for col in ("best_val_acc", "real_evals", "spn_calls"):
+            assert np.all(np.diff(c[col]) >= 0), (seed, method, col)
+        assert np.allclose(c["best_val_acc"], np.maximum.accumulate(c["val_acc"]))
+        final = next(r for r in rows if r["seed"] == seed and r["method"] == method)
+        last = c.iloc[-1]
+        assert final["real_evals"] == last["real_evals"] and final["iterations"] == last["iteration"]
+        assert_in_ci(final["acc"], final["acc_ci_lo"], final["acc_ci_hi"])
+        if method == speed.AMC:  # every episode paid one real evaluation; no SPN
+            assert last["spn_calls"] == 0 and last["real_evals"] >= last["episodes"]
+        else:  # the clock started before sampling: the first point is after sampling and SPN training
+            pre = sum(r["wall_s"] for r in rows if r["seed"] == seed and r["method"] in ("spn_sample", "spn_fit"))
+            assert c["wall_s"].iloc[0] > pre and last["spn_calls"] > 0
+    for r in (r for r in rows if r["section"] == "speedup"):
+        mine = curves[curves["seed"] == r["seed"]]
+        ends = mine.groupby("method")["best_val_acc"].max()
+        assert r["level"] == pytest.approx(ends.min())
+        first = {m: c[c["best_val_acc"] >= r["level"] - 1e-9]["wall_s"].min() for m, c in mine.groupby("method")}
+        assert r["time_spn_s"] == pytest.approx(first[speed.SPN]) and r["time_amc_s"] == pytest.approx(first[speed.AMC])
+        assert r["speedup"] == pytest.approx(r["time_amc_s"] / r["time_spn_s"], rel=1e-2, abs=1e-3)
+    fig = speed.headline(rows)
+    assert fig["end_to_end_seeds"] >= 3
+    assert fig["end_to_end_speedup_min"] <= fig["end_to_end_speedup"] <= fig["end_to_end_speedup_max"]
+
+
+def test_stop_rule_and_speedup_reading(bench):
+    """The one stop rule (patience, cap, max iterations) and the speedup at the level both curves reached."""
+    speed = bench("search_speed")
+    rule = speed.StopRule(patience=2, cap_s=100.0, max_iters=10)
+
+    def curve(points):
+        best, out = 0.0, []
+        for i, (wall, acc) in enumerate(points, 1):
+            best = max(best, acc)
+            out.append({"iteration": i, "wall_s": wall, "val_acc": acc, "best_val_acc": best, "real_evals": 10 * i})
+        return out
+
+    rising = curve([(1, 90), (2, 91), (3, 92)])
+    assert not rule.done(rising, 3.0)
+    assert rule.done(curve([(1, 90), (2, 92), (3, 91), (4, 92)]), 4.0)  # two iterations without a gain
+    assert rule.done(rising, 100.0) and rule.done(curve([(i, 90 + i) for i in range(1, 11)]), 10.0)
+    spn = curve([(10, 93), (11, 95), (12, 96)])
+    amc = curve([(5, 90), (40, 94), (90, 95)])
+    r = speed.speedup_row(0, spn, amc)
+    assert r["level"] == 95 and r["time_spn_s"] == 11 and r["time_amc_s"] == 90
+    assert r["speedup"] == pytest.approx(90 / 11, rel=1e-3) and "AMC-style did not reach" in r["note"]
+    assert speed.time_to(amc, 96) is None

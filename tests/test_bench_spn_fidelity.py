@@ -8,21 +8,17 @@ that while other jobs share them). Digits' own quick run is tested in ``test_ben
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from rlprune.tasks.fashion_data import DEBIAN_FOLDER
+from tests.bench_helpers import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 FLAGS = ["--quick", "--task", "fashion-mnist", "--arch", "resnet20", "--source-arch", "resnet20"]
 NAME = "fashionmnist_resnet20_quick"
 TARGETS = {0.3, 0.5, 0.7}
@@ -30,17 +26,8 @@ TARGETS = {0.3, 0.5, 0.7}
 needs_fashion = pytest.mark.skipif(not DEBIAN_FOLDER.is_dir(), reason="dataset-fashion-mnist is not installed")
 
 
-@pytest.fixture
-def bench(monkeypatch):
-    """Import a benchmark script as a module (the scripts import their siblings)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
-
-
 def _run(out: Path, work: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(BENCH / "spn_fidelity.py"), *FLAGS, "--results-dir", str(out),
-                           "--work", str(work)], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=1500)
+    proc = run_script("spn_fidelity", *FLAGS, "--results-dir", str(out), "--work", str(work), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
