@@ -137,7 +137,7 @@ def test_within_budget_and_label_fidelity_share_their_vectors(digits_task, bench
 def test_cheapest_label_must_meet_the_rule_at_every_target(bench):
     """A label ranking far below the final where the finals discriminate is not excused by a target where they
     do not (low seed-to-seed agreement there), even when its mean within-target Spearman would be."""
-    lf = bench("label_fidelity")
+    lf = bench("label_fidelity_tables")
 
     def rows(k, cost, per_target):
         out = [{"k": k, "metric": "acc", "cost_s": cost, "scope": "within", "rho": float(np.mean(per_target))}]

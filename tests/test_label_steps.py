@@ -126,7 +126,7 @@ def test_each_studied_default_is_the_label_its_study_chose(monkeypatch):
     The study's rows (benchmarks/results/raw/label_fidelity_*) are the data the README's table was made from;
     the SPN learns accuracy labels, so the choice is among the accuracy labels."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import label_fidelity
+    import label_fidelity_tables as tables
 
     studies = {"digits": "label_fidelity_digits", "fashion-mnist": "label_fidelity_fashionmnist_resnet20"}
     assert set(TASK_LABEL_STEPS) <= set(studies)  # a task gets a default only from a committed study
@@ -135,6 +135,6 @@ def test_each_studied_default_is_the_label_its_study_chose(monkeypatch):
         files = sorted((ROOT / "benchmarks/results/raw" / folder).glob("t*-v*.json"))  # one row per vector
         rows = [json.loads(f.read_text()) for f in files]
         assert len({r["target"] for r in rows}) == 3 and len(rows) >= 60, f"{task}: the study is incomplete"
-        summary = [s for s in label_fidelity.summarise(rows) if s["metric"] == "acc"]
-        best = label_fidelity.cheapest(summary)
+        summary = [s for s in tables.summarise(rows) if s["metric"] == "acc"]
+        best = tables.cheapest(summary)
         assert best is not None and TASK_LABEL_STEPS[task] == best["k"], (task, best)
