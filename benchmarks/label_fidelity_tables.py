@@ -8,8 +8,8 @@ from fidelity_spn import rho_cell
 
 METRICS = ("acc", "loss")
 RULE_RHO, RULE_GAP = 0.8, 0.1
-"""Issue 15's choice of the default label: at every target, Spearman >= 0.8 or within 0.1 of the final recipe's
-own seed-to-seed agreement at that target (:func:`cheapest`)."""
+"""Issue 15's choice of the default label: at every target whose finals rank anything, Spearman >= 0.8 or within
+0.1 of the final recipe's own seed-to-seed agreement at that target (:func:`cheapest`, :func:`informative`)."""
 
 
 def _series(rows, k, metric) -> np.ndarray:
@@ -52,8 +52,22 @@ def summarise(rows: list[dict], steps=None) -> list[dict]:
     return out
 
 
+def informative(final: dict) -> bool:
+    """Whether a target's finals rank anything: the final recipe's seed-1-vs-seed-2 Spearman there is real (its 95%
+    interval excludes 0). Where it is not (the finals are all equal, or differ by less than the recipe's own
+    noise), no label can be judged on that target's finals, and issue 15's rule skips it (:func:`cheapest`).
+
+    Args:
+        final: the final's seed-vs-seed row of one target (``rho``, ``lo``, ``hi``).
+    """
+    if not np.isfinite(final["rho"]):
+        return False
+    return bool(final["lo"] > 0 or final["hi"] < 0)
+
+
 def cheapest(summary: list[dict]) -> dict | None:
-    """The cheapest label meeting issue 15's rule at every target (see :data:`RULE_RHO`), or None.
+    """The cheapest label meeting issue 15's rule at every informative target (see :data:`RULE_RHO` and
+    :func:`informative`), or None. With no informative target every label passes: the cheapest is chosen.
 
     Args:
         summary: :func:`summarise`'s rows (the labels to choose among, and the final's seed-vs-seed rows).
@@ -65,10 +79,10 @@ def cheapest(summary: list[dict]) -> dict | None:
     targets = [sc for (k, _, sc) in rows if k == "final" and sc not in ("all", "within")]
 
     def meets(k, metric, target) -> bool:
-        rho, bound = rows[(k, metric, target)]["rho"], rows[("final", "acc", target)]["rho"]
-        if not np.isfinite(bound):  # the finals of this target are all equal: nothing to rank against
+        rho, final = rows[(k, metric, target)]["rho"], rows[("final", "acc", target)]
+        if not informative(final):
             return True
-        return bool(np.isfinite(rho) and (rho >= RULE_RHO or rho >= bound - RULE_GAP))
+        return bool(np.isfinite(rho) and (rho >= RULE_RHO or rho >= final["rho"] - RULE_GAP))
 
     ok = [s for (k, m, sc), s in rows.items() if sc == "within" and k != "final"
           and all(meets(k, m, t) for t in targets)]
@@ -90,9 +104,12 @@ def markdown(rows: list[dict], summary: list[dict], header: str) -> str:
         lines.append(f"| {name} | {first['cost_s']:.2f} | {cells} |")
     best = cheapest(summary)
     bound = by[(names[-1], "within")]
+    skipped = [c for c in scopes if c not in ("all", "within") and not informative(by[(names[-1], c)])]
     lines += ["", f"Cheapest label whose Spearman at every target is >= {RULE_RHO} or within {RULE_GAP} of the "
               f"final recipe's own at that target (seed 1 vs seed 2, last line; within-target {rho_cell(bound)}): "
-              + (f"**{best['label']}** ({best['cost_s']:.2f} s, {rho_cell(best)})." if best else "**none**."), "",
+              + (f"**{best['label']}** ({best['cost_s']:.2f} s, {rho_cell(best)})." if best else "**none**.")
+              + (f" Skipped, as their finals rank nothing (seed 1 vs seed 2 not real): target {', '.join(skipped)}."
+                 if skipped else ""), "",
               "## Accuracy levels (mean over vectors; min-max of the final)", ""]
     steps = sorted(int(c[5:]) for c in rows[0] if c.startswith("acc_k"))
     heads = ["target", "vectors", "MACs ratio", *(f"label k={k}" for k in steps), "final (validation)"]

@@ -136,13 +136,14 @@ def test_within_budget_and_label_fidelity_share_their_vectors(digits_task, bench
 
 def test_cheapest_label_must_meet_the_rule_at_every_target(bench):
     """A label ranking far below the final where the finals discriminate is not excused by a target where they
-    do not (low seed-to-seed agreement there), even when its mean within-target Spearman would be."""
+    do not (low seed-to-seed agreement there), even when its mean within-target Spearman would be; a target whose
+    finals agree with their own second seed only by chance (interval across 0) judges no label."""
     lf = bench("label_fidelity_tables")
 
-    def rows(k, cost, per_target):
+    def rows(k, cost, per_target, half_width=0.2):
         out = [{"k": k, "metric": "acc", "cost_s": cost, "scope": "within", "rho": float(np.mean(per_target))}]
-        return out + [{"k": k, "metric": "acc", "cost_s": cost, "scope": t, "rho": r}
-                      for t, r in zip(("0.3", "0.7"), per_target, strict=True)]
+        return out + [{"k": k, "metric": "acc", "cost_s": cost, "scope": t, "rho": r, "lo": r - half_width,
+                       "hi": r + half_width} for t, r in zip(("0.3", "0.7"), per_target, strict=True)]
 
     final = rows("final", 90.0, [0.9, 0.3])  # the mean bound is 0.6
     cheap = rows(0, 5.0, [0.7, 0.5])  # mean 0.6: "within 0.1" of the mean bound, but 0.2 below it at 0.3
@@ -151,3 +152,10 @@ def test_cheapest_label_must_meet_the_rule_at_every_target(bench):
     assert lf.cheapest(final + cheap) is None
     flat = [dict(r, rho=float("nan")) if r["scope"] == "0.7" else r for r in final]  # finals all equal at 0.7
     assert lf.cheapest(flat + rows(0, 5.0, [0.82, float("nan")]))["k"] == 0
+    # Finals that agree with their own second seed only by chance at 0.7 (interval across 0) judge no label there:
+    # a label failing only at 0.7 passes; the same label where that agreement is real does not.
+    noisy = rows("final", 90.0, [0.9, 0.25], half_width=0.6)
+    real = rows("final", 90.0, [0.9, 0.25], half_width=0.2)
+    mute = rows(25, 17.0, [0.85, -0.05])
+    assert lf.cheapest(noisy + mute)["k"] == 25 and lf.cheapest(real + mute) is None
+    assert not lf.informative(noisy[-1]) and lf.informative(real[-1])
