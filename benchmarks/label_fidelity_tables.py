@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from fidelity_spn import rho_cell
 
+from rlprune.measure.stats import excludes_zero
+
 METRICS = ("acc", "loss")
 RULE_RHO, RULE_GAP = 0.8, 0.1
 """Issue 15's choice of the default label: at every target whose finals rank anything, Spearman >= 0.8 or within
@@ -62,7 +64,7 @@ def informative(final: dict) -> bool:
     """
     if not np.isfinite(final["rho"]):
         return False
-    return bool(final["lo"] > 0 or final["hi"] < 0)
+    return excludes_zero(final["lo"], final["hi"])
 
 
 def cheapest(summary: list[dict]) -> dict | None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from record import HEADLINE_WORKLOAD
 
+from rlprune.measure.stats import excludes_zero
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- results-table:begin (benchmarks/readme_results.py) -->", "<!-- results-table:end -->"
@@ -71,7 +73,7 @@ def _row(summary: dict, key: str, script: str, what: str, workloads: dict[str, s
     ci, spread = summary.get(f"{key}_ci"), summary.get(f"{key}_range")
     shown = _number(summary[key]) + (f" (range {_number(spread[0])}-{_number(spread[1])})" if spread else "")
     interval = f"[{_number(ci[0])}, {_number(ci[1])}]" if ci else ""
-    real = ("yes" if ci[0] > 0 or ci[1] < 0 else "no") if ci else ""
+    real = ("yes" if excludes_zero(*ci) else "no") if ci else ""
     where = summary.get("workload", {}).get(script, "")
     day = str(summary.get("updated", {}).get(script, ""))[:10]
     return f"| {what} | `{key}` | {shown} | {interval} | {real} | {where} {day} | {command} |"

@@ -87,6 +87,12 @@ def check_options(level: float, n_boot: int) -> None:
                          f"2.5%/97.5% percentiles")
 
 
+def excludes_zero(lo: float, hi: float) -> bool:
+    """Whether an interval ``[lo, hi]`` excludes 0: the project's test of a difference (or a correlation) being
+    real. A NaN bound never does."""
+    return bool(lo > 0.0 or hi < 0.0)
+
+
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     """The central ``level`` percentile interval of bootstrap ``samples``."""
     tail = (1.0 - level) / 2.0
@@ -270,7 +276,7 @@ def paired_difference(correct_a: Any, correct_b: Any, level: float = 0.95, n_boo
         "diff": diff,
         "diff_ci": [lo, hi],
         "p_value": p_value,
-        "real": bool(lo > 0.0 or hi < 0.0),
+        "real": excludes_zero(lo, hi),
         "n": n,
         "a_only": a_only,
         "b_only": b_only,
