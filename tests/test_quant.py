@@ -220,17 +220,20 @@ def test_world_model_predicts_held_out_drops(digits_task, base, space):
 
 
 def test_the_spn_world_model_ranks_held_out_drops_and_round_trips(digits_task, base, space):
-    B = random_bits(space, 60, seed=0)
+    # 90 to train, 30 held out: with 15 held out the Spearman swung from 0.42 to 0.88 with the base model
+    # alone (the digits model trained on 1 or 2 torch threads: which one a test session caches depends on what
+    # ran first). Measured on this draw for three base models: SPN Spearman 0.72-0.91, MAE 1.8-3.2 points; the
+    # MLP 0.55-0.70, 2.0-3.5 (the MLP's level is sometimes closer, its ranking never).
+    B = random_bits(space, 120, seed=0)
     drops = measure_drops(digits_task, base, B)
-    spn = BitsSPN(space, seed=0).fit(B[:45], drops[:45])
-    mlp = BitsWorldModel(space.n_layers, seed=0).fit(B[:45], drops[:45])
-    fid, fid_mlp = spn.fidelity(B[45:], drops[45:]), mlp.fidelity(B[45:], drops[45:])
-    # Measured on these 15 (seeded): SPN Spearman 0.74, MAE 2.0 points; the MLP 0.60, 2.6.
-    assert fid["n"] == 15 and fid["spearman"] > 0.5, fid
-    assert fid["mae"] < fid_mlp["mae"] + 0.5, (fid, fid_mlp)
-    assert fid["mae"] < float(np.abs(drops[45:] - drops[:45].mean()).mean())  # better than the mean
+    spn = BitsSPN(space, seed=0).fit(B[:90], drops[:90])
+    mlp = BitsWorldModel(space.n_layers, seed=0).fit(B[:90], drops[:90])
+    fid, fid_mlp = spn.fidelity(B[90:], drops[90:]), mlp.fidelity(B[90:], drops[90:])
+    assert fid["n"] == 30 and fid["spearman"] > 0.5, fid
+    assert fid["spearman"] > fid_mlp["spearman"], (fid, fid_mlp)
+    assert fid["mae"] < float(np.abs(drops[90:] - drops[:90].mean()).mean())  # better than the mean
     again = world_model_from_state(spn.state())
-    assert isinstance(again, BitsSPN) and np.array_equal(again.predict(B[45:]), spn.predict(B[45:]))
+    assert isinstance(again, BitsSPN) and np.array_equal(again.predict(B[90:]), spn.predict(B[90:]))
     assert isinstance(world_model_from_state(mlp.state()), BitsWorldModel)
     with pytest.raises(ConfigError, match="N >= 8 bit vectors"):
         BitsSPN(space).fit(B[:5], drops[:5])
