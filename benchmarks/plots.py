@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import common
@@ -66,7 +67,8 @@ def _subplots(n: int, title: str):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
-    fig.suptitle(title, fontsize=10)
+    # ~13 characters of a 10-point title per inch: a longer line runs off the figure
+    fig.suptitle(textwrap.fill(title, width=int(13 * 5.2 * n)), fontsize=10)
     return fig, list(axes[0])
 
 
