@@ -41,6 +41,8 @@ Nothing is asserted. Full mode on digits merges ``targets_*`` figures into ``sum
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import statistics
 import sys
 import time
@@ -58,11 +60,40 @@ FIELDS = ["task", "seed", "target", "kind", "method", "macs_ratio", "params_rati
 BUDGET = "macs"
 
 
+def seed_unit(task_name: str, task_kwargs: dict, seed: int, train_targets: list[float], n_samples: int,
+              iters: int, train_batch: int, finetune_steps: int, work: Path, label: str,
+              label_steps: int | None = None) -> list[dict]:
+    """One seed's rows (:func:`run_seed`), read back from its work folder when that seed finished before.
+
+    A finished seed leaves ``rows-<settings>.json`` beside its samples (what ``--keep-rows`` copies). A seed
+    killed midway keeps its samples and SPN (their cost is not in any figure) but runs every search again:
+    a search resumed from its checkpoint would report the wall of its last part only.
+
+    Returns:
+        The seed's rows, stamped with when, where and from which commit they were measured.
+    """
+    from rlprune.io import atomic_write_json
+
+    k = common.label_spec(task_name, label_steps).label_steps
+    seed_dir = Path(work) / f"{label.replace('/', '-')}-{seed}{common.label_suffix(k)}"
+    settings = (f"t{'_'.join(f'{t:g}' for t in train_targets)}-n{n_samples}-i{iters}-b{train_batch}"
+                f"-ft{finetune_steps}")
+    done = seed_dir / f"rows-{settings}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    for d in (*seed_dir.glob("per-target-*"), seed_dir / "conditioned"):
+        shutil.rmtree(d, ignore_errors=True)
+    rows = record.stamped(run_seed(task_name, task_kwargs, seed, train_targets, n_samples, iters, train_batch,
+                                   finetune_steps, seed_dir, label, label_steps))
+    atomic_write_json(done, rows)
+    return rows
+
+
 def run_seed(task_name: str, task_kwargs: dict, seed: int, train_targets: list[float], n_samples: int, iters: int,
              train_batch: int, finetune_steps: int, work: Path, label: str,
              label_steps: int | None = None) -> list[dict]:
-    """Every method at every target (training and unseen) for one task and seed; ``label_steps``: the samples'
-    label (default: the task's, as ``rlprune run`` has it).
+    """Every method at every target (training and unseen) for one task and seed, in the seed's folder
+    ``work``; ``label_steps``: the samples' label (default: the task's, as ``rlprune run`` has it).
 
     Returns:
         One row per (target, method), plus one ``kind="train"`` row per method with its whole cost.
@@ -76,7 +107,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, train_targets: list[f
     from rlprune.spn.nets import one_thread
 
     spec = common.label_spec(task_name, label_steps)
-    work = Path(work) / f"{label.replace('/', '-')}-{seed}{common.label_suffix(spec.label_steps)}"
+    work = Path(work)
     task = common.task_of(task_name, seed, task_kwargs)
     with one_thread():  # on 2 shared cores torch's own threads spin-wait and train 10-30x slower
         model = task.base_model()
@@ -259,8 +290,10 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, help="real samples per seed for the SPN (default 256; quick 32)")
     p.add_argument("--iters", type=int, help="iterations of the conditioned training (default 40; quick 2); "
                                              "per-target RL gets iters / K per target")
-    p.add_argument("--work", type=Path, help="keep samples, SPNs, searches and policies here (default: a "
-                                             "temporary folder, deleted at the end)")
+    p.add_argument("--work", type=Path, help="keep samples, SPNs, searches, policies and each finished seed's "
+                                             "rows here; rerunning with it resumes (default: a temporary folder, "
+                                             "deleted at the end)")
+    common.add_keep_rows_arg(p)
     common.add_label_arg(p)
     args = p.parse_args(argv)
     q = args.quick
@@ -271,8 +304,9 @@ def main(argv=None) -> None:
     n_samples, iters = args.samples or n_samples, args.iters or iters
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
-    rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, train_targets, n_samples, iters, batch,
-                                                        ft, work, label, args.label_steps), seeds, args.work)
+    rows = common.run_seeds(lambda seed, work: seed_unit(args.task, kw, seed, train_targets, n_samples, iters,
+                                                         batch, ft, work, label, args.label_steps),
+                            seeds, args.work, args.keep_rows)
     k = common.label_spec(args.task, args.label_steps).label_steps
     header = (f"# Targets ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
               f"steps, conditioned RL {iters} "

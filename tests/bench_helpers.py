@@ -17,7 +17,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-RESUMABLE = ("quality", "label_fidelity", "quantize")
+RESUMABLE = ("quality", "label_fidelity", "quantize", "targets")
 """Scripts whose quick run gets a ``--work`` folder, so a test can run them again into it and see them resume."""
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.bench_helpers import assert_in_ci, read_rows
+from tests.bench_helpers import assert_in_ci, read_rows, run_script
 
 
 @pytest.mark.slow
@@ -46,6 +46,16 @@ def test_quick_targets_answers_every_target_with_equal_budgets(quick, bench):
     assert got["diff"] == pytest.approx(mean["conditioned_rl"] - mean["cem"], abs=1e-3)
     assert_in_ci(got["diff"], *got["diff_ci"])
     assert "Conditioned RL minus CEM" in md and "95% paired interval" in md
+
+    # Resumable per seed: the same --work again reads the finished seed's rows back (a fresh machine gets them
+    # from --keep-rows) instead of searching and measuring again.
+    again, kept = out / "again", out / "kept"
+    proc = run_script("targets", "--quick", "--results-dir", str(again), "--work", str(out / "work"),
+                      "--keep-rows", str(kept), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "done (validation picks" not in proc.stderr
+    assert (again / "targets_quick.csv").read_text() == (out / "targets_quick.csv").read_text()
+    assert len(list(kept.rglob("rows-*.json"))) == 1
 
 
 def test_conditioned_minus_cem_resamples_images_with_all_their_targets(bench):
