@@ -5,6 +5,11 @@ How to run:
     python benchmarks/targets.py                # digits, seeds 0 1 2, K=5 (0.3 0.4 0.5 0.6 0.7) + 0.45, 0.65
     python benchmarks/targets.py --task fashion-mnist --arch resnet20      # the real workload (hours)
 
+With ``--work W`` a finished seed's rows stay in W and a rerun reads them back (``--keep-rows
+benchmarks/results/raw/targets_<workload>``: a committed copy, for a fresh machine); a seed killed midway keeps
+its samples and SPN and runs its searches again. On fashion-mnist a seed took ~40 min (ResNet-20) and ~1.7 h
+(ResNet-56) on 2 cores shared with another run, samples not counted.
+
 What a policy can do and a black-box search cannot: learn, in one training, how to prune for every budget,
 then answer a new budget at once. Per task and seed, after one shared stage (real samples, 2 Tune workers,
 then a transformer SPN on them), every method gets the SAME world model and the same total of SPN calls:
@@ -35,7 +40,8 @@ Reading it: the summary table gives per method the total SPN calls and wall over
 accuracy at the training and at the unseen targets (over seeds), and the median time to answer an unseen
 target; below it, conditioned RL minus CEM over every target and seed with a 95% paired interval (test images
 resampled, each with its outcome at every target; rows keep their per-image outcomes, ``test_correct``).
-Nothing is asserted. Full mode on digits merges ``targets_*`` figures into ``summary.json``.
+Nothing is asserted. A full run merges its figures (``targets_*``, ``conditioned_minus_per_target_cem_acc``,
+``unseen_target_answer_s``) into the results folder's summary (``record.update_summary``).
 """
 
 from __future__ import annotations
