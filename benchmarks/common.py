@@ -31,7 +31,8 @@ def add_keep_rows_arg(p: argparse.ArgumentParser) -> None:
     """``--keep-rows DIR``: the committed copies of finished units (:func:`run_seeds`)."""
     p.add_argument("--keep-rows", type=Path, metavar="DIR",
                    help="a folder to commit with copies of every finished unit's rows (e.g. "
-                        "benchmarks/results/raw/<name>): a run on a fresh machine resumes from them")
+                        "benchmarks/results/raw/<name>; quality and targets also keep their seeds' sample stores): a "
+                        "run on a fresh machine resumes from them")
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
@@ -105,13 +106,17 @@ def task_of(name: str, seed: int, task_kwargs: dict):
     return get_task(name, **{"seed": seed, **task_kwargs})
 
 
-def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None) -> list[dict]:
+def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
+              keep_stores: bool = False) -> list[dict]:
     """Every seed's rows from ``run_seed(seed, work)``, with Ray started once before any search is timed (no
     method's wall includes Ray's start-up) and ``work`` (None: a temporary folder, deleted at the end).
 
     ``keep`` (``--keep-rows``) is a folder, meant to be committed, of copies of the finished units' rows files
     (``rows-*.json``, at their paths under ``work``): the ones ``work`` lacks are copied in first, so a fresh
     machine resumes where a lost one stopped, and ``work``'s are copied back after every seed, finished or not.
+    With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``: its shards, spaces and manifest, not
+    Tune's logs) are kept the same way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist
+    ResNet-56: ~2 h a seed); ``python benchmarks/common.py keep WORK DIR`` copies them while a run goes on.
     """
     import tempfile
 
@@ -121,21 +126,28 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None) -> l
     with tempfile.TemporaryDirectory() as tmp:
         root, rows = Path(work or tmp), []
         if keep:
-            _copy_rows(Path(keep), root)
+            copy_kept(Path(keep), root, keep_stores)
         for seed in seeds:
             try:
                 rows += run_seed(seed, root)
             finally:
                 if keep:
-                    _copy_rows(root, Path(keep))
+                    copy_kept(root, Path(keep), keep_stores)
         return rows
 
 
-def _copy_rows(src: Path, dst: Path) -> None:
-    """Copy ``src``'s ``rows-*.json`` files that ``dst`` lacks (or holds other bytes of) to the same paths."""
+KEPT_STORE = ("*/samples/manifest.json", "*/samples/spaces/*.json", "*/samples/shards/*.parquet")
+
+
+def copy_kept(src: Path, dst: Path, stores: bool = False) -> None:
+    """Copy ``src``'s ``rows-*.json`` files (and with ``stores`` the finished files of its seeds' sample stores,
+    ``KEPT_STORE``) that ``dst`` lacks or holds other bytes of, to the same paths. A shard is written under a
+    temp name and renamed, so one that a killed writer left is a dot-file and no pattern here matches it."""
     from rlprune.io import atomic_write_bytes
 
-    for f in sorted(src.rglob("rows-*.json")) if src.is_dir() else []:
+    found = [*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))] if src.is_dir() \
+        else []
+    for f in sorted(f for f in found if not f.name.startswith(".")):
         target = dst / f.relative_to(src)
         data = f.read_bytes()
         if not target.is_file() or target.read_bytes() != data:
@@ -168,8 +180,11 @@ def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: d
     t1 = time.perf_counter()
     with one_thread():
         save_spn(fit("transformer", read_samples(store), read_spaces(store)), spn_path)
-    return {"store": store, "spn": spn_path, "sample_s": t1 - t0, "fit_s": time.perf_counter() - t1,
-            "real_evals": int(got["n_new"])}
+    # A store resumed from kept shards (another machine's, or a killed run's) was not sampled in one timed piece:
+    # its wall is left out rather than reported as the last part's.
+    resumed = got["n_total"] > got["n_new"]
+    return {"store": store, "spn": spn_path, "sample_s": None if resumed else t1 - t0,
+            "fit_s": time.perf_counter() - t1, "real_evals": int(got["n_new"])}
 
 
 def episodes_per_s(env_config: dict, episodes: int, seed: int = 0) -> dict:
@@ -214,6 +229,19 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def keep_main(argv=None) -> None:
+    """``python benchmarks/common.py WORK DIR``: copy a running benchmark's finished rows and sample-store files
+    from its ``--work`` to its ``--keep-rows`` folder now (:func:`copy_kept`), e.g. before its machine goes away."""
+    p = argparse.ArgumentParser(description="Copy a running quality/targets benchmark's finished rows and sample "
+                                            "shards from its --work folder to its --keep-rows folder, to commit.")
+    p.add_argument("work", type=Path, help="the benchmark's --work folder")
+    p.add_argument("keep", type=Path, help="its --keep-rows folder")
+    args = p.parse_args(argv)
+    if not args.work.is_dir():
+        raise SystemExit(f"error: --work folder {args.work} does not exist; name the folder the benchmark runs in")
+    copy_kept(args.work, args.keep, stores=True)
+
+
 def main_guard(main) -> None:
     """Run ``main()`` and turn a one-line rlprune user error (e.g. a missing data folder) into exit status 2."""
     from rlprune.errors import RlpruneError
@@ -223,3 +251,7 @@ def main_guard(main) -> None:
     except RlpruneError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    keep_main()

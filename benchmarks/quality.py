@@ -177,7 +177,7 @@ def baselines(task, space, spec, task_name: str, task_kwargs: dict, seed: int, t
     return [{**b, "source": "baseline", "candidates": 1} for b in found]
 
 
-def _row(task: str, seed: int, target: float, ft: int, row: dict, cand: dict, sample_s: float) -> dict:
+def _row(task: str, seed: int, target: float, ft: int, row: dict, cand: dict, sample_s: float | None) -> dict:
     ci = row.get("acc_ci") or [None, None]
     return {"task": task, "seed": seed, "target": target, "finetune_steps": ft, "method": row["method"],
             "source": cand["source"], "macs_ratio": row["macs_ratio"], "params_ratio": row["params_ratio"],
@@ -187,7 +187,7 @@ def _row(task: str, seed: int, target: float, ft: int, row: dict, cand: dict, sa
             "latency_ratio": round(row["latency_ratio"], 3), "spn_calls": int(cand.get("spn_calls") or 0),
             "real_evals": int(cand.get("real_evals") or 0), "candidates": int(cand["candidates"]),
             "search_s": round(float(cand.get("search_s") or 0.0), 2),
-            "sample_s": round(sample_s, 1) if cand["source"] == "rl" else "",
+            "sample_s": round(sample_s, 1) if cand["source"] == "rl" and sample_s is not None else "",
             "ratios": " ".join(f"{x:.4f}" for x in row["ratios"]), "test_correct": row["test_correct"]}
 
 
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, targets, n_samples, iters, batch, ft,
                                                         work, label, args.label_steps), seeds, args.work,
-                                 args.keep_rows)
+                                 args.keep_rows, keep_stores=True)
     k = common.label_spec(args.task, args.label_steps).label_steps
     header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
               f"steps, "

@@ -312,7 +312,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: seed_unit(args.task, kw, seed, train_targets, n_samples, iters,
                                                          batch, ft, work, label, args.label_steps),
-                            seeds, args.work, args.keep_rows)
+                            seeds, args.work, args.keep_rows, keep_stores=True)
     k = common.label_spec(args.task, args.label_steps).label_steps
     header = (f"# Targets ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
               f"steps, conditioned RL {iters} "

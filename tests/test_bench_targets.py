@@ -56,6 +56,7 @@ def test_quick_targets_answers_every_target_with_equal_budgets(quick, bench):
     assert "done (validation picks" not in proc.stderr
     assert (again / "targets_quick.csv").read_text() == (out / "targets_quick.csv").read_text()
     assert len(list(kept.rglob("rows-*.json"))) == 1
+    assert list(kept.glob("*/samples/shards/*.parquet"))  # and the seed's sample store, for a seed cut short
 
 
 def test_conditioned_minus_cem_resamples_images_with_all_their_targets(bench):

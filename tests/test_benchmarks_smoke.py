@@ -174,6 +174,29 @@ def test_samples_and_spn_label_their_samples_with_the_given_spec(bench, tmp_path
 
 
 @pytest.mark.slow
+def test_kept_sample_store_resumes_sampling_on_a_fresh_machine(bench, tmp_path, digits_task):
+    """A seed's finished shards, copied out while it runs (``common.py WORK DIR``) and into an empty ``--work`` on
+    another machine, count as stored samples: sampling adds only the missing ones, and its wall, no longer
+    measured in one piece, is left out. Tune's logs and a killed writer's temp file are not kept."""
+    from rlprune.samples.store import read_samples
+
+    common = bench("common")
+    first, kept, fresh = tmp_path / "first", tmp_path / "kept", tmp_path / "fresh"
+    got = common.samples_and_spn("digits", 10, first / "digits-0", seed=0)
+    assert got["sample_s"] > 0 and got["real_evals"] == 10
+    (got["store"] / "shards" / ".killed.parquet.tmp").write_bytes(b"half a shard")
+    proc = run_script("common", str(first), str(kept), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (kept / "digits-0" / "samples").iterdir()) == ["manifest.json", "shards", "spaces"]
+    assert not list(kept.rglob(".*"))
+    common.copy_kept(kept, fresh, stores=True)
+    again = common.samples_and_spn("digits", 12, fresh / "digits-0", seed=0)
+    assert again["real_evals"] == 2 and again["sample_s"] is None
+    assert len(read_samples(again["store"])) == 12
+    assert run_script("common", str(tmp_path / "nowhere"), str(kept), timeout=120).returncode != 0
+
+
+@pytest.mark.slow
 def test_plots_draw_every_results_csv(quick, bench, tmp_path):
     """``benchmarks/plots.py`` draws one PNG per results CSV it knows (the committed full results and the quick
     runs' label-fidelity and targets tables), skips the rest, and says so when there is nothing to draw."""
