@@ -4,13 +4,9 @@ rows; on a pruned model the drop is reported from the unpruned one.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.bench_helpers import ROOT, assert_in_ci, read_rows, run_script
+from tests.bench_helpers import assert_in_ci, read_rows, run_script
 
 
 @pytest.mark.slow
@@ -37,20 +33,16 @@ def test_quick_quantize_meets_the_size_budget_with_equal_world_model_calls(quick
     # A fresh machine: an empty --work, and the finished seed's rows as committed with --keep-rows.
     assert len(list((out / "kept").rglob("rows-*.json"))) == 1
     proc = run_script("quantize", "--quick", "--results-dir", str(out / "again"), "--work", str(out / "fresh"),
-                      "--keep-rows", str(out / "kept"), timeout=300)
+                      "--keep-rows", str(out / "kept"), "--pruned", str(out / "pruned"), timeout=300)
     assert proc.returncode == 0 and "seed 0: done" not in proc.stderr, proc.stderr[-2000:]
     assert (out / "again" / "quantize_quick.csv").read_text() == (out / "quantize_quick.csv").read_text()
 
 
 @pytest.mark.slow
-def test_quick_quantize_of_a_pruned_model_reports_the_drop_from_the_unpruned_one(tmp_path, digits_task):
-    """With --pruned, the markdown puts every method against the unpruned fp32 model on one size axis."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    pruned = tmp_path / "p"
-    subprocess.run([sys.executable, "-m", "rlprune.cli", "prune", "--task", "digits", "--uniform", "0.3", "--out",
-                    str(pruned)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    proc = run_script("quantize", "--quick", "--pruned", str(pruned), "--results-dir", str(tmp_path), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_quantize_of_a_pruned_model_reports_the_drop_from_the_unpruned_one(quick, digits_task):
+    """The quick run quantizes a pruned model (``bench_helpers.quick_runs``); its markdown puts every method
+    against the unpruned fp32 model on one size axis."""
+    tmp_path, _ = quick("quantize")
     md = (tmp_path / "quantize_quick.md").read_text()
     assert "## Against the unpruned fp32 model" in md
     ref = float(md.split("Unpruned fp32: validation ")[1].split("test ")[1].split(" ")[0])
