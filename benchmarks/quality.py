@@ -4,6 +4,7 @@ How to run:
     python benchmarks/quality.py --quick                    # ~1-2 min: 32 samples, 2 RL iterations, target 0.5
     python benchmarks/quality.py                            # ~20-30 min: targets 0.3 0.5 0.7, seeds 0 1 2
     python benchmarks/quality.py --task fashion-mnist --arch resnet20 --work ~/bench/q-fm20   # hours; resumable
+    python benchmarks/quality.py ... --work W --samples-only   # each seed's samples and SPN only (see --help)
 
 Per task and seed: real samples (2 Tune workers) -> transformer SPN -> per target, one online RL search (PPO,
 simultaneous mode, wall at the target) and every baseline: uniform, larger-group and depth rules, global L1,
@@ -55,7 +56,8 @@ BUDGET = "macs"
 
 
 def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: int, iters: int, train_batch: int,
-             finetune_steps: int, work: Path, label: str | None = None, label_steps: int | None = None) -> list[dict]:
+             finetune_steps: int, work: Path, label: str | None = None, label_steps: int | None = None,
+             samples_only: bool = False) -> list[dict]:
     """Every method at every target for one task and seed; resumable target by target.
 
     Each finished target's rows are written to ``work`` atomically, and a rerun with the same ``work`` folder
@@ -68,6 +70,7 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
         finetune_steps, work: the fine-tune every method gets (rows also without it), the work folder.
         label: the rows' ``task`` (default ``task_name``; e.g. ``fashion-mnist/resnet20``).
         label_steps: the samples' and online rounds' label (default: the task's, as ``rlprune run`` has it).
+        samples_only: make the seed's samples and SPN only, and return no rows.
 
     Returns:
         One row per (target, fine-tune, method): the ``FIELDS``.
@@ -80,6 +83,9 @@ def run_seed(task_name: str, task_kwargs: dict, seed: int, targets, n_samples: i
     label = label or task_name
     spec = common.label_spec(task_name, label_steps)
     work = Path(work) / f"{label.replace('/', '-')}-{seed}{common.label_suffix(spec.label_steps)}"
+    if samples_only:
+        _stages(task_name, n_samples, work, seed, task_kwargs, spec)
+        return []
     done = {t: work / f"rows-target{t:g}-ft{finetune_steps}.json" for t in targets}
     rows = [r for t in targets if done[t].is_file() for r in json.loads(done[t].read_text())]
     todo = [t for t in targets if not done[t].is_file()]
@@ -206,7 +212,13 @@ def main(argv=None) -> None:
                         "temporary folder, deleted at the end)")
     common.add_keep_rows_arg(p)
     common.add_label_arg(p)
+    p.add_argument("--samples-only", action="store_true",
+                   help="only make each seed's samples and SPN in --work (and keep the samples with --keep-rows), "
+                        "then stop: sampling is resumable sample by sample, a target's searches are not, so the "
+                        "last part of a machine's time is best spent sampling")
     args = p.parse_args(argv)
+    if args.samples_only and not args.work:
+        p.error("--samples-only needs --work (the samples would be deleted with a temporary folder)")
     q = args.quick
     targets = args.targets or ([0.5] if q else [0.3, 0.5, 0.7])
     seeds = args.seeds or ([0] if q else [0, 1, 2])
@@ -216,8 +228,11 @@ def main(argv=None) -> None:
     kw, label = common.task_choice(args)
     t0 = time.perf_counter()
     rows = common.run_seeds(lambda seed, work: run_seed(args.task, kw, seed, targets, n_samples, iters, batch, ft,
-                                                        work, label, args.label_steps), seeds, args.work,
-                                 args.keep_rows, keep_stores=True)
+                                                        work, label, args.label_steps, args.samples_only),
+                            seeds, args.work, args.keep_rows, keep_stores=True)
+    if args.samples_only:
+        print(f"samples and SPNs of seeds {seeds} are in {args.work}", file=sys.stderr)
+        return
     k = common.label_spec(args.task, args.label_steps).label_steps
     header = (f"# Quality ({label}, {'quick' if q else 'full'}: {n_samples} samples labelled after {k} fine-tune "
               f"steps, "
