@@ -116,7 +116,7 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
     machine resumes where a lost one stopped, and ``work``'s are copied back after every seed, finished or not.
     With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``: its shards, spaces and manifest, not
     Tune's logs) are kept the same way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist
-    ResNet-56: ~2 h a seed); ``python benchmarks/common.py keep WORK DIR`` copies them while a run goes on.
+    ResNet-56: ~2 h a seed); ``python benchmarks/common.py WORK DIR`` copies them while a run goes on.
     """
     import tempfile
 
