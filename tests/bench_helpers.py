@@ -17,7 +17,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-RESUMABLE = ("quality", "label_fidelity", "quantize", "targets")
+RESUMABLE = ("quality", "label_fidelity", "quantize", "targets", "search_speed")
 """Scripts whose quick run gets a ``--work`` folder, so a test can run them again into it and see them resume."""
 
 
@@ -58,6 +58,8 @@ def quick_runs(mktemp: Callable[[str], Path]) -> Callable[[str], tuple[Path, sub
                                 "--out", str(pruned)], cwd=ROOT, env=dict(os.environ), check=True,
                                capture_output=True, timeout=300)
                 resumable += ["--keep-rows", str(out / "kept"), "--pruned", str(pruned)]
+            if name == "search_speed":  # a sweep of two targets, one seed: the sweep test and the tables share it
+                resumable += ["--keep-rows", str(out / "kept"), "--targets", "0.4", "0.6", "--seeds", "0"]
             proc = run_script(name, "--quick", "--results-dir", str(out), *resumable)
             assert proc.returncode == 0, proc.stderr[-4000:]
             done[name] = (out, proc)
