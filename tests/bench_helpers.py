@@ -60,6 +60,11 @@ def quick_runs(mktemp: Callable[[str], Path]) -> Callable[[str], tuple[Path, sub
                 resumable += ["--keep-rows", str(out / "kept"), "--pruned", str(pruned)]
             if name == "search_speed":  # a sweep of two targets, one seed: the sweep test and the tables share it
                 resumable += ["--keep-rows", str(out / "kept"), "--targets", "0.4", "0.6", "--seeds", "0"]
+            if name == "quality":  # the samples and SPN first (--samples-only, its own results folder), then the rest
+                resumable += ["--keep-rows", str(out / "kept")]
+                first = run_script(name, "--quick", "--samples-only", "--results-dir", str(out / "samples-only"),
+                                   *resumable)
+                assert first.returncode == 0, first.stderr[-4000:]
             proc = run_script(name, "--quick", "--results-dir", str(out), *resumable)
             assert proc.returncode == 0, proc.stderr[-4000:]
             done[name] = (out, proc)

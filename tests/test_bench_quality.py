@@ -52,17 +52,17 @@ def test_quick_quality_chooses_on_validation_with_equal_budgets(quick, bench):
 
 
 @pytest.mark.slow
-def test_samples_only_makes_the_seeds_samples_and_spn_and_no_results(tmp_path, digits_task):
-    """``--samples-only`` stops after each seed's samples and SPN (kept with --keep-rows), writing no results; a
-    later run finds its stages done. Without --work it is refused: the samples would go with a temporary folder."""
-    work, kept, results = tmp_path / "work", tmp_path / "kept", tmp_path / "results"
-    proc = run_script("quality", "--quick", "--samples", "10", "--samples-only", "--work", str(work),
-                      "--keep-rows", str(kept), "--results-dir", str(results), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not results.exists() or not list(results.iterdir())
-    seed = work / "digits-0"
+def test_samples_only_makes_the_seeds_samples_and_spn_and_no_results(quick):
+    """The quick run was made in two calls (``bench_helpers.quick_runs``): ``--samples-only`` wrote each seed's
+    samples and SPN (kept with --keep-rows) and no results, and the second call found them done: it sampled
+    nothing. Without --work it is refused: the samples would go with a temporary folder."""
+    out, _ = quick("quality")
+    assert not (out / "samples-only").exists() or not list((out / "samples-only").iterdir())
+    seed = out / "work" / "digits-0"
     assert (seed / "stages.json").is_file() and (seed / "spn.pt").is_file()
-    assert len(list((kept / "digits-0" / "samples" / "shards").glob("*.parquet"))) >= 3  # 10 rows, 4 a shard
+    assert len(list((out / "kept" / "digits-0" / "samples" / "shards").glob("*.parquet"))) >= 8  # 32 rows, 4 a shard
+    recorded = (seed / "stages.json").stat().st_mtime  # the second call added no sample after the stage was done
+    assert max(f.stat().st_mtime for f in (seed / "samples" / "shards").glob("*.parquet")) <= recorded
     refused = run_script("quality", "--quick", "--samples-only", timeout=120)
     assert refused.returncode == 2 and "--samples-only needs --work" in refused.stderr
 
