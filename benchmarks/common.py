@@ -145,9 +145,9 @@ def copy_kept(src: Path, dst: Path, stores: bool = False) -> None:
     temp name and renamed, so one that a killed writer left is a dot-file and no pattern here matches it."""
     from rlprune.io import atomic_write_bytes
 
-    found = [*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))] if src.is_dir() \
-        else []
-    for f in sorted(f for f in found if not f.name.startswith(".")):
+    if not src.is_dir():
+        return
+    for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
         target = dst / f.relative_to(src)
         data = f.read_bytes()
         if not target.is_file() or target.read_bytes() != data:

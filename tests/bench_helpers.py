@@ -52,16 +52,17 @@ def quick_runs(mktemp: Callable[[str], Path]) -> Callable[[str], tuple[Path, sub
         if name not in done:
             out = mktemp(f"bench-{name}")
             resumable = ["--work", str(out / "work")] if name in RESUMABLE else []
+            if name in ("quantize", "search_speed", "quality"):  # their tests rerun from the kept rows
+                resumable += ["--keep-rows", str(out / "kept")]
             if name == "quantize":  # of a pruned model, as `rlprune run --quantize` has it: one run tests both
                 pruned = out / "pruned"
                 subprocess.run([sys.executable, "-m", "rlprune.cli", "prune", "--task", "digits", "--uniform", "0.3",
                                 "--out", str(pruned)], cwd=ROOT, env=dict(os.environ), check=True,
                                capture_output=True, timeout=300)
-                resumable += ["--keep-rows", str(out / "kept"), "--pruned", str(pruned)]
+                resumable += ["--pruned", str(pruned)]
             if name == "search_speed":  # a sweep of two targets, one seed: the sweep test and the tables share it
-                resumable += ["--keep-rows", str(out / "kept"), "--targets", "0.4", "0.6", "--seeds", "0"]
+                resumable += ["--targets", "0.4", "0.6", "--seeds", "0"]
             if name == "quality":  # the samples and SPN first (--samples-only, its own results folder), then the rest
-                resumable += ["--keep-rows", str(out / "kept")]
                 first = run_script(name, "--quick", "--samples-only", "--results-dir", str(out / "samples-only"),
                                    *resumable)
                 assert first.returncode == 0, first.stderr[-4000:]
