@@ -24,18 +24,29 @@ def rlprune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread in this process and (``OMP_NUM_THREADS``) in every process it starts.
+
+    The suite runs the test process, its subprocesses and Ray workers side by side on two cores; with two threads
+    each, torch's threads spin-wait whenever anything else wants a core, and the same training has been measured
+    10-30x slower. The models here are small enough that a second thread buys little even on an idle core.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits_task(rlprune_cache: Path) -> DigitsTask:
-    """The default digits task (seed 0) with its base model trained and cached (~10-30 s, once).
-
-    Trained on one torch thread: with two, torch's threads spin-wait whenever anything else wants the
-    2-core machine, and the same training has been measured 10-30x slower.
-    """
-    from rlprune.spn.nets import one_thread
-
+    """The default digits task (seed 0) with its base model trained and cached (~10-30 s, once)."""
     task = DigitsTask()
-    with one_thread():
-        task.base_model()
+    task.base_model()
     return task
 
 
