@@ -8,7 +8,9 @@ asserts on a figure: the scripts print honest ratios against baselines measured 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,7 +118,8 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
     machine resumes where a lost one stopped, and ``work``'s are copied back after every seed, finished or not.
     With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``: its shards, spaces and manifest, not
     Tune's logs) are kept the same way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist
-    ResNet-56: ~2 h a seed); ``python benchmarks/common.py WORK DIR`` copies them while a run goes on.
+    ResNet-56: ~2 h a seed). While the seeds run they are also copied every ``KEEP_EVERY_S`` seconds
+    (:func:`keep_copying`), so a machine that goes away mid-seed loses at most that much of its work.
     """
     import tempfile
 
@@ -127,13 +130,48 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
         root, rows = Path(work or tmp), []
         if keep:
             copy_kept(Path(keep), root, keep_stores)
-        for seed in seeds:
-            try:
-                rows += run_seed(seed, root)
-            finally:
-                if keep:
-                    copy_kept(root, Path(keep), keep_stores)
+        with keep_copying(root, Path(keep), keep_stores) if keep else contextlib.nullcontext():
+            for seed in seeds:
+                try:
+                    rows += run_seed(seed, root)
+                finally:
+                    if keep:
+                        copy_kept(root, Path(keep), keep_stores)
         return rows
+
+
+KEEP_EVERY_S = 300.0
+"""How often :func:`run_seeds` copies a running benchmark's finished files to its ``--keep-rows`` folder."""
+
+
+@contextlib.contextmanager
+def keep_copying(src: Path, dst: Path, stores: bool = False, every: float = KEEP_EVERY_S):
+    """Within the block, a daemon thread runs :func:`copy_kept` ``(src, dst, stores)`` every ``every`` seconds.
+
+    Args:
+        src, dst, stores: as :func:`copy_kept`.
+        every: seconds between copies.
+    Raises:
+        Nothing from the thread: a failed copy (a file gone between listing and reading) is reported on stderr
+        and tried again next time, never allowed to stop the run it protects.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                copy_kept(src, dst, stores)
+            except OSError as e:
+                print(f"warning: copying kept files to {dst} failed ({e}); trying again in {every:g} s",
+                      file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=loop, name="keep-copying", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 KEPT_STORE = ("*/samples/manifest.json", "*/samples/spaces/*.json", "*/samples/shards/*.parquet")
@@ -147,12 +185,16 @@ def copy_kept(src: Path, dst: Path, stores: bool = False) -> None:
 
     if not src.is_dir():
         return
-    for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
-        target = dst / f.relative_to(src)
-        data = f.read_bytes()
-        if not target.is_file() or target.read_bytes() != data:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, data)
+    with _COPYING:  # keep_copying's thread and a seed's last copy may both write one file
+        for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
+            target = dst / f.relative_to(src)
+            data = f.read_bytes()
+            if not target.is_file() or target.read_bytes() != data:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(target, data)
+
+
+_COPYING = threading.Lock()
 
 
 def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None,

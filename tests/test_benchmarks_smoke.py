@@ -14,6 +14,7 @@ import csv
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,27 @@ def test_samples_and_spn_label_their_samples_with_the_given_spec(bench, tmp_path
     assert got["real_evals"] == 10 and got["spn"].is_file()
     assert len(read_samples(got["store"], measure=spec)) == 10
     assert read_samples(got["store"], measure=MeasureSpec()).empty
+
+
+def test_a_running_benchmark_keeps_its_finished_files_every_few_seconds_it_is_told(bench, tmp_path):
+    """keep_copying copies rows and finished shards while its block runs (a machine lost mid-seed keeps them),
+    never a writer's dot-temp file, and stops copying when the block ends."""
+    common = bench("common")
+    src, dst = tmp_path / "work", tmp_path / "keep"
+    shards = src / "s-0" / "samples" / "shards"
+    shards.mkdir(parents=True)
+    kept = [Path("s-0/rows-target0.3-ft100.json"), Path("s-0/samples/shards/a.parquet")]
+    with common.keep_copying(src, dst, stores=True, every=0.05):
+        (shards / ".b.parquet.tmp").write_bytes(b"half")
+        for i, rel in enumerate(kept):
+            (src / rel).write_bytes(b"row %d" % i)
+        deadline = time.monotonic() + 30
+        while not all((dst / rel).is_file() and (dst / rel).read_bytes() == (src / rel).read_bytes() for rel in kept):
+            assert time.monotonic() < deadline, sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file())
+            time.sleep(0.02)
+    (src / "s-0" / "rows-target0.5-ft100.json").write_text("[]")
+    time.sleep(0.3)
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == sorted(kept)
 
 
 @pytest.mark.slow
