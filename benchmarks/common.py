@@ -115,7 +115,8 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
 
     ``keep`` (``--keep-rows``) is a folder, meant to be committed, of copies of the finished units' rows files
     (``rows-*.json``, at their paths under ``work``): the ones ``work`` lacks are copied in first, so a fresh
-    machine resumes where a lost one stopped, and ``work``'s are copied back after every seed, finished or not.
+    machine resumes where a lost one stopped, and ``work``'s are copied back while the seeds run and at the end,
+    finished or not.
     With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``: its shards, spaces and manifest, not
     Tune's logs) are kept the same way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist
     ResNet-56: ~2 h a seed). While the seeds run they are also copied every ``KEEP_EVERY_S`` seconds
@@ -132,11 +133,7 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
             copy_kept(Path(keep), root, keep_stores)
         with keep_copying(root, Path(keep), keep_stores) if keep else contextlib.nullcontext():
             for seed in seeds:
-                try:
-                    rows += run_seed(seed, root)
-                finally:
-                    if keep:
-                        copy_kept(root, Path(keep), keep_stores)
+                rows += run_seed(seed, root)
         return rows
 
 
@@ -146,7 +143,8 @@ KEEP_EVERY_S = 300.0
 
 @contextlib.contextmanager
 def keep_copying(src: Path, dst: Path, stores: bool = False, every: float = KEEP_EVERY_S):
-    """Within the block, a daemon thread runs :func:`copy_kept` ``(src, dst, stores)`` every ``every`` seconds.
+    """Within the block, a daemon thread runs :func:`copy_kept` ``(src, dst, stores)`` every ``every`` seconds;
+    leaving the block (normally or by an exception) stops it and copies once more.
 
     Args:
         src, dst, stores: as :func:`copy_kept`.
@@ -172,6 +170,7 @@ def keep_copying(src: Path, dst: Path, stores: bool = False, every: float = KEEP
     finally:
         stop.set()
         thread.join()
+        copy_kept(src, dst, stores)
 
 
 KEPT_STORE = ("*/samples/manifest.json", "*/samples/spaces/*.json", "*/samples/shards/*.parquet")
@@ -185,16 +184,12 @@ def copy_kept(src: Path, dst: Path, stores: bool = False) -> None:
 
     if not src.is_dir():
         return
-    with _COPYING:  # keep_copying's thread and a seed's last copy may both write one file
-        for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
-            target = dst / f.relative_to(src)
-            data = f.read_bytes()
-            if not target.is_file() or target.read_bytes() != data:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(target, data)
-
-
-_COPYING = threading.Lock()
+    for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
+        target = dst / f.relative_to(src)
+        data = f.read_bytes()
+        if not target.is_file() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
 
 
 def samples_and_spn(task: str, n: int, work: Path, seed: int = 0, task_kwargs: dict | None = None,

@@ -32,14 +32,11 @@ def one_torch_thread() -> Iterator[None]:
     each, torch's threads spin-wait whenever anything else wants a core, and the same training has been measured
     10-30x slower. The models here are small enough that a second thread buys little even on an idle core.
     """
-    import torch
+    from rlprune.spn.nets import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
+    with one_thread(), pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
