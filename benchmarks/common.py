@@ -30,11 +30,12 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def add_keep_rows_arg(p: argparse.ArgumentParser) -> None:
-    """``--keep-rows DIR``: the committed copies of finished units (:func:`run_seeds`)."""
+    """``--keep-rows DIR``: the committed copies of finished units (:func:`keeping`)."""
     p.add_argument("--keep-rows", type=Path, metavar="DIR",
                    help="a folder to commit with copies of every finished unit's rows (e.g. "
-                        "benchmarks/results/raw/<name>; quality and targets also keep their seeds' sample stores): a "
-                        "run on a fresh machine resumes from them")
+                        "benchmarks/results/raw/<name>; quality, targets and spn_fidelity also keep their sample "
+                        "stores), refreshed every few minutes while the run goes: a run on a fresh machine resumes "
+                        "from them")
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
@@ -114,13 +115,9 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
     method's wall includes Ray's start-up) and ``work`` (None: a temporary folder, deleted at the end).
 
     ``keep`` (``--keep-rows``) is a folder, meant to be committed, of copies of the finished units' rows files
-    (``rows-*.json``, at their paths under ``work``): the ones ``work`` lacks are copied in first, so a fresh
-    machine resumes where a lost one stopped, and ``work``'s are copied back while the seeds run and at the end,
-    finished or not.
-    With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``: its shards, spaces and manifest, not
-    Tune's logs) are kept the same way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist
-    ResNet-56: ~2 h a seed). While the seeds run they are also copied every ``KEEP_EVERY_S`` seconds
-    (:func:`keep_copying`), so a machine that goes away mid-seed loses at most that much of its work.
+    (``rows-*.json``, at their paths under ``work``), kept by :func:`keeping`: a fresh machine resumes where a
+    lost one stopped. With ``keep_stores`` the seeds' sample stores (``<seed folder>/samples``) are kept the same
+    way, for benchmarks whose sampling alone outlasts a machine (fashion-mnist ResNet-56: ~2 h a seed).
     """
     import tempfile
 
@@ -129,62 +126,73 @@ def run_seeds(run_seed, seeds, work: Path | None, keep: Path | None = None,
     init_ray(None, 2)
     with tempfile.TemporaryDirectory() as tmp:
         root, rows = Path(work or tmp), []
-        if keep:
-            copy_kept(Path(keep), root, keep_stores)
-        with keep_copying(root, Path(keep), keep_stores) if keep else contextlib.nullcontext():
+        kept = [(root, Path(keep), KEPT_ROWS + (KEPT_STORE if keep_stores else ()))] if keep else []
+        with keeping(kept):
             for seed in seeds:
                 rows += run_seed(seed, root)
         return rows
 
 
 KEEP_EVERY_S = 300.0
-"""How often :func:`run_seeds` copies a running benchmark's finished files to its ``--keep-rows`` folder."""
+"""How often :func:`keeping` copies a running benchmark's finished files to its ``--keep-rows`` folder."""
+KEPT_ROWS = ("**/rows-*.json",)
+"""A benchmark's finished units (quality's targets, targets' seeds), at any depth of its ``--work``."""
+STORE_FILES = ("manifest.json", "spaces/*.json", "shards/*.parquet")
+"""A sample store's finished files, not Tune's logs. A writer renames a shard into place from a temp name ending
+in ``.tmp`` (``rlprune.io``), so a killed writer's half shard matches none of these."""
+KEPT_STORE = tuple(f"*/samples/{g}" for g in STORE_FILES)
+"""The seeds' sample stores in a quality or targets ``--work`` (``<seed folder>/samples``)."""
 
 
 @contextlib.contextmanager
-def keep_copying(src: Path, dst: Path, stores: bool = False, every: float = KEEP_EVERY_S):
-    """Within the block, a daemon thread runs :func:`copy_kept` ``(src, dst, stores)`` every ``every`` seconds;
-    leaving the block (normally or by an exception) stops it and copies once more.
+def keeping(kept: list[tuple[Path, Path, tuple[str, ...]]], every: float = KEEP_EVERY_S):
+    """For each ``(work, keep, patterns)``: first copy ``keep``'s files into ``work`` (a fresh machine resumes
+    from a committed copy), then, within the block, copy ``work``'s back every ``every`` seconds (a daemon
+    thread) and once more on leaving it, normally or by an exception; all by :func:`copy_kept`.
 
     Args:
-        src, dst, stores: as :func:`copy_kept`.
+        kept: the folders and their patterns; empty: the block runs as it is.
         every: seconds between copies.
     Raises:
         Nothing from the thread: a failed copy (a file gone between listing and reading) is reported on stderr
         and tried again next time, never allowed to stop the run it protects.
     """
+    for work, keep, patterns in kept:
+        copy_kept(keep, work, patterns)
     stop = threading.Event()
+
+    def copy_all() -> None:
+        for work, keep, patterns in kept:
+            copy_kept(work, keep, patterns)
 
     def loop() -> None:
         while not stop.wait(every):
             try:
-                copy_kept(src, dst, stores)
+                copy_all()
             except OSError as e:
-                print(f"warning: copying kept files to {dst} failed ({e}); trying again in {every:g} s",
+                print(f"warning: copying kept files failed ({e}); trying again in {every:g} s",
                       file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=loop, name="keep-copying", daemon=True)
-    thread.start()
+    if kept:
+        thread.start()
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
-        copy_kept(src, dst, stores)
+        if kept:
+            stop.set()
+            thread.join()
+            copy_all()
 
 
-KEPT_STORE = ("*/samples/manifest.json", "*/samples/spaces/*.json", "*/samples/shards/*.parquet")
-
-
-def copy_kept(src: Path, dst: Path, stores: bool = False) -> None:
-    """Copy ``src``'s ``rows-*.json`` files (and with ``stores`` the finished files of its seeds' sample stores,
-    ``KEPT_STORE``) that ``dst`` lacks or holds other bytes of, to the same paths. A shard is written under a
-    temp name and renamed, so one that a killed writer left is a dot-file and no pattern here matches it."""
+def copy_kept(src: Path, dst: Path, patterns: tuple[str, ...] = KEPT_ROWS) -> None:
+    """Copy ``src``'s files matching ``patterns`` (globs relative to ``src``) that ``dst`` lacks or holds other
+    bytes of, to the same paths, each atomically (a copy killed midway leaves no half file)."""
     from rlprune.io import atomic_write_bytes
 
     if not src.is_dir():
         return
-    for f in sorted([*src.rglob("rows-*.json"), *(f for g in KEPT_STORE if stores for f in src.glob(g))]):
+    for f in sorted({f for g in patterns for f in src.glob(g) if f.is_file()}):
         target = dst / f.relative_to(src)
         data = f.read_bytes()
         if not target.is_file() or target.read_bytes() != data:
@@ -276,7 +284,7 @@ def keep_main(argv=None) -> None:
     args = p.parse_args(argv)
     if not args.work.is_dir():
         raise SystemExit(f"error: --work folder {args.work} does not exist; name the folder the benchmark runs in")
-    copy_kept(args.work, args.keep, stores=True)
+    copy_kept(args.work, args.keep, KEPT_ROWS + KEPT_STORE)
 
 
 def main_guard(main) -> None:

@@ -145,6 +145,10 @@ def measure_vector(task, space, base, spec, vec: dict, steps, finals, row: dict 
     return row, changed
 
 
+ROW_FILES = ("t*-v*.json",)
+"""The glob of :func:`run`'s finished rows in its ``work`` folder (``t<target>-v<vector>.json``)."""
+
+
 def run(task, label: str, spec, targets, n: int, steps, seed: int, work: Path,
         finals: int = 2, shard: tuple[int, int] = (0, 1)) -> tuple[list[dict], int]:
     """Measure (or read back from ``work``) every vector's row; each finished row is written atomically.

@@ -8,7 +8,10 @@ How to run:
 
 The real workload (``--task fashion-mnist --arch resnet56``, transfer source ``--source-arch``, default
 resnet20; committed base models, data in /usr/share/datasets/fashion-mnist) takes hours on 2 cores and resumes:
-samples go into a store a rerun only extends, each within-budget vector's row is kept in ``--work``. On 2 idle
+samples go into a store a rerun only extends, each within-budget vector's row is kept in ``--work``, and with
+``--keep-rows benchmarks/results/raw/spn_fidelity_<workload>`` both are copied there every few minutes (the store to
+``samples/``, the rows to ``within/``) and restored from there by a run on a fresh machine. Any store of samples of
+the same base model and label counts (a quality seed's kept ``samples/`` copied in saves their hours). On 2 idle
 cores a ResNet-56 sample (5,000 calibration images) costs ~6 s, a ResNet-20 one ~2-3 s, each label step ~0.6-0.9 s
 more; a 100-step validation fine-tune ~60-90 s. With k=0 labels: 712 ResNet-56 samples ~70 min, 512 ResNet-20
 ones ~20-25 min, 48 within-budget vectors (fine-tune, validation score, k=0 label) ~60-80 min, SPN fits (3 seeds
@@ -60,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
+import label_fidelity
 import numpy as np
 import pandas as pd
 import record
@@ -344,6 +348,7 @@ def _parser():
                    help="within-budget vectors per MACs target (default 16, quick 3; 0 on digits unless given)")
     p.add_argument("--work", type=Path, help="keep each finished within-budget vector's row here; rerunning with "
                                              "it resumes (default: a temporary folder, deleted at the end)")
+    common.add_keep_rows_arg(p)
     return p
 
 
@@ -371,29 +376,35 @@ def main(argv=None) -> None:
                              eval_batches=QUICK_EVAL_BATCHES if q and not digits else None)
     args.label_steps = spec.label_steps  # the rows and the header say which label was measured
     store = args.store or cache_dir() / "benchmarks" / "spn_fidelity"
-    wl = (digits_workload(store, spec, n_test + max(sizes), n_test, n_vgg_test, n_few, kw.get("seed", 0)) if digits
-          else task_workload(args, kw, label, store, spec, n_test + max(sizes), n_test, max(sizes)))
-    spaces = read_spaces(store)
-    rows, largest = learning_curve(wl.curve, spaces, sizes, n_test, seeds)
-    rows += transfer(wl.source, wl.target_test, wl.target_pool, spaces, max(sizes), n_few, seeds,
-                     steps=100 if q else 300)
-    meta = {"label": label, "describe": wl.describe, "label_steps": args.label_steps, "seeds": list(seeds),
-            "transfer_title": wl.transfer_title}
-    with tempfile.TemporaryDirectory() as tmp:
-        vectors, read = (within_budget.measure(wl.task, label, spec, n_final, 0, args.work or Path(tmp))
-                         if n_final else ([], 0))
-    if vectors:
-        rows += within_budget.within_rows(vectors, largest, max(sizes))
-        meta["within"] = within_budget.markdown(vectors, [r for r in rows if r["section"] == "within"], read)
-        record.write_csv(args.results_dir, record.stem(record.result_name("spn_within_budget", label), q),
-                         within_budget.vector_rows(vectors, largest[0]), within_budget.FIELDS)
-    rows = [{**r, "label_steps": args.label_steps} for r in rows]
-    record.write_csv(args.results_dir, record.stem(record.result_name("spn_points", label), q),
-                     points(largest[0], wl.curve.iloc[:n_test]))
-    record.write_results(args.results_dir, record.stem(record.result_name("spn_fidelity", label), q), rows,
-                         markdown(rows, q, meta), FIELDS)
-    if not q:
-        record.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
+    if args.keep_rows and not args.work:
+        p.error("--keep-rows needs --work: it keeps the store and --work's within-budget rows")
+    kept = [(store, args.keep_rows / "samples", common.STORE_FILES),
+            (args.work, args.keep_rows / "within", label_fidelity.ROW_FILES)] if args.keep_rows else []
+    with common.keeping(kept):
+        n_curve = n_test + max(sizes)
+        wl = (digits_workload(store, spec, n_curve, n_test, n_vgg_test, n_few, kw.get("seed", 0)) if digits
+              else task_workload(args, kw, label, store, spec, n_curve, n_test, max(sizes)))
+        spaces = read_spaces(store)
+        rows, largest = learning_curve(wl.curve, spaces, sizes, n_test, seeds)
+        rows += transfer(wl.source, wl.target_test, wl.target_pool, spaces, max(sizes), n_few, seeds,
+                         steps=100 if q else 300)
+        meta = {"label": label, "describe": wl.describe, "label_steps": args.label_steps, "seeds": list(seeds),
+                "transfer_title": wl.transfer_title}
+        with tempfile.TemporaryDirectory() as tmp:
+            vectors, read = (within_budget.measure(wl.task, label, spec, n_final, 0, args.work or Path(tmp))
+                             if n_final else ([], 0))
+        if vectors:
+            rows += within_budget.within_rows(vectors, largest, max(sizes))
+            meta["within"] = within_budget.markdown(vectors, [r for r in rows if r["section"] == "within"], read)
+            record.write_csv(args.results_dir, record.stem(record.result_name("spn_within_budget", label), q),
+                             within_budget.vector_rows(vectors, largest[0]), within_budget.FIELDS)
+        rows = [{**r, "label_steps": args.label_steps} for r in rows]
+        record.write_csv(args.results_dir, record.stem(record.result_name("spn_points", label), q),
+                         points(largest[0], wl.curve.iloc[:n_test]))
+        record.write_results(args.results_dir, record.stem(record.result_name("spn_fidelity", label), q), rows,
+                             markdown(rows, q, meta), FIELDS)
+        if not q:
+            record.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
 
 
 if __name__ == "__main__":

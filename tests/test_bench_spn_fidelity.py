@@ -2,8 +2,8 @@
 
 The quick run measures Fashion-MNIST ResNet-20 (the committed base model) with ResNet-20 as its own transfer
 source (so the transfer section only runs its code path): 56 samples, 3 within-budget vectors per MACs target.
-It runs twice into one ``--work`` folder: the second run must measure nothing. ~4 min on 2 idle cores (twice
-that while other jobs share them). Digits' own quick run is tested in ``test_benchmarks_smoke.py``.
+It runs twice, the second time as on a fresh machine (empty ``--work`` and store, restored from the first's
+``--keep-rows``): it must measure nothing. ~4 min on 2 idle cores (twice that while other jobs share them). Digits' own quick run is tested in ``test_benchmarks_smoke.py``.
 """
 
 from __future__ import annotations
@@ -26,22 +26,25 @@ TARGETS = {0.3, 0.5, 0.7}
 needs_fashion = pytest.mark.skipif(not DEBIAN_FOLDER.is_dir(), reason="dataset-fashion-mnist is not installed")
 
 
-def _run(out: Path, work: Path) -> subprocess.CompletedProcess:
-    proc = run_script("spn_fidelity", *FLAGS, "--results-dir", str(out), "--work", str(work), timeout=1500)
+def _run(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = run_script("spn_fidelity", *FLAGS, "--results-dir", str(out), "--work", str(work), *extra, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, rlprune_cache):
-    """The quick run, then the same run again into the same ``--work`` (and sample store): (folder, procs, mtimes)."""
+    """The quick run keeping its store and rows (``--keep-rows``), then the same run again as on a fresh machine:
+    an empty ``--work`` and an empty ``--store``, the same ``--keep-rows``. (folder, second work, procs, the first
+    run's rows)."""
     if not DEBIAN_FOLDER.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
-    out, work = tmp_path_factory.mktemp("spn-fm"), tmp_path_factory.mktemp("spn-fm-work")
-    first = _run(out, work)
-    saved = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
-    second = _run(out, work)
-    return out, work, (first, second), saved
+    out, work, again = (tmp_path_factory.mktemp(n) for n in ("spn-fm", "spn-fm-work", "spn-fm-fresh"))
+    keep = out / "kept"
+    first = _run(out, work, "--keep-rows", str(keep))
+    saved = {p.name: p.read_bytes() for p in work.glob("*.json")}
+    second = _run(out, again, "--keep-rows", str(keep), "--store", str(again / "store"))
+    return out, again, (first, second), saved
 
 
 def _csv(path: Path) -> list[dict]:
@@ -114,14 +117,20 @@ def test_points_csv_holds_the_held_out_samples_real_drops(runs, rlprune_cache):
 
 @needs_fashion
 @pytest.mark.slow
-def test_rerun_measures_nothing_new(runs):
-    """The second run generates no sample and reads every vector back from ``--work`` untouched."""
-    out, work, (first, second), saved = runs
+def test_rerun_measures_nothing_new(runs, rlprune_cache):
+    """The second run, on an empty ``--work`` and store, generates no sample and measures no vector: the kept
+    copies (``--keep-rows``: the store's finished files in ``samples/``, the rows in ``within/``) restore both."""
+    from rlprune.samples.store import read_samples
+
+    out, again, (first, second), saved = runs
     assert "generating" in first.stderr and "generating" not in second.stderr
     measured = "fashion-mnist/resnet20 target 0.3 vector 0: labels k0="  # label_fidelity.run measures them
     assert measured in first.stderr and "vector 0: labels" not in second.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")} == saved and len(saved) == 9
+    assert {p.name: p.read_bytes() for p in again.glob("*.json")} == saved and len(saved) == 9
+    assert sorted(p.name for p in (out / "kept" / "within").iterdir()) == sorted(saved)
     assert "9 read back from --work" in (out / f"spn_fidelity_{NAME}.md").read_text()
+    first_store = read_samples(rlprune_cache / "benchmarks" / "spn_fidelity")
+    assert sorted(read_samples(again / "store")["sample_id"]) == sorted(first_store["sample_id"])
 
 
 @needs_fashion

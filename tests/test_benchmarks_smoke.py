@@ -175,15 +175,21 @@ def test_samples_and_spn_label_their_samples_with_the_given_spec(bench, tmp_path
 
 
 def test_a_running_benchmark_keeps_its_finished_files_every_few_seconds_it_is_told(bench, tmp_path):
-    """keep_copying copies rows and finished shards while its block runs (a machine lost mid-seed keeps them),
-    never a writer's dot-temp file, and stops copying when the block ends."""
+    """keeping restores the kept files first, copies rows and finished shards while its block runs (a machine
+    lost mid-seed keeps them), never a writer's temp file nor a file its patterns leave out, and stops copying
+    when the block ends."""
     common = bench("common")
     src, dst = tmp_path / "work", tmp_path / "keep"
     shards = src / "s-0" / "samples" / "shards"
     shards.mkdir(parents=True)
+    earlier = Path("s-1/rows-target0.7-ft100.json")
+    (dst / earlier).parent.mkdir(parents=True)
+    (dst / earlier).write_text("[1]")
     kept = [Path("s-0/rows-target0.3-ft100.json"), Path("s-0/samples/shards/a.parquet")]
-    with common.keep_copying(src, dst, stores=True, every=0.05):
+    with common.keeping([(src, dst, common.KEPT_ROWS + common.KEPT_STORE)], every=0.05):
+        assert (src / earlier).read_text() == "[1]"
         (shards / ".b.parquet.tmp").write_bytes(b"half")
+        (src / "s-0" / "samples" / "tune.log").write_text("not kept")
         for i, rel in enumerate(kept):
             (src / rel).write_bytes(b"row %d" % i)
         deadline = time.monotonic() + 30
@@ -192,7 +198,7 @@ def test_a_running_benchmark_keeps_its_finished_files_every_few_seconds_it_is_to
             time.sleep(0.02)
     (src / "s-0" / "rows-target0.5-ft100.json").write_text("[]")
     time.sleep(0.3)
-    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == sorted(kept)
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == sorted([earlier, *kept])
 
 
 @pytest.mark.slow
@@ -211,7 +217,7 @@ def test_kept_sample_store_resumes_sampling_on_a_fresh_machine(bench, tmp_path, 
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (kept / "digits-0" / "samples").iterdir()) == ["manifest.json", "shards", "spaces"]
     assert not list(kept.rglob(".*"))
-    common.copy_kept(kept, fresh, stores=True)
+    common.copy_kept(kept, fresh, common.KEPT_STORE)
     again = common.samples_and_spn("digits", 12, fresh / "digits-0", seed=0)
     assert again["real_evals"] == 2 and again["sample_s"] is None
     assert len(read_samples(again["store"])) == 12
