@@ -3,7 +3,8 @@
 The quick run measures Fashion-MNIST ResNet-20 (the committed base model) with ResNet-20 as its own transfer
 source (so the transfer section only runs its code path): 56 samples, 3 within-budget vectors per MACs target.
 It runs twice, the second time as on a fresh machine (empty ``--work`` and store, restored from the first's
-``--keep-rows``): it must measure nothing. ~4 min on 2 idle cores (twice that while other jobs share them). Digits' own quick run is tested in ``test_benchmarks_smoke.py``.
+``--keep-rows``): it must measure nothing. ~4 min on 2 idle cores (twice that while other jobs share them).
+Digits' own quick run is tested in ``test_benchmarks_smoke.py``.
 """
 
 from __future__ import annotations
