@@ -157,6 +157,9 @@ def keeping(kept: list[tuple[Path, Path, tuple[str, ...]]], every: float = KEEP_
         Nothing from the thread: a failed copy (a file gone between listing and reading) is reported on stderr
         and tried again next time, never allowed to stop the run it protects.
     """
+    if not kept:
+        yield
+        return
     for work, keep, patterns in kept:
         copy_kept(keep, work, patterns)
     stop = threading.Event()
@@ -174,15 +177,13 @@ def keeping(kept: list[tuple[Path, Path, tuple[str, ...]]], every: float = KEEP_
                       file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=loop, name="keep-copying", daemon=True)
-    if kept:
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
-        if kept:
-            stop.set()
-            thread.join()
-            copy_all()
+        stop.set()
+        thread.join()
+        copy_all()
 
 
 def copy_kept(src: Path, dst: Path, patterns: tuple[str, ...] = KEPT_ROWS) -> None:

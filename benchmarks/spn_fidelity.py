@@ -380,32 +380,31 @@ def main(argv=None) -> None:
         p.error("--keep-rows needs --work: it keeps the store and --work's within-budget rows")
     kept = [(store, args.keep_rows / "samples", common.STORE_FILES),
             (args.work, args.keep_rows / "within", label_fidelity.ROW_FILES)] if args.keep_rows else []
-    with common.keeping(kept):
+    # Only the measuring needs keeping: the fits and tables below are minutes and are redone by any rerun.
+    with common.keeping(kept), tempfile.TemporaryDirectory() as tmp:
         n_curve = n_test + max(sizes)
         wl = (digits_workload(store, spec, n_curve, n_test, n_vgg_test, n_few, kw.get("seed", 0)) if digits
               else task_workload(args, kw, label, store, spec, n_curve, n_test, max(sizes)))
-        spaces = read_spaces(store)
-        rows, largest = learning_curve(wl.curve, spaces, sizes, n_test, seeds)
-        rows += transfer(wl.source, wl.target_test, wl.target_pool, spaces, max(sizes), n_few, seeds,
-                         steps=100 if q else 300)
-        meta = {"label": label, "describe": wl.describe, "label_steps": args.label_steps, "seeds": list(seeds),
-                "transfer_title": wl.transfer_title}
-        with tempfile.TemporaryDirectory() as tmp:
-            vectors, read = (within_budget.measure(wl.task, label, spec, n_final, 0, args.work or Path(tmp))
-                             if n_final else ([], 0))
-        if vectors:
-            rows += within_budget.within_rows(vectors, largest, max(sizes))
-            meta["within"] = within_budget.markdown(vectors, [r for r in rows if r["section"] == "within"], read)
-            record.write_csv(args.results_dir, record.stem(record.result_name("spn_within_budget", label), q),
-                             within_budget.vector_rows(vectors, largest[0]), within_budget.FIELDS)
-        rows = [{**r, "label_steps": args.label_steps} for r in rows]
-        record.write_csv(args.results_dir, record.stem(record.result_name("spn_points", label), q),
-                         points(largest[0], wl.curve.iloc[:n_test]))
-        record.write_results(args.results_dir, record.stem(record.result_name("spn_fidelity", label), q), rows,
-                             markdown(rows, q, meta), FIELDS)
-        if not q:
-            record.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
-
+        vectors, read = (within_budget.measure(wl.task, label, spec, n_final, 0, args.work or Path(tmp))
+                         if n_final else ([], 0))
+    spaces = read_spaces(store)
+    rows, largest = learning_curve(wl.curve, spaces, sizes, n_test, seeds)
+    rows += transfer(wl.source, wl.target_test, wl.target_pool, spaces, max(sizes), n_few, seeds,
+                     steps=100 if q else 300)
+    meta = {"label": label, "describe": wl.describe, "label_steps": args.label_steps, "seeds": list(seeds),
+            "transfer_title": wl.transfer_title}
+    if vectors:
+        rows += within_budget.within_rows(vectors, largest, max(sizes))
+        meta["within"] = within_budget.markdown(vectors, [r for r in rows if r["section"] == "within"], read)
+        record.write_csv(args.results_dir, record.stem(record.result_name("spn_within_budget", label), q),
+                         within_budget.vector_rows(vectors, largest[0]), within_budget.FIELDS)
+    rows = [{**r, "label_steps": args.label_steps} for r in rows]
+    record.write_csv(args.results_dir, record.stem(record.result_name("spn_points", label), q),
+                     points(largest[0], wl.curve.iloc[:n_test]))
+    record.write_results(args.results_dir, record.stem(record.result_name("spn_fidelity", label), q), rows,
+                         markdown(rows, q, meta), FIELDS)
+    if not q:
+        record.update_summary(args.results_dir, headline(rows), "spn_fidelity", label=label)
 
 if __name__ == "__main__":
     common.main_guard(main)
