@@ -199,20 +199,26 @@ def markdown(summary: list[dict], comps: list[dict], equal: list[dict], header: 
 
 
 def headline(rows: list[dict]) -> dict:
-    """The summary.json figures from the per-seed rows (digits, after the fine-tune).
+    """The summary.json figures from the per-seed rows of one workload (after the fine-tune).
 
     Returns:
         ``rl_minus_best_baseline_acc_at_<t>`` with ``_ci``, ``_real``, ``_spread`` and ``_best_baseline`` per
         target, ``params_removed_ratio_vs_best_rule`` (at 0.5) and ``quality_selection_split``.
+
+    Raises:
+        ValueError: the rows hold more than one workload (their figures would overwrite one another).
     """
+    tasks = sorted({r["task"] for r in rows})
+    if len(tasks) > 1:
+        raise ValueError(f"headline figures need the rows of one workload, got {tasks}: run quality.py per workload")
     finetune_steps = max(int(r["finetune_steps"]) for r in rows)
     out: dict = {"quality_selection_split": "validation"}
     for c in comparisons(rows):
-        if c["task"] == "digits" and c["seed"] == "all" and c["finetune_steps"] == finetune_steps:
+        if c["seed"] == "all" and c["finetune_steps"] == finetune_steps:
             k = f"rl_minus_best_baseline_acc_at_{c['target']:g}"
             out.update({k: c["diff"], f"{k}_ci": [c["diff_ci_lo"], c["diff_ci_hi"]], f"{k}_real": c["real"],
                         f"{k}_spread": [c["spread_lo"], c["spread_hi"]], f"{k}_best_baseline": c["best_baseline"]})
     for r in params_at_equal_drop(rows, finetune_steps):
-        if r["task"] == "digits" and r["target"] == 0.5:
+        if r["target"] == 0.5:
             out["params_removed_ratio_vs_best_rule"] = r["ratio"]
     return out

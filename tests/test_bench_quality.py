@@ -77,8 +77,9 @@ def test_params_removed_at_equal_drop_interpolates_between_targets(bench):
     assert quality.removed_at_drop([(0.5, 0.3)], -1.0) == 0.0  # nothing on the curve is that accurate
 
 
-def synthetic_rows() -> list[dict]:
-    """Two seeds x three targets; ``cem`` wins on validation, ``uniform`` on test (it must not be chosen)."""
+def synthetic_rows(task: str = "digits") -> list[dict]:
+    """Two seeds x three targets of ``task``; ``cem`` wins on validation, ``uniform`` on test (it must not be
+    chosen)."""
     from rlprune.measure.stats import pack_correct
 
     rng = np.random.default_rng(0)
@@ -93,12 +94,23 @@ def synthetic_rows() -> list[dict]:
                 correct = np.zeros(n, dtype=bool)
                 correct[rng.choice(n, right, replace=False)] = True
                 acc = 100.0 * right / n
-                rows.append({"task": "digits", "seed": seed, "target": target, "finetune_steps": 100,
+                rows.append({"task": task, "seed": seed, "target": target, "finetune_steps": 100,
                              "method": method, "source": "rl" if method == "rl" else "baseline", "val_acc": val,
                              "val_drop": 99.0 - val, "acc": acc, "acc_drop": 99.0 - acc, "params_ratio": params,
                              "macs_ratio": target - 0.001, "latency_ms": 0.5, "spn_calls": 0, "real_evals": 0,
                              "candidates": 1, "search_s": 0.0, "test_correct": pack_correct(correct)})
     return rows
+
+
+def test_headline_figures_come_from_any_workload_and_one_at_a_time(bench):
+    """summary.json's quality figures come from the real workload's rows as from digits' (they were once read
+    from digits rows only, so a fashion-mnist run wrote none); rows of two workloads are refused."""
+    quality = bench("quality_tables")
+    fm = quality.headline(synthetic_rows("fashion-mnist/resnet56"))
+    assert fm == quality.headline(synthetic_rows())
+    assert {"rl_minus_best_baseline_acc_at_0.5", "params_removed_ratio_vs_best_rule"} <= set(fm)
+    with pytest.raises(ValueError, match="one workload"):
+        quality.headline(synthetic_rows() + synthetic_rows("fashion-mnist/resnet56"))
 
 
 def test_quality_chooses_the_best_baseline_on_validation(bench):
